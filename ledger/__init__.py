@@ -1,0 +1,1 @@
+"""The write side of keyledger: events, codec, crypto, storage, commands and verification."""

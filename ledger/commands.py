@@ -1,0 +1,299 @@
+"""The ledger's commands, each deciding events against the write view.
+
+A command checks its caller (an active key of the org, with the right role), validates against the
+current state, and returns the events to append plus what to answer after they commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+
+import msgspec
+
+from ledger.crypto import new_data_key, new_data_key_id, open_value, seal_value, sealed_sha256
+from ledger.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+    RevealDeniedError,
+    UnauthenticatedError,
+)
+from ledger.events import (
+    Actor,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    Category,
+    OrgCreated,
+    Role,
+    Scope,
+    SecretCreated,
+    SecretDeleted,
+    SecretRevealDenied,
+    SecretRevealed,
+    SecretUpdated,
+    Source,
+)
+from ledger.model import KeyState, SecretState, key_stream, org_stream, scope_covers, secret_stream
+from ledger.records import DataKeyRow
+from ledger.writer import Decision, WriteView
+
+API_KEY_PREFIX = "rt_live_"
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+def new_api_key() -> str:
+    """`rt_live_` and 40 random characters of [A-Za-z0-9] (about 238 bits)."""
+    return API_KEY_PREFIX + "".join(secrets.choice(_ALPHANUMERIC) for _ in range(40))
+
+
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+def api_key_sha256(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    """Who asks, from where, under which request id. `actor.kind == "admin"` is the admin token."""
+
+    actor: Actor
+    source: Source = Source()
+    request_id: str = ""
+
+
+class CreatedKey(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    org: str
+    label: str
+    role: Role
+    scope: Scope
+    created_at: int
+    api_key: str  # shown once; never stored
+
+    def __repr__(self) -> str:
+        return f"CreatedKey(key_id={self.key_id!r}, org={self.org!r}, role={self.role!r})"
+
+
+class Revealed(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: int
+    value: bytes
+
+    def __repr__(self) -> str:
+        return f"Revealed(name={self.name!r}, version={self.version})"
+
+
+async def _caller_key(view: WriteView, org: str, ctx: Context, *, admin_token: bool = False) -> KeyState | None:
+    """The caller's key, checked active and of this org; None for the admin token where it may act."""
+    if ctx.actor.kind == "admin":
+        if admin_token:
+            return None
+        raise PermissionDeniedError("the admin token manages orgs only; use an API key of the org")
+    key = await view.key(ctx.actor.key_id)
+    if key is None or key.revoked or key.org != org:
+        raise UnauthenticatedError("the API key is unknown or revoked")
+    return key
+
+
+def _envelope(view: WriteView, org: str, stream: str, version: int | None, ctx: Context) -> dict[str, object]:
+    return {
+        "org": org, "stream": stream, "stream_version": version, "at": view.at,
+        "actor": ctx.actor, "source": ctx.source, "request_id": ctx.request_id,
+    }
+
+
+class CreateOrg(msgspec.Struct, frozen=True, kw_only=True):
+    """Create an org and its first key, an admin of scope `all` (admin token only)."""
+
+    org: str
+    ctx: Context
+    key_id: str
+    api_key: str
+    label: str = "admin"
+
+    async def decide(self, view: WriteView) -> Decision[CreatedKey]:
+        if self.ctx.actor.kind != "admin":
+            raise PermissionDeniedError("only the admin token creates orgs")
+        if await view.org(self.org) is not None:
+            raise AlreadyExistsError(f"org {self.org!r} exists")
+        created = OrgCreated(**_envelope(view, self.org, org_stream(self.org), 1, self.ctx))  # type: ignore[arg-type]
+        key = ApiKeyCreated(
+            **_envelope(view, self.org, key_stream(self.key_id), 1, self.ctx),  # type: ignore[arg-type]
+            key_id=self.key_id, label=self.label, role="admin", scope="all",
+            key_sha256=api_key_sha256(self.api_key),
+        )
+        result = CreatedKey(
+            key_id=self.key_id, org=self.org, label=self.label, role="admin", scope="all",
+            created_at=view.at, api_key=self.api_key,
+        )
+        return Decision(events=[created, key], result=result)
+
+
+class CreateApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    ctx: Context
+    key_id: str
+    api_key: str
+    label: str
+    role: Role
+    scope: Scope
+
+    async def decide(self, view: WriteView) -> Decision[CreatedKey]:
+        caller = await _caller_key(view, self.org, self.ctx, admin_token=True)
+        if caller is not None and caller.role != "admin":
+            raise PermissionDeniedError("only admin keys manage API keys")
+        if await view.org(self.org) is None:
+            raise NotFoundError(f"org {self.org!r} does not exist")
+        event = ApiKeyCreated(
+            **_envelope(view, self.org, key_stream(self.key_id), 1, self.ctx),  # type: ignore[arg-type]
+            key_id=self.key_id, label=self.label, role=self.role, scope=self.scope,
+            key_sha256=api_key_sha256(self.api_key),
+        )
+        result = CreatedKey(
+            key_id=self.key_id, org=self.org, label=self.label, role=self.role, scope=self.scope,
+            created_at=view.at, api_key=self.api_key,
+        )
+        return Decision(events=[event], result=result)
+
+
+class RevokeApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    ctx: Context
+    key_id: str
+
+    async def decide(self, view: WriteView) -> Decision[None]:
+        caller = await _caller_key(view, self.org, self.ctx, admin_token=True)
+        if caller is not None and caller.role != "admin":
+            raise PermissionDeniedError("only admin keys manage API keys")
+        key = await view.key(self.key_id)
+        if key is None or key.org != self.org or key.revoked:
+            raise NotFoundError(f"API key {self.key_id!r} not found")
+        event = ApiKeyRevoked(
+            **_envelope(view, self.org, key_stream(self.key_id), key.stream_version + 1, self.ctx),  # type: ignore[arg-type]
+            key_id=self.key_id,
+        )
+        return Decision(events=[event])
+
+
+class UpsertOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    created: bool
+    event: SecretCreated | SecretUpdated
+
+
+class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
+    """Create a secret, or give it a new value (and version); omitted fields keep their value."""
+
+    org: str
+    ctx: Context
+    name: str
+    value: bytes
+    scope: Scope | None = None
+    category: Category | None = None
+    description: str | None = None
+    if_match: int | None = None
+
+    def __repr__(self) -> str:
+        return f"UpsertSecret(org={self.org!r}, name={self.name!r})"
+
+    async def decide(self, view: WriteView) -> Decision[UpsertOutcome]:
+        await _caller_key(view, self.org, self.ctx)
+        state = await view.secret(self.org, self.name)
+        current = state if state is not None and state.exists else None
+        if self.if_match is not None and (current is None or current.version != self.if_match):
+            raise PreconditionFailedError(self.if_match, current.version if current else None)
+        version = (state.version if state else 0) + 1
+        stream_version = (state.stream_version if state else 0) + 1
+        data_key_id = new_data_key_id()
+        data_key = new_data_key()
+        kek_id, wrapped = view.keyring.wrap(data_key_id, data_key)
+        sealed = seal_value(data_key, self.value, self.org, self.name, version)
+        envelope = _envelope(view, self.org, secret_stream(self.org, self.name), stream_version, self.ctx)
+        fields = {
+            "name": self.name, "version": version, "data_key_id": data_key_id,
+            "sealed_sha256": sealed_sha256(sealed),
+        }
+        event: SecretCreated | SecretUpdated
+        if current is None:
+            event = SecretCreated(
+                **envelope, **fields,  # type: ignore[arg-type]
+                scope=self.scope or "all", category=self.category or "custom",
+                description=self.description or "",
+            )
+        else:
+            event = SecretUpdated(
+                **envelope, **fields,  # type: ignore[arg-type]
+                scope=self.scope or current.scope, category=self.category or current.category,
+                description=current.description if self.description is None else self.description,
+            )
+        return Decision(
+            events=[event], sealed=[sealed],
+            data_keys=[DataKeyRow(id=data_key_id, kek_id=kek_id, wrapped=wrapped)],
+            result=UpsertOutcome(created=current is None, event=event),
+        )
+
+
+class DeleteSecret(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    ctx: Context
+    name: str
+    if_match: int | None = None
+
+    async def decide(self, view: WriteView) -> Decision[None]:
+        await _caller_key(view, self.org, self.ctx)
+        state = await view.secret(self.org, self.name)
+        if state is None or not state.exists:
+            raise NotFoundError(f"secret {self.name!r} not found")
+        if self.if_match is not None and state.version != self.if_match:
+            raise PreconditionFailedError(self.if_match, state.version)
+        event = SecretDeleted(
+            **_envelope(  # type: ignore[arg-type]
+                view, self.org, secret_stream(self.org, self.name), state.stream_version + 1, self.ctx
+            ),
+            name=self.name, version=state.version,
+        )
+        return Decision(events=[event])
+
+
+class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
+    """Record a reveal, or a denied one; the value is answered only after the event commits."""
+
+    org: str
+    ctx: Context
+    name: str
+    reason: str = ""
+
+    async def decide(self, view: WriteView) -> Decision[Revealed]:
+        caller = await _caller_key(view, self.org, self.ctx)
+        state = await view.secret(self.org, self.name)
+        if state is None or not state.exists:
+            raise NotFoundError(f"secret {self.name!r} not found")
+        key_scope: Scope = caller.scope if caller is not None else "all"
+        envelope = _envelope(view, self.org, secret_stream(self.org, self.name), None, self.ctx)
+        if not scope_covers(key_scope, state.scope):
+            why = f"key scope {key_scope!r} does not cover secret scope {state.scope!r}"
+            denied = SecretRevealDenied(
+                **envelope,  # type: ignore[arg-type]
+                name=self.name, version=state.version, key_scope=key_scope, secret_scope=state.scope,
+                reason=why, request_reason=self.reason,
+            )
+            return Decision(events=[denied], error=RevealDeniedError(why))
+        value = await _open_current(view, state)
+        event = SecretRevealed(
+            **envelope,  # type: ignore[arg-type]
+            name=self.name, version=state.version, key_scope=key_scope, reason=self.reason,
+        )
+        return Decision(events=[event], result=Revealed(name=self.name, version=state.version, value=value))
+
+
+async def _open_current(view: WriteView, state: SecretState) -> bytes:
+    # Decrypted before the append so that a value that cannot be opened is never recorded as revealed;
+    # it is answered only after the event commits.
+    row = await view.data_key(state.data_key_id)
+    if row is None or state.version in state.destroyed_versions:
+        raise NotFoundError(f"secret {state.name!r} version {state.version} was destroyed")
+    data_key = view.keyring.unwrap(row.id, row.kek_id, row.wrapped)
+    return open_value(data_key, state.sealed, state.org, state.name, state.version)

@@ -1,0 +1,170 @@
+"""Envelope encryption: the only module that imports `cryptography`.
+
+- The master key (KEK) is 32 bytes given as base64 or 64 hex characters.
+- Each secret version is sealed with a fresh random 32-byte data key (DEK), AES-256-GCM, a random
+  96-bit IV and associated data binding it to `org | name | version`.
+- A DEK is wrapped by the KEK the same way, its associated data naming the KEK id and the DEK id.
+- Every ciphertext is stored as `base64(iv):base64(ciphertext):base64(tag)`.
+
+Plaintexts and keys are never put into exception messages or reprs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ledger.errors import CryptoError, IntegrityError, MasterKeyError
+
+KEY_BYTES = 32
+IV_BYTES = 12
+TAG_BYTES = 16
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_B64 = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
+
+
+class MasterKey:
+    """A 32-byte key-encryption key and its public id (a digest that reveals nothing of the key)."""
+
+    __slots__ = ("_aead", "kek_id")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != KEY_BYTES:
+            raise MasterKeyError(f"master key must be {KEY_BYTES} bytes, got {len(raw)}")
+        self.kek_id = "kek_" + hashlib.sha256(b"keyledger/kek-id\0" + raw).hexdigest()[:16]
+        self._aead = AESGCM(raw)
+
+    def __repr__(self) -> str:
+        return f"MasterKey(kek_id={self.kek_id!r})"
+
+    @classmethod
+    def generate(cls) -> tuple[MasterKey, str]:
+        """A fresh key and its base64 text, for dev mode and tests."""
+        raw = os.urandom(KEY_BYTES)
+        return cls(raw), base64.b64encode(raw).decode()
+
+    @classmethod
+    def parse(cls, text: str | None, name: str = "KEYLEDGER_MASTER_KEY") -> MasterKey:
+        """Parse base64 (standard or urlsafe) or 64 hex characters, with a clear error otherwise."""
+        if text is None or not text.strip():
+            raise MasterKeyError(f"{name} is missing: set it to 32 random bytes, base64 or hex encoded")
+        text = text.strip()
+        if _HEX64.match(text):
+            return cls(bytes.fromhex(text))
+        if not _B64.match(text):
+            raise MasterKeyError(f"{name} is neither base64 nor 64 hexadecimal characters")
+        try:
+            raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            raise MasterKeyError(f"{name} is not valid base64") from None
+        if len(raw) != KEY_BYTES:
+            raise MasterKeyError(f"{name} must decode to {KEY_BYTES} bytes, got {len(raw)}")
+        return cls(raw)
+
+
+class Keyring:
+    """The current master key wraps; it and any previous keys unwrap (during a rotation)."""
+
+    def __init__(self, current: MasterKey, previous: Iterable[MasterKey] = ()) -> None:
+        self.current = current
+        self._by_id = {key.kek_id: key for key in (*previous, current)}
+
+    def __repr__(self) -> str:
+        return f"Keyring(current={self.current.kek_id!r}, keys={sorted(self._by_id)!r})"
+
+    @property
+    def kek_ids(self) -> list[str]:
+        return sorted(self._by_id)
+
+    def wrap(self, data_key_id: str, data_key: bytes) -> tuple[str, str]:
+        """Wrap a data key under the current master key: (kek_id, wrapped text)."""
+        kek = self.current
+        return kek.kek_id, _seal(kek._aead, data_key, _dek_aad(kek.kek_id, data_key_id))
+
+    def unwrap(self, data_key_id: str, kek_id: str, wrapped: str) -> bytes:
+        kek = self._by_id.get(kek_id)
+        if kek is None:
+            raise CryptoError(f"data key {data_key_id} is wrapped by {kek_id}, which is not configured")
+        return _open(kek._aead, wrapped, _dek_aad(kek_id, data_key_id))
+
+    def rewrap(self, data_key_id: str, kek_id: str, wrapped: str) -> tuple[str, str]:
+        """Move a wrapped data key under the current master key without exposing it outside."""
+        return self.wrap(data_key_id, self.unwrap(data_key_id, kek_id, wrapped))
+
+    def check(self, data_key_id: str, kek_id: str, wrapped: str) -> None:
+        """Raise if this keyring cannot open that wrapped key (a startup check)."""
+        self.unwrap(data_key_id, kek_id, wrapped)
+
+
+def new_data_key_id() -> str:
+    return "dek_" + os.urandom(12).hex()
+
+
+def new_data_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def value_aad(org: str, name: str, version: int) -> bytes:
+    # NUL cannot occur in org ids or names (control characters are rejected), so this is unambiguous.
+    return b"keyledger/v1/value\0" + org.encode() + b"\0" + name.encode() + b"\0" + str(version).encode()
+
+
+def _dek_aad(kek_id: str, data_key_id: str) -> bytes:
+    return b"keyledger/v1/data-key\0" + kek_id.encode() + b"\0" + data_key_id.encode()
+
+
+def seal_value(data_key: bytes, plaintext: bytes, org: str, name: str, version: int) -> str:
+    return _seal(AESGCM(data_key), plaintext, value_aad(org, name, version))
+
+
+def open_value(data_key: bytes, sealed: str, org: str, name: str, version: int) -> bytes:
+    return _open(AESGCM(data_key), sealed, value_aad(org, name, version))
+
+
+def sealed_sha256(sealed: str) -> str:
+    return hashlib.sha256(sealed.encode()).hexdigest()
+
+
+def _seal(aead: AESGCM, plaintext: bytes, aad: bytes) -> str:
+    iv = os.urandom(IV_BYTES)
+    out = aead.encrypt(iv, plaintext, aad)
+    body, tag = out[:-TAG_BYTES], out[-TAG_BYTES:]
+    return ":".join(base64.b64encode(part).decode() for part in (iv, body, tag))
+
+
+def parse_sealed(text: str) -> tuple[bytes, bytes, bytes]:
+    """Split `base64(iv):base64(ciphertext):base64(tag)`, strictly (canonical base64, exact sizes)."""
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise CryptoError("malformed ciphertext: expected three base64 parts separated by ':'")
+    decoded = []
+    for label, part in zip(("iv", "ciphertext", "tag"), parts, strict=True):
+        try:
+            raw = base64.b64decode(part, validate=True)
+        except (binascii.Error, ValueError):
+            raise CryptoError(f"malformed ciphertext: {label} is not valid base64") from None
+        if base64.b64encode(raw).decode() != part:
+            raise CryptoError(f"malformed ciphertext: {label} is not canonical base64")
+        decoded.append(raw)
+    iv, body, tag = decoded
+    if len(iv) != IV_BYTES:
+        raise CryptoError(f"malformed ciphertext: iv must be {IV_BYTES} bytes, got {len(iv)}")
+    if len(tag) != TAG_BYTES:
+        raise CryptoError(f"malformed ciphertext: tag must be {TAG_BYTES} bytes, got {len(tag)}")
+    return iv, body, tag
+
+
+def _open(aead: AESGCM, text: str, aad: bytes) -> bytes:
+    iv, body, tag = parse_sealed(text)
+    try:
+        return aead.decrypt(iv, body + tag, aad)
+    except InvalidTag:
+        raise IntegrityError("ciphertext failed authentication (tampered, moved, or wrong key)") from None
+

@@ -1,0 +1,85 @@
+"""Domain errors, defined once here and mapped to HTTP statuses in exactly one place in the api.
+
+Messages never contain a secret value: they name fields, limits and identifiers only.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises on purpose."""
+
+
+class ValidationError(LedgerError):
+    """A command's input is malformed; `field` names the offending input."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ValueTooLargeError(ValidationError):
+    """A secret value exceeds the size limit."""
+
+
+class NotFoundError(LedgerError):
+    """The thing does not exist in the caller's org (or belongs to another org: same answer)."""
+
+
+class AlreadyExistsError(LedgerError):
+    """Creating something that exists already (an org, for instance)."""
+
+
+class PermissionDeniedError(LedgerError):
+    """The caller is known but may not do this (role or scope)."""
+
+
+class RevealDeniedError(PermissionDeniedError):
+    """A reveal refused by the key's scope; a `secret.reveal_denied` event was recorded."""
+
+
+class UnauthenticatedError(LedgerError):
+    """No valid credential: missing, malformed, unknown or revoked."""
+
+
+class PreconditionFailedError(LedgerError):
+    """A client's expected version (If-Match) is stale."""
+
+    def __init__(self, expected: int, actual: int | None) -> None:
+        super().__init__(f"expected version {expected}, current version is {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class ConcurrencyError(LedgerError):
+    """An append's expected stream version was taken by another append."""
+
+    def __init__(self, stream: str, stream_version: int) -> None:
+        super().__init__(f"stream {stream!r} already has version {stream_version}")
+        self.stream = stream
+        self.stream_version = stream_version
+
+
+class StoreUnavailableError(LedgerError):
+    """The store could not commit (disk full, I/O error, closed); nothing was committed."""
+
+
+class StoreLockedError(LedgerError):
+    """Another process holds the database open for writing."""
+
+
+class IntegrityError(LedgerError):
+    """Stored data failed authentication or verification."""
+
+
+class CryptoError(LedgerError):
+    """A key or ciphertext is malformed or does not open."""
+
+
+class MasterKeyError(CryptoError):
+    """The master key is missing or malformed."""
+
+
+class IdempotencyConflictError(LedgerError):
+    """An idempotency key was reused with a different request."""

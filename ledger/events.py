@@ -1,0 +1,172 @@
+"""The ledger's events: frozen, tagged msgspec Structs, one union decoded by its `type` tag.
+
+Evolution rules: a new field gets a default; a tag is never renamed or reused; bytes stored by
+an older version decode forever (frozen fixtures under tests/fixtures/events_v1).
+
+Every event carries its envelope (org, stream, stream version, time, actor, source, request id)
+so that the stored body is the whole event and the hash chain covers all of it. Secret values
+never appear here: a value event carries only the SHA-256 of its sealed ciphertext, which is
+stored beside the body (see `records.py`), so that exports can omit the ciphertext and still verify.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+ActorKind = Literal["api_key", "admin", "system"]
+Role = Literal["admin", "member"]
+Scope = Literal["all", "agents", "tools", "sandboxes"]
+Category = Literal["provider", "tool", "custom"]
+
+SCOPES: tuple[str, ...] = ("all", "agents", "tools", "sandboxes")
+CATEGORIES: tuple[str, ...] = ("provider", "tool", "custom")
+ROLES: tuple[str, ...] = ("admin", "member")
+
+
+class Actor(msgspec.Struct, frozen=True, kw_only=True):
+    """Who did it: an API key (id and label), the admin token, or the system itself."""
+
+    key_id: str
+    label: str = ""
+    kind: ActorKind = "api_key"
+
+
+class Source(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the request came from."""
+
+    address: str = ""
+    user_agent: str = ""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Envelope shared by every event. `stream_version` is None for events that change no state."""
+
+    org: str
+    stream: str
+    stream_version: int | None
+    at: int  # UTC, integer nanoseconds since the epoch
+    actor: Actor
+    source: Source = Source()
+    request_id: str = ""
+
+
+class OrgCreated(Event, frozen=True, kw_only=True, tag="org.created"):
+    pass
+
+
+class ApiKeyCreated(Event, frozen=True, kw_only=True, tag="api_key.created"):
+    key_id: str
+    label: str
+    role: Role
+    scope: Scope
+    key_sha256: str  # hex SHA-256 of the key: the key itself is never stored
+
+
+class ApiKeyRevoked(Event, frozen=True, kw_only=True, tag="api_key.revoked"):
+    key_id: str
+
+
+class SecretCreated(Event, frozen=True, kw_only=True, tag="secret.created"):
+    name: str
+    version: int
+    scope: Scope
+    category: Category
+    description: str = ""
+    data_key_id: str
+    sealed_sha256: str  # hex SHA-256 of the stored `iv:ciphertext:tag` string
+
+
+class SecretUpdated(Event, frozen=True, kw_only=True, tag="secret.updated"):
+    """A new value (and version); carries the whole metadata as it is after the update."""
+
+    name: str
+    version: int
+    scope: Scope
+    category: Category
+    description: str = ""
+    data_key_id: str
+    sealed_sha256: str
+
+
+class SecretDeleted(Event, frozen=True, kw_only=True, tag="secret.deleted"):
+    name: str
+    version: int  # the version that was current when deleted
+
+
+class SecretRevealed(Event, frozen=True, kw_only=True, tag="secret.revealed"):
+    name: str
+    version: int
+    key_scope: Scope = "all"
+    reason: str = ""
+
+
+class SecretRevealDenied(Event, frozen=True, kw_only=True, tag="secret.reveal_denied"):
+    name: str
+    version: int
+    key_scope: Scope = "all"
+    secret_scope: Scope = "all"
+    reason: str = ""  # why it was denied
+    request_reason: str = ""  # the reason the caller gave
+
+
+class MasterKeyRotated(Event, frozen=True, kw_only=True, tag="master_key.rotated"):
+    """Every data key was rewrapped: key ids only, never keys."""
+
+    old_kek_id: str
+    new_kek_id: str
+    data_keys: int
+
+
+class SecretVersionDestroyed(Event, frozen=True, kw_only=True, tag="secret.version_destroyed"):
+    """One version's data key was deleted: its value can never be opened again."""
+
+    name: str
+    version: int
+    data_key_id: str
+
+
+AnyEvent = (
+    OrgCreated
+    | ApiKeyCreated
+    | ApiKeyRevoked
+    | SecretCreated
+    | SecretUpdated
+    | SecretDeleted
+    | SecretRevealed
+    | SecretRevealDenied
+    | MasterKeyRotated
+    | SecretVersionDestroyed
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    OrgCreated,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    SecretCreated,
+    SecretUpdated,
+    SecretDeleted,
+    SecretRevealed,
+    SecretRevealDenied,
+    MasterKeyRotated,
+    SecretVersionDestroyed,
+)
+
+
+def event_type(event: Event) -> str:
+    """The stable dotted tag of an event, as stored in the `type` column."""
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def secret_name(event: Event) -> str | None:
+    """The secret an event is about, if any."""
+    name = getattr(event, "name", None)
+    return name if isinstance(name, str) else None
+
+
+def secret_version(event: Event) -> int | None:
+    version = getattr(event, "version", None)
+    return version if isinstance(version, int) else None

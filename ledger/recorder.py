@@ -1,0 +1,108 @@
+"""The recorder interface every storage backend implements, and the projector hook it calls.
+
+Contract (tested once in tests/contracts/recorder.py, subclassed per backend):
+
+1. `append` is atomic: all of a batch's records, its data keys and its projection rows commit
+   together, or nothing does (and the error is `ConcurrencyError` or `StoreUnavailableError`).
+2. `seq` is global and gapless from 1, in commit order; `org_seq` is gapless per org from 1.
+3. Each record's `prev_hash` is the hash of its org's previous record (32 zero bytes first).
+4. A (stream, stream_version) pair is taken at most once; records without a stream version
+   (reveals) never conflict.
+5. A projector's rows and its position are written in the same transaction as the records.
+6. Nothing is returned before COMMIT has returned.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
+
+from ledger.events import Event
+from ledger.records import DataKeyRow, PendingRecord, StoredRecord
+
+
+class Statement(NamedTuple):
+    """One parameterised statement run with executemany over `rows`."""
+
+    sql: str
+    rows: list[tuple[object, ...]]
+
+
+class Projector(Protocol):
+    """A read model updated inside the append transaction (defined by projections/, run by the store)."""
+
+    name: str
+
+    def schema(self) -> list[str]:
+        """DDL creating the projection's tables if missing."""
+        ...
+
+    def reset(self) -> list[str]:
+        """Statements emptying the projection's tables before a rebuild."""
+        ...
+
+    def project(self, batch: Sequence[tuple[StoredRecord, Event]]) -> list[Statement]:
+        """Statements applying a batch of committed-to-be records, in order."""
+        ...
+
+
+Progress = Callable[[int, int], None]
+
+
+class Recorder(abc.ABC):
+    """Durable, append-only storage of records, data keys and projection positions."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def append(
+        self,
+        pending: Sequence[PendingRecord],
+        events: Sequence[Event],
+        *,
+        data_keys: Sequence[DataKeyRow] = (),
+        drop_data_keys: Sequence[str] = (),
+    ) -> list[StoredRecord]:
+        """Append records (with their decoded events, for the projectors) in one transaction."""
+
+    @abc.abstractmethod
+    async def read_after(self, seq: int, limit: int = 1000) -> list[StoredRecord]:
+        """Records with seq > `seq`, in order."""
+
+    @abc.abstractmethod
+    async def read_stream(self, stream: str) -> list[StoredRecord]:
+        """The state-changing records of one stream (those with a stream version), in order."""
+
+    @abc.abstractmethod
+    async def read_org(self, org: str, after_org_seq: int = 0, limit: int = 1000) -> list[StoredRecord]:
+        """One org's records with org_seq > `after_org_seq`, in order."""
+
+    @abc.abstractmethod
+    async def max_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    async def org_head(self, org: str) -> tuple[int, bytes]:
+        """(org_seq, hash) of the org's last record, or (0, 32 zero bytes)."""
+
+    @abc.abstractmethod
+    async def get_data_key(self, data_key_id: str) -> DataKeyRow | None: ...
+
+    @abc.abstractmethod
+    async def data_keys_after(self, data_key_id: str, limit: int = 1000) -> list[DataKeyRow]:
+        """Wrapped data keys with id > `data_key_id`, by id (for rewrapping in chunks)."""
+
+    @abc.abstractmethod
+    async def replace_data_keys(self, rows: Sequence[DataKeyRow]) -> None:
+        """Overwrite wrapped data keys in place (rewrap); the caller records the event."""
+
+    @abc.abstractmethod
+    async def projection_positions(self) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    async def rebuild_projections(self, progress: Progress | None = None) -> None:
+        """Empty every projection and fold all records into it again from the first."""

@@ -1,0 +1,58 @@
+"""Stored records and the per-org hash chain.
+
+hash = SHA-256("keyledger/v1\\0" || org || "\\0" || org_seq (8 bytes, big-endian) || prev_hash || body)
+
+The global `seq` is not hashed: it depends on other orgs' traffic, and each org's chain must verify
+alone. An org's first event links to 32 zero bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+GENESIS_HASH = bytes(32)
+_DOMAIN = b"keyledger/v1\0"
+
+
+def chain_hash(org: str, org_seq: int, prev_hash: bytes, body: bytes) -> bytes:
+    return hashlib.sha256(
+        _DOMAIN + org.encode() + b"\0" + org_seq.to_bytes(8, "big") + prev_hash + body
+    ).digest()
+
+
+class PendingRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An event ready to append: the recorder assigns seq, org_seq and the chain."""
+
+    org: str
+    stream: str
+    stream_version: int | None
+    type: str
+    at: int
+    body: bytes
+    sealed: str | None = None  # the sealed value, for value events; committed to by the body's digest
+
+
+class StoredRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A committed event as stored."""
+
+    seq: int
+    org: str
+    org_seq: int
+    stream: str
+    stream_version: int | None
+    type: str
+    at: int
+    body: bytes
+    sealed: str | None
+    prev_hash: bytes
+    hash: bytes
+
+
+class DataKeyRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A wrapped data key: the only mutable state of the ledger."""
+
+    id: str
+    kek_id: str
+    wrapped: str

@@ -1,0 +1,283 @@
+"""Group commit: one writer task decides queued commands in order and commits each batch once.
+
+Concurrent commands wait in a queue. The writer takes everything queued (up to a cap), decides each
+command against the current state plus the effects of the commands before it in the batch, appends
+the batch (records, data keys, projection rows) in one transaction, and only after COMMIT answers
+every caller. A command that fails its rules fails alone; if the commit itself fails, no command of
+the batch committed and each caller gets the error. Batch size follows load: no timer is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import msgspec
+
+from ledger.codec import decode_event, encode_event
+from ledger.crypto import Keyring
+from ledger.errors import ConcurrencyError, LedgerError, StoreUnavailableError
+from ledger.events import Event, event_type
+from ledger.model import (
+    KeyState,
+    OrgState,
+    SecretState,
+    evolve_key,
+    evolve_org,
+    evolve_secret,
+    key_stream,
+    org_stream,
+    secret_stream,
+)
+from ledger.recorder import Recorder
+from ledger.records import DataKeyRow, PendingRecord
+
+T = TypeVar("T")
+MAX_BATCH = 512
+
+
+class Decision(msgspec.Struct, Generic[T], kw_only=True):
+    """What a command decided: events to append, and what to answer once they are committed."""
+
+    events: list[Event]
+    sealed: list[str | None] | None = None  # sealed value per event (value events only)
+    data_keys: list[DataKeyRow] = msgspec.field(default_factory=list)
+    result: T | None = None
+    error: LedgerError | None = None  # raised to the caller after the events commit (a denied reveal)
+
+
+class Command(Protocol[T]):
+    async def decide(self, view: WriteView) -> Decision[T]: ...
+
+
+class WriteView:
+    """The state commands are decided against: committed caches plus the current batch's overlay."""
+
+    def __init__(self, recorder: Recorder, keyring: Keyring, at: int) -> None:
+        self.recorder = recorder
+        self.keyring = keyring
+        self.at = at
+        self.orgs: dict[str, OrgState | None] = {}
+        self.keys: dict[str, KeyState | None] = {}
+        self.secrets: dict[str, SecretState | None] = {}
+        self.data_keys: dict[str, DataKeyRow | None] = {}
+        self._committed: WriteCache | None = None
+
+    async def org(self, org: str) -> OrgState | None:
+        stream = org_stream(org)
+        if stream not in self.orgs:
+            self.orgs[stream] = await self._committed_state(stream, "orgs")  # type: ignore[assignment]
+        return self.orgs[stream]
+
+    async def key(self, key_id: str) -> KeyState | None:
+        stream = key_stream(key_id)
+        if stream not in self.keys:
+            self.keys[stream] = await self._committed_state(stream, "keys")  # type: ignore[assignment]
+        return self.keys[stream]
+
+    async def secret(self, org: str, name: str) -> SecretState | None:
+        stream = secret_stream(org, name)
+        if stream not in self.secrets:
+            self.secrets[stream] = await self._committed_state(stream, "secrets")  # type: ignore[assignment]
+        return self.secrets[stream]
+
+    async def data_key(self, data_key_id: str) -> DataKeyRow | None:
+        if data_key_id not in self.data_keys:
+            assert self._committed is not None
+            self.data_keys[data_key_id] = await self._committed.data_key(data_key_id)
+        return self.data_keys[data_key_id]
+
+    async def _committed_state(self, stream: str, kind: str) -> object:
+        assert self._committed is not None
+        return await self._committed.state(stream, kind)
+
+    def apply(self, decision: Decision[Any]) -> None:
+        """Fold a decision's events into the overlay so later commands in the batch see them."""
+        sealed = decision.sealed or [None] * len(decision.events)
+        for event, value in zip(decision.events, sealed, strict=True):
+            if event.stream_version is None:
+                continue
+            stream = event.stream
+            if stream.startswith("org:"):
+                self.orgs[stream] = evolve_org(self.orgs.get(stream), event)
+            elif stream.startswith("key:"):
+                self.keys[stream] = evolve_key(self.keys.get(stream), event)
+            elif stream.startswith("secret:"):
+                self.secrets[stream] = evolve_secret(self.secrets.get(stream), event, value)
+        for row in decision.data_keys:
+            self.data_keys[row.id] = row
+
+
+class WriteCache:
+    """Committed write-side state, loaded per stream on first use and updated after each commit."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.streams: dict[str, object] = {}
+        self.wrapped: dict[str, DataKeyRow | None] = {}
+
+    async def state(self, stream: str, kind: str) -> object:
+        if stream not in self.streams:
+            state: object = None
+            for record in await self.recorder.read_stream(stream):
+                event = decode_event(record.body)
+                if kind == "orgs":
+                    state = evolve_org(state, event)  # type: ignore[arg-type]
+                elif kind == "keys":
+                    state = evolve_key(state, event)  # type: ignore[arg-type]
+                else:
+                    state = evolve_secret(state, event, record.sealed)  # type: ignore[arg-type]
+            self.streams[stream] = state
+        return self.streams[stream]
+
+    async def data_key(self, data_key_id: str) -> DataKeyRow | None:
+        if data_key_id not in self.wrapped:
+            self.wrapped[data_key_id] = await self.recorder.get_data_key(data_key_id)
+        return self.wrapped[data_key_id]
+
+    def merge(self, view: WriteView) -> None:
+        for table in (view.orgs, view.keys, view.secrets):
+            self.streams.update(table)
+        self.wrapped.update(view.data_keys)
+
+    def clear(self) -> None:
+        self.streams.clear()
+        self.wrapped.clear()
+
+
+class _Job:
+    __slots__ = ("command", "future")
+
+    def __init__(self, command: Command[Any], future: asyncio.Future[Any]) -> None:
+        self.command = command
+        self.future = future
+
+
+class Writer:
+    """The single writer task. `submit` returns the command's result after its events commit."""
+
+    def __init__(self, recorder: Recorder, keyring: Keyring, clock: Callable[[], int] = time.time_ns) -> None:
+        self.recorder = recorder
+        self.keyring = keyring
+        self.clock = clock
+        self.cache = WriteCache(recorder)
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._last_at = 0
+        self.batches = 0
+        self.committed_commands = 0
+        self.before_commit: Callable[[], Awaitable[None]] | None = None  # test hook
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="keyledger-writer")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(StoreUnavailableError("the ledger is shutting down"))
+
+    async def submit(self, command: Command[T]) -> T:
+        if self._task is None:
+            raise StoreUnavailableError("the ledger is not running")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(command, future))
+        return await future
+
+    def _now(self) -> int:
+        # Times never go backwards in the ledger, even if the wall clock does.
+        self._last_at = max(self.clock(), self._last_at)
+        return self._last_at
+
+    async def _run(self) -> None:
+        while True:
+            jobs = [await self._queue.get()]
+            while len(jobs) < MAX_BATCH and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            try:
+                await self._commit_batch(jobs)
+            except ConcurrencyError:
+                # Another writer took a stream version (cannot happen with one writer per store):
+                # forget cached state and decide each command again, alone.
+                self.cache.clear()
+                for job in jobs:
+                    if not job.future.done():
+                        try:
+                            await self._commit_batch([job])
+                        except LedgerError as exc:
+                            _fail(job, exc)
+            except LedgerError as exc:
+                for job in jobs:
+                    _fail(job, exc)
+            except asyncio.CancelledError:
+                for job in jobs:
+                    _fail(job, StoreUnavailableError("the ledger is shutting down"))
+                raise
+            except Exception as exc:  # a bug must not kill the writer or leave callers waiting
+                self.cache.clear()
+                for job in jobs:
+                    _fail(job, StoreUnavailableError(f"internal error while committing: {type(exc).__name__}"))
+
+    async def _commit_batch(self, jobs: list[_Job]) -> None:
+        view = WriteView(self.recorder, self.keyring, self._now())
+        view._committed = self.cache
+        decided: list[tuple[_Job, Decision[Any]]] = []
+        for job in jobs:
+            if job.future.done():  # the caller went away (cancelled): do nothing on its behalf
+                continue
+            try:
+                decision = await job.command.decide(view)
+            except LedgerError as exc:
+                _fail(job, exc)
+                continue
+            view.apply(decision)
+            decided.append((job, decision))
+        if not decided:
+            return
+        events: list[Event] = []
+        pending: list[PendingRecord] = []
+        data_keys: list[DataKeyRow] = []
+        for _, decision in decided:
+            sealed = decision.sealed or [None] * len(decision.events)
+            for event, value in zip(decision.events, sealed, strict=True):
+                events.append(event)
+                pending.append(
+                    PendingRecord(
+                        org=event.org, stream=event.stream, stream_version=event.stream_version,
+                        type=event_type(event), at=event.at, body=encode_event(event), sealed=value,
+                    )
+                )
+            data_keys.extend(decision.data_keys)
+        if self.before_commit is not None:
+            await self.before_commit()
+        try:
+            await self.recorder.append(pending, events, data_keys=data_keys)
+        except ConcurrencyError:
+            raise
+        except LedgerError:
+            # Nothing committed: the batch's overlay is discarded; cached org heads stay valid.
+            raise
+        self.cache.merge(view)
+        self.batches += 1
+        self.committed_commands += len(decided)
+        for job, decision in decided:
+            if job.future.done():
+                continue
+            if decision.error is not None:
+                job.future.set_exception(decision.error)
+            else:
+                job.future.set_result(decision.result)
+
+
+def _fail(job: _Job, exc: LedgerError) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)

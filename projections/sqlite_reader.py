@@ -1,0 +1,137 @@
+"""Queries on the SQLite projections.
+
+Reads use their own read-only connection. Point lookups and pages are a few microseconds of
+SQLite work, cheaper than a hop to a worker thread, so they run on the event loop's thread;
+WAL lets them proceed while the writer commits. The methods are async so that another backend
+can do real I/O behind the same interface.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from projections.views import ApiKeyRow, AuditRow, SecretMeta
+
+_SECRET_COLUMNS = (
+    "org, name, scope, category, description, version, created_at, updated_at, created_by, updated_by, deleted"
+)
+_KEY_COLUMNS = "key_id, org, label, role, scope, created_at, revoked_at, last_used_at"
+_AUDIT_COLUMNS = (
+    "seq, org, at, action, actor_key_id, actor_label, actor_kind, secret, version, request_id, "
+    "client_address, user_agent, outcome, detail"
+)
+
+
+def _secret(row: tuple[object, ...]) -> SecretMeta:
+    return SecretMeta(
+        org=str(row[0]), name=str(row[1]), scope=str(row[2]), category=str(row[3]), description=str(row[4]),
+        version=int(row[5]), created_at=int(row[6]), updated_at=int(row[7]),  # type: ignore[call-overload]
+        created_by=str(row[8]), updated_by=str(row[9]), deleted=bool(row[10]),
+    )
+
+
+def _key(row: tuple[object, ...]) -> ApiKeyRow:
+    return ApiKeyRow(
+        key_id=str(row[0]), org=str(row[1]), label=str(row[2]), role=str(row[3]), scope=str(row[4]),
+        created_at=int(row[5]),  # type: ignore[call-overload]
+        revoked_at=None if row[6] is None else int(row[6]),  # type: ignore[call-overload]
+        last_used_at=None if row[7] is None else int(row[7]),  # type: ignore[call-overload]
+    )
+
+
+class SqliteProjections:
+    """Read-only access to the projection tables of one database file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        self._conn.execute("PRAGMA query_only = ON")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("projections are not open")
+        return self._conn
+
+    async def key_by_sha256(self, key_sha256: str) -> tuple[ApiKeyRow, str] | None:
+        """The key row with that digest, and the stored digest for a constant-time comparison."""
+        row = self.conn.execute(
+            f"SELECT {_KEY_COLUMNS}, key_sha256 FROM api_keys WHERE key_sha256 = ?", (key_sha256,)
+        ).fetchone()
+        return None if row is None else (_key(row), str(row[8]))
+
+    async def get_key(self, org: str, key_id: str) -> ApiKeyRow | None:
+        row = self.conn.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ? AND org = ?", (key_id, org)
+        ).fetchone()
+        return None if row is None else _key(row)
+
+    async def list_keys(self, org: str) -> list[ApiKeyRow]:
+        rows = self.conn.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE org = ? ORDER BY created_at, key_id", (org,)
+        ).fetchall()
+        return [_key(r) for r in rows]
+
+    async def get_secret(self, org: str, name: str) -> SecretMeta | None:
+        row = self.conn.execute(
+            f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE org = ? AND name = ? AND deleted = 0", (org, name)
+        ).fetchone()
+        return None if row is None else _secret(row)
+
+    async def list_secrets(
+        self,
+        org: str,
+        *,
+        after: str | None = None,
+        limit: int = 100,
+        scope: str | None = None,
+        category: str | None = None,
+    ) -> list[SecretMeta]:
+        """A page of live secrets ordered by name (binary order), strictly after `after`."""
+        where = ["org = ?", "deleted = 0"]
+        params: list[object] = [org]
+        if after is not None:
+            where.append("name > ?")
+            params.append(after)
+        if scope is not None:
+            where.append("scope = ?")
+            params.append(scope)
+        if category is not None:
+            where.append("category = ?")
+            params.append(category)
+        params.append(limit)
+        rows = self.conn.execute(
+            f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE {' AND '.join(where)} ORDER BY name LIMIT ?", params
+        ).fetchall()
+        return [_secret(r) for r in rows]
+
+    async def audit(self, org: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
+        rows = self.conn.execute(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (org, after_seq, limit),
+        ).fetchall()
+        return [
+            AuditRow(
+                seq=r[0], org=r[1], at=r[2], action=r[3], actor_key_id=r[4], actor_label=r[5], actor_kind=r[6],
+                secret=r[7], version=r[8], request_id=r[9], client_address=r[10], user_agent=r[11],
+                outcome=r[12], detail=r[13],
+            )
+            for r in rows
+        ]
+
+    async def positions(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT name, position FROM projection_positions").fetchall()
+        return {str(n): int(p) for n, p in rows}
+
+    async def ledger_head(self) -> int:
+        row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        return int(row[0]) if row else 0

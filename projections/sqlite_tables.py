@@ -1,0 +1,177 @@
+"""The projections' tables on SQLite and the statements that fold events into them.
+
+Each projector is a pure function of the events: rebuilding from the first event gives exactly the
+rows that incremental updates gave (invariant 6). The store runs these statements inside the
+append's transaction and writes each projector's position with them (invariant 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ledger.events import (
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    Event,
+    SecretCreated,
+    SecretDeleted,
+    SecretRevealDenied,
+    SecretRevealed,
+    SecretUpdated,
+    event_type,
+    secret_name,
+    secret_version,
+)
+from ledger.recorder import Projector, Statement
+from ledger.records import StoredRecord
+
+Batch = Sequence[tuple[StoredRecord, Event]]
+
+
+def _coalesce(statements: list[tuple[str, tuple[object, ...]]]) -> list[Statement]:
+    """Group consecutive rows of the same SQL into one executemany, keeping their order."""
+    out: list[Statement] = []
+    for sql, row in statements:
+        if out and out[-1].sql == sql:
+            out[-1].rows.append(row)
+        else:
+            out.append(Statement(sql, [row]))
+    return out
+
+
+_SECRET_CREATED = """INSERT INTO secrets (org, name, scope, category, description, version, created_at,
+    updated_at, created_by, updated_by, deleted, deleted_at) VALUES (?,?,?,?,?,?,?,?,?,?,0,NULL)
+    ON CONFLICT(org, name) DO UPDATE SET scope=excluded.scope, category=excluded.category,
+    description=excluded.description, version=excluded.version, created_at=excluded.created_at,
+    updated_at=excluded.updated_at, created_by=excluded.created_by, updated_by=excluded.updated_by,
+    deleted=0, deleted_at=NULL"""
+_SECRET_UPDATED = """UPDATE secrets SET scope=?, category=?, description=?, version=?, updated_at=?,
+    updated_by=? WHERE org=? AND name=?"""
+_SECRET_DELETED = "UPDATE secrets SET deleted=1, deleted_at=? WHERE org=? AND name=?"
+
+
+class SecretsProjector:
+    """Current metadata of every secret per org (deleted ones kept, flagged)."""
+
+    name = "secrets"
+
+    def schema(self) -> list[str]:
+        return [
+            """CREATE TABLE IF NOT EXISTS secrets (
+                org TEXT NOT NULL, name TEXT NOT NULL, scope TEXT NOT NULL, category TEXT NOT NULL,
+                description TEXT NOT NULL, version INTEGER NOT NULL, created_at INTEGER NOT NULL,
+                updated_at INTEGER NOT NULL, created_by TEXT NOT NULL, updated_by TEXT NOT NULL,
+                deleted INTEGER NOT NULL, deleted_at INTEGER,
+                PRIMARY KEY (org, name)) WITHOUT ROWID""",
+        ]
+
+    def reset(self) -> list[str]:
+        return ["DELETE FROM secrets"]
+
+    def project(self, batch: Batch) -> list[Statement]:
+        rows: list[tuple[str, tuple[object, ...]]] = []
+        for _, event in batch:
+            who = event.actor.key_id
+            if isinstance(event, SecretCreated):
+                rows.append((_SECRET_CREATED, (
+                    event.org, event.name, event.scope, event.category, event.description, event.version,
+                    event.at, event.at, who, who,
+                )))
+            elif isinstance(event, SecretUpdated):
+                rows.append((_SECRET_UPDATED, (
+                    event.scope, event.category, event.description, event.version, event.at, who,
+                    event.org, event.name,
+                )))
+            elif isinstance(event, SecretDeleted):
+                rows.append((_SECRET_DELETED, (event.at, event.org, event.name)))
+        return _coalesce(rows)
+
+
+_KEY_CREATED = """INSERT INTO api_keys (key_id, org, label, role, scope, key_sha256, created_at, created_by,
+    revoked_at, last_used_at) VALUES (?,?,?,?,?,?,?,?,NULL,NULL)"""
+_KEY_REVOKED = "UPDATE api_keys SET revoked_at=? WHERE key_id=?"
+_KEY_USED = "UPDATE api_keys SET last_used_at=MAX(COALESCE(last_used_at, 0), ?) WHERE key_id=?"
+
+
+class ApiKeysProjector:
+    """API keys per org by the SHA-256 of the key (never the key), with last use from the events."""
+
+    name = "api_keys"
+
+    def schema(self) -> list[str]:
+        return [
+            """CREATE TABLE IF NOT EXISTS api_keys (
+                key_id TEXT PRIMARY KEY, org TEXT NOT NULL, label TEXT NOT NULL, role TEXT NOT NULL,
+                scope TEXT NOT NULL, key_sha256 TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL,
+                created_by TEXT NOT NULL, revoked_at INTEGER, last_used_at INTEGER)""",
+            "CREATE INDEX IF NOT EXISTS api_keys_org ON api_keys(org, created_at)",
+        ]
+
+    def reset(self) -> list[str]:
+        return ["DELETE FROM api_keys"]
+
+    def project(self, batch: Batch) -> list[Statement]:
+        rows: list[tuple[str, tuple[object, ...]]] = []
+        last_used: dict[str, int] = {}
+        for _, event in batch:
+            if isinstance(event, ApiKeyCreated):
+                rows.append((_KEY_CREATED, (
+                    event.key_id, event.org, event.label, event.role, event.scope, event.key_sha256,
+                    event.at, event.actor.key_id,
+                )))
+            elif isinstance(event, ApiKeyRevoked):
+                rows.append((_KEY_REVOKED, (event.at, event.key_id)))
+            if event.actor.kind == "api_key":
+                last_used[event.actor.key_id] = max(event.at, last_used.get(event.actor.key_id, 0))
+        # Last use goes after the batch's inserts; MAX makes the order of these updates irrelevant.
+        rows.extend((_KEY_USED, (at, key_id)) for key_id, at in sorted(last_used.items()))
+        return _coalesce(rows)
+
+
+_AUDIT_INSERT = """INSERT INTO audit (seq, org, at, action, actor_key_id, actor_label, actor_kind, secret,
+    version, request_id, client_address, user_agent, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"""
+
+
+def audit_outcome(event: Event) -> tuple[str, str]:
+    """(outcome, detail) of an event for the audit view."""
+    if isinstance(event, SecretRevealDenied):
+        return "denied", event.reason
+    if isinstance(event, SecretRevealed):
+        return "granted", event.reason
+    return "ok", ""
+
+
+class AuditProjector:
+    """A flat row per event: who did what to which secret, when, from where, and how it ended."""
+
+    name = "audit"
+
+    def schema(self) -> list[str]:
+        return [
+            """CREATE TABLE IF NOT EXISTS audit (
+                seq INTEGER PRIMARY KEY, org TEXT NOT NULL, at INTEGER NOT NULL, action TEXT NOT NULL,
+                actor_key_id TEXT NOT NULL, actor_label TEXT NOT NULL, actor_kind TEXT NOT NULL,
+                secret TEXT, version INTEGER, request_id TEXT NOT NULL, client_address TEXT NOT NULL,
+                user_agent TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL)""",
+        ]
+
+    def reset(self) -> list[str]:
+        return ["DELETE FROM audit"]
+
+    def project(self, batch: Batch) -> list[Statement]:
+        rows: list[tuple[object, ...]] = []
+        for record, event in batch:
+            outcome, detail = audit_outcome(event)
+            rows.append((
+                record.seq, event.org, event.at, event_type(event), event.actor.key_id, event.actor.label,
+                event.actor.kind, secret_name(event), secret_version(event), event.request_id,
+                event.source.address, event.source.user_agent, outcome, detail,
+            ))
+        return [Statement(_AUDIT_INSERT, rows)]
+
+
+def all_projectors() -> list[Projector]:
+    return [SecretsProjector(), ApiKeysProjector(), AuditProjector()]
+
+
+PROJECTION_TABLES = ("secrets", "api_keys", "audit")

@@ -1,0 +1,47 @@
+"""Rows of the read models, as the API reads them. Never a value, never a ciphertext."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class SecretMeta(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    name: str
+    scope: str
+    category: str
+    description: str
+    version: int
+    created_at: int
+    updated_at: int
+    created_by: str
+    updated_by: str
+    deleted: bool = False
+
+
+class ApiKeyRow(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    org: str
+    label: str
+    role: str
+    scope: str
+    created_at: int
+    revoked_at: int | None
+    last_used_at: int | None
+
+
+class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    org: str
+    at: int
+    action: str
+    actor_key_id: str
+    actor_label: str
+    actor_kind: str
+    secret: str | None
+    version: int | None
+    request_id: str
+    client_address: str
+    user_agent: str
+    outcome: str
+    detail: str
