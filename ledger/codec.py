@@ -5,6 +5,8 @@ The bytes are hashed as stored; nothing is ever re-encoded to check a hash.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from ledger.errors import IntegrityError
@@ -23,5 +25,14 @@ def decode_event(body: bytes) -> AnyEvent:
     try:
         event: AnyEvent = _decoder.decode(body)
         return event
-    except msgspec.DecodeError as exc:
-        raise IntegrityError(f"undecodable event body: {exc}") from None
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: bytes that are not UTF-8
+        raise IntegrityError(f"undecodable event body{_where(exc)}") from None
+
+
+_PATH = re.compile(r"at `(\$[^`]{0,200})`")
+
+
+def _where(exc: Exception) -> str:
+    """The JSON path of a decoding error, never the stored content msgspec may quote."""
+    found = _PATH.search(str(exc))
+    return f" at {found.group(1)}" if found else ""

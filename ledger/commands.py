@@ -115,6 +115,9 @@ class CreateOrg(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str
     label: str = "admin"
 
+    def __repr__(self) -> str:
+        return f"CreateOrg(org={self.org!r}, key_id={self.key_id!r})"
+
     async def decide(self, view: WriteView) -> Decision[CreatedKey]:
         if self.ctx.actor.kind != "admin":
             raise PermissionDeniedError("only the admin token creates orgs")
@@ -141,6 +144,9 @@ class CreateApiKey(msgspec.Struct, frozen=True, kw_only=True):
     label: str
     role: Role
     scope: Scope
+
+    def __repr__(self) -> str:
+        return f"CreateApiKey(org={self.org!r}, key_id={self.key_id!r})"
 
     async def decide(self, view: WriteView) -> Decision[CreatedKey]:
         caller = await _caller_key(view, self.org, self.ctx, admin_token=True)

@@ -58,10 +58,13 @@ class MasterKey:
         text = text.strip()
         if _HEX64.match(text):
             return cls(bytes.fromhex(text))
+        if len(text) > 40 and all(ch in "0123456789abcdefABCDEF" for ch in text):
+            raise MasterKeyError(f"{name} looks like hex but has {len(text)} characters; hex keys have 64")
         if not _B64.match(text):
             raise MasterKeyError(f"{name} is neither base64 nor 64 hexadecimal characters")
         try:
-            raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+            standard = text.replace("-", "+").replace("_", "/").rstrip("=")
+            raw = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise MasterKeyError(f"{name} is not valid base64") from None
         if len(raw) != KEY_BYTES:
@@ -74,7 +77,8 @@ class Keyring:
 
     def __init__(self, current: MasterKey, previous: Iterable[MasterKey] = ()) -> None:
         self.current = current
-        self._by_id = {key.kek_id: key for key in (*previous, current)}
+        self.previous = [key for key in previous if key.kek_id != current.kek_id]
+        self._by_id = {key.kek_id: key for key in (*self.previous, current)}
 
     def __repr__(self) -> str:
         return f"Keyring(current={self.current.kek_id!r}, keys={sorted(self._by_id)!r})"

@@ -1,6 +1,6 @@
 """The offline verifier: checks a ledger's records alone, naming the first bad event and why.
 
-Checks, in order of records: global `seq` contiguity from 1; per-org `org_seq` contiguity from 1;
+Checks, in order of records: global `seq` contiguity from 1; times never decrease; per-org `org_seq` contiguity from 1;
 each `prev_hash` equals the org's previous `hash` (32 zero bytes first); each `hash` recomputed
 over the stored bytes; the body decodes; the columns copied out of the body match it; a sealed
 value matches the digest its body commits to.
@@ -37,6 +37,7 @@ def verify_records(records: Iterable[StoredRecord], *, start_seq: int = 1) -> Ve
     heads: dict[str, tuple[int, bytes]] = {}
     expected_seq = start_seq
     checked = 0
+    last_at = 0
 
     def fail(record: StoredRecord, reason: str) -> VerifyReport:
         return VerifyReport(
@@ -62,6 +63,11 @@ def verify_records(records: Iterable[StoredRecord], *, start_seq: int = 1) -> Ve
         problem = _check_body(record)
         if problem:
             return fail(record, problem)
+        # The writer never lets time go backwards, so this catches reorderings across orgs, whose
+        # chains (and thus hashes) are independent of each other.
+        if record.at < last_at:
+            return fail(record, "time goes backwards: events are out of order")
+        last_at = record.at
         heads[record.org] = (record.org_seq, record.hash)
         expected_seq += 1
         checked += 1

@@ -45,6 +45,7 @@ class Decision(msgspec.Struct, Generic[T], kw_only=True):
     events: list[Event]
     sealed: list[str | None] | None = None  # sealed value per event (value events only)
     data_keys: list[DataKeyRow] = msgspec.field(default_factory=list)
+    drop_data_keys: list[str] = msgspec.field(default_factory=list)
     result: T | None = None
     error: LedgerError | None = None  # raised to the caller after the events commit (a denied reveal)
 
@@ -109,6 +110,8 @@ class WriteView:
                 self.secrets[stream] = evolve_secret(self.secrets.get(stream), event, value)
         for row in decision.data_keys:
             self.data_keys[row.id] = row
+        for data_key_id in decision.drop_data_keys:
+            self.data_keys[data_key_id] = None
 
 
 class WriteCache:
@@ -170,6 +173,10 @@ class Writer:
         self.batches = 0
         self.committed_commands = 0
         self.before_commit: Callable[[], Awaitable[None]] | None = None  # test hook
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     def start(self) -> None:
         if self._task is None:
@@ -246,6 +253,7 @@ class Writer:
         events: list[Event] = []
         pending: list[PendingRecord] = []
         data_keys: list[DataKeyRow] = []
+        drop_data_keys: list[str] = []
         for _, decision in decided:
             sealed = decision.sealed or [None] * len(decision.events)
             for event, value in zip(decision.events, sealed, strict=True):
@@ -257,10 +265,11 @@ class Writer:
                     )
                 )
             data_keys.extend(decision.data_keys)
+            drop_data_keys.extend(decision.drop_data_keys)
         if self.before_commit is not None:
             await self.before_commit()
         try:
-            await self.recorder.append(pending, events, data_keys=data_keys)
+            await self.recorder.append(pending, events, data_keys=data_keys, drop_data_keys=drop_data_keys)
         except ConcurrencyError:
             raise
         except LedgerError:

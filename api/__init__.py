@@ -1,0 +1,1 @@
+"""The faces of keyledger: the Litestar HTTP app and the CLI."""

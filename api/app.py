@@ -1,0 +1,89 @@
+"""The app factory: `create_app(settings)` wires the ledger, the projections and the controllers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from api.deps import DEPENDENCIES
+from api.errors import EXCEPTION_HANDLERS
+from api.middleware import request_id_middleware
+from api.routes.admin import AdminController
+from api.routes.health import healthz, readyz
+from api.routes.keys import KeysController
+from api.routes.secrets import SecretsController
+from api.settings import Settings
+from ledger.crypto import Keyring
+from ledger.errors import CryptoError, MasterKeyError
+from ledger.service import Ledger
+from ledger.sqlite_store import SqliteRecorder
+from projections.sqlite_reader import SqliteProjections
+from projections.sqlite_tables import all_projectors
+
+log = logging.getLogger("keyledger")
+
+VERSION = "0.1.0"
+
+
+def build_ledger(settings: Settings) -> Ledger:
+    recorder = SqliteRecorder(settings.db, all_projectors(), synchronous=settings.synchronous)
+    return Ledger(recorder, Keyring(settings.master_key, settings.previous_master_keys))
+
+
+async def check_master_key(ledger: Ledger) -> None:
+    """Refuse a master key that cannot open the data keys already stored."""
+    rows = await ledger.recorder.data_keys_after("", limit=1)
+    for row in rows:
+        try:
+            ledger.keyring.check(row.id, row.kek_id, row.wrapped)
+        except CryptoError:
+            raise MasterKeyError(
+                "KEYLEDGER_MASTER_KEY cannot open this database's data keys: it is not the key it was written with"
+            ) from None
+
+
+def create_app(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        ledger = build_ledger(settings)
+        await ledger.start()
+        projections = SqliteProjections(settings.db)
+        try:
+            await check_master_key(ledger)
+            projections.open()
+            app.state.ledger = ledger
+            app.state.projections = projections
+            app.state.settings = settings
+            yield
+        finally:
+            projections.close()
+            await ledger.stop()
+
+    def on_app_init(config: AppConfig) -> AppConfig:
+        return config
+
+    return Litestar(
+        route_handlers=[SecretsController, KeysController, AdminController, healthz, readyz],
+        dependencies=DEPENDENCIES,
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        middleware=[request_id_middleware],
+        request_max_body_size=settings.max_body_bytes,
+        on_app_init=[on_app_init],
+        openapi_config=OpenAPIConfig(
+            title="keyledger",
+            version=VERSION,
+            description="Secrets with a provable record of who did what to which secret, and when.",
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="rt_live_... key")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,81 @@
+"""Bearer API keys: looked up by SHA-256 in the keys projection, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request
+
+from ledger.commands import Context
+from ledger.errors import PermissionDeniedError, UnauthenticatedError
+from ledger.events import Actor, Source
+from projections.sqlite_reader import SqliteProjections
+
+API_KEY_PATTERN = re.compile(r"^rt_live_[A-Za-z0-9]{32,128}$")
+_MAX_USER_AGENT = 512
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """The authenticated caller: an active key of one org."""
+
+    org: str
+    key_id: str
+    label: str
+    role: str
+    scope: str
+    ctx: Context
+
+    def require_admin(self) -> None:
+        if self.role != "admin":
+            raise PermissionDeniedError("this action needs an admin key")
+
+
+def bearer_token(request: Request[Any, Any, Any]) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise UnauthenticatedError("missing Authorization header: use 'Bearer <api key>'")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UnauthenticatedError("malformed Authorization header: use 'Bearer <api key>'")
+    return token.strip()
+
+
+def request_context(request: Request[Any, Any, Any], actor: Actor) -> Context:
+    client = request.client
+    return Context(
+        actor=actor,
+        source=Source(
+            address=client.host if client else "",
+            user_agent=request.headers.get("user-agent", "")[:_MAX_USER_AGENT],
+        ),
+        request_id=str(request.scope.get("state", {}).get("request_id", "")),
+    )
+
+
+async def authenticate(request: Request[Any, Any, Any], projections: SqliteProjections) -> Principal:
+    token = bearer_token(request)
+    if not API_KEY_PATTERN.match(token):
+        raise UnauthenticatedError("invalid API key")
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    found = await projections.key_by_sha256(digest)
+    if found is None:
+        raise UnauthenticatedError("invalid API key")
+    key, stored = found
+    if not hmac.compare_digest(stored, digest) or key.revoked_at is not None:
+        raise UnauthenticatedError("invalid API key")
+    actor = Actor(key_id=key.key_id, label=key.label, kind="api_key")
+    return Principal(org=key.org, key_id=key.key_id, label=key.label, role=key.role, scope=key.scope,
+                     ctx=request_context(request, actor))
+
+
+def authenticate_admin(request: Request[Any, Any, Any], admin_token: str | None) -> Context:
+    if admin_token is None:
+        raise UnauthenticatedError("admin routes are off: set KEYLEDGER_ADMIN_TOKEN to enable them")
+    token = bearer_token(request)
+    if not hmac.compare_digest(token.encode(), admin_token.encode()):
+        raise UnauthenticatedError("invalid admin token")
+    return request_context(request, Actor(key_id="admin", label="admin token", kind="admin"))

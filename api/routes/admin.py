@@ -1,0 +1,36 @@
+"""Operator routes, behind KEYLEDGER_ADMIN_TOKEN (off when it is not set)."""
+
+from __future__ import annotations
+
+import secrets
+
+from litestar import Controller, Request, post
+from litestar.datastructures import State
+from litestar.status_codes import HTTP_201_CREATED
+
+from api.auth import authenticate_admin
+from api.routes.docs import problems
+from api.schemas import CreatedOrg, CreateOrgBody
+from api.settings import Settings
+from ledger.errors import ValidationError
+from ledger.service import Ledger
+
+
+class AdminController(Controller):
+    path = "/v1/admin"
+    tags = ["admin"]
+
+    @post("/orgs", operation_id="CreateOrg", status_code=HTTP_201_CREATED,
+          responses=problems(401, 403, 409, 413, 422, 429, 503),
+          summary="Create an org and its first key, an admin (admin token only)")
+    async def create_org(self, request: Request[object, object, State], ledger: Ledger, settings: Settings,
+                         data: CreateOrgBody | None = None) -> CreatedOrg:
+        ctx = authenticate_admin(request, settings.admin_token)
+        org = None
+        if data is not None:
+            if data.org and data.name and data.org != data.name:
+                raise ValidationError("org", "give the org's id as `org` (or `name`), not two different ones")
+            org = data.org or data.name
+        org = org or "org_" + secrets.token_hex(6)
+        created = await ledger.create_org(ctx, org)
+        return CreatedOrg(org=org, key_id=created.key_id, api_key=created.api_key)

@@ -1,0 +1,188 @@
+"""Secrets: list and get metadata from the projections; upsert, delete and reveal through the ledger."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+from urllib.parse import quote
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from api.auth import Principal
+from api.routes.docs import COMMON, problems
+from api.schemas import (
+    RevealBody,
+    RevealedSecret,
+    SecretList,
+    SecretMetadata,
+    UpsertSecretBody,
+    rfc3339,
+)
+from ledger.errors import NotFoundError, PreconditionFailedError, ValidationError
+from ledger.events import Category, Scope, SecretCreated, SecretUpdated
+from ledger.service import Ledger
+from projections.sqlite_reader import SqliteProjections
+from projections.views import SecretMeta
+
+
+def metadata_of(meta: SecretMeta) -> SecretMetadata:
+    return SecretMetadata(
+        name=meta.name, scope=meta.scope, category=meta.category,  # type: ignore[arg-type]
+        description=meta.description, version=meta.version, created_at=rfc3339(meta.created_at),
+        updated_at=rfc3339(meta.updated_at), created_by=meta.created_by, updated_by=meta.updated_by,
+    )
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_if_match(header: str | None) -> int | str | None:
+    """None when absent, '*' for any, else the version; anything else can never match."""
+    if header is None:
+        return None
+    text = header.strip()
+    if text == "*":
+        return "*"
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if text.isdigit() and len(text) < 19:
+        return int(text)
+    return -1
+
+
+def encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        name = raw.decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise ValidationError("cursor", "is not a cursor returned by this API") from None
+    if not name or encode_cursor(name) != cursor:
+        raise ValidationError("cursor", "is not a cursor returned by this API")
+    return name
+
+
+async def _expected_version(projections: SqliteProjections, principal: Principal, name: str,
+                            if_match: str | None) -> int | None:
+    wanted = parse_if_match(if_match)
+    if wanted is None:
+        return None
+    current = await projections.get_secret(principal.org, name)
+    if wanted == "*":
+        if current is None:
+            raise PreconditionFailedError(-1, None)
+        return current.version
+    assert isinstance(wanted, int)
+    return wanted
+
+
+class SecretsController(Controller):
+    path = "/v1/secrets"
+    tags = ["secrets"]
+
+    @get("/", operation_id="ListSecrets", responses=problems(*COMMON), summary="List secrets (metadata only)")
+    async def list_secrets(
+        self,
+        principal: Principal,
+        projections: SqliteProjections,
+        limit: Annotated[int, Parameter(ge=1, le=1000, description="Page size")] = 100,
+        cursor: Annotated[
+            str | None, Parameter(max_length=1400, description="next_cursor of the previous page")
+        ] = None,
+        # `scope` is a reserved parameter name in Litestar (the ASGI scope), hence the alias.
+        scope_filter: Annotated[Scope | None, Parameter(query="scope", description="Only this scope")] = None,
+        category: Annotated[Category | None, Parameter(description="Only this category")] = None,
+    ) -> SecretList:
+        after = decode_cursor(cursor) if cursor else None
+        rows = await projections.list_secrets(principal.org, after=after, limit=limit + 1, scope=scope_filter,
+                                              category=category)
+        more = len(rows) > limit
+        page = rows[:limit]
+        return SecretList(
+            secrets=[metadata_of(row) for row in page],
+            next_cursor=encode_cursor(page[-1].name) if more and page else None,
+        )
+
+    @post(
+        "/", operation_id="UpsertSecret", status_code=HTTP_200_OK,
+        responses={201: ResponseSpec(data_container=SecretMetadata, description="Created"),
+                   **problems(*COMMON, 403, 412)},
+        summary="Create a secret, or give it a new value (200 when updated, 201 when created)",
+    )
+    async def upsert_secret(
+        self,
+        request: Request[object, object, State],
+        data: UpsertSecretBody,
+        principal: Principal,
+        ledger: Ledger,
+        projections: SqliteProjections,
+        if_match: Annotated[str | None, Parameter(header="If-Match", required=False)] = None,
+    ) -> Response[SecretMetadata]:
+        expected = await _expected_version(projections, principal, data.name, if_match)
+        outcome = await ledger.upsert_secret(
+            principal.ctx, principal.org, data.name, data.value.encode(), scope=data.scope,
+            category=data.category, description=data.description, if_match=expected,
+        )
+        event = outcome.event
+        body = _metadata_from_event(event, await projections.get_secret(principal.org, data.name))
+        headers = {"ETag": etag(event.version)}
+        if outcome.created:
+            headers["Location"] = f"/v1/secrets/{quote(data.name, safe='')}"
+        return Response(body, status_code=HTTP_201_CREATED if outcome.created else HTTP_200_OK, headers=headers)
+
+    @get("/{name:str}", operation_id="GetSecret", responses=problems(*COMMON, 404), summary="Get a secret's metadata")
+    async def get_secret(
+        self, name: str, principal: Principal, projections: SqliteProjections
+    ) -> Response[SecretMetadata]:
+        meta = await projections.get_secret(principal.org, name)
+        if meta is None:
+            raise NotFoundError(f"secret {name!r} not found")
+        return Response(metadata_of(meta), headers={"ETag": etag(meta.version)})
+
+    @delete("/{name:str}", operation_id="DeleteSecret", status_code=HTTP_204_NO_CONTENT,
+            responses=problems(*COMMON, 403, 404, 412), summary="Delete a secret")
+    async def delete_secret(
+        self,
+        name: str,
+        principal: Principal,
+        ledger: Ledger,
+        projections: SqliteProjections,
+        if_match: Annotated[str | None, Parameter(header="If-Match", required=False)] = None,
+    ) -> None:
+        expected = await _expected_version(projections, principal, name, if_match)
+        await ledger.delete_secret(principal.ctx, principal.org, name, if_match=expected)
+
+    @post("/{name:str}/reveal", operation_id="RevealSecret", status_code=HTTP_200_OK,
+          responses=problems(*COMMON, 403, 404), summary="Reveal a secret's value (recorded before it is sent)")
+    async def reveal_secret(
+        self, name: str, principal: Principal, ledger: Ledger, data: RevealBody | None = None
+    ) -> Response[RevealedSecret]:
+        reason = data.reason if data is not None else ""
+        revealed = await ledger.reveal_secret(principal.ctx, principal.org, name, reason=reason)
+        body = RevealedSecret(name=revealed.name, value=revealed.value.decode(), version=revealed.version)
+        return Response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+def _metadata_from_event(event: SecretCreated | SecretUpdated, projected: SecretMeta | None) -> SecretMetadata:
+    """The answer to an upsert, from the committed event (the projection row has the creation facts)."""
+    at = rfc3339(event.at)
+    created_at = at
+    created_by = event.actor.key_id
+    if projected is not None and projected.version == event.version:
+        created_at = rfc3339(projected.created_at)
+        created_by = projected.created_by
+    return SecretMetadata(
+        name=event.name, scope=event.scope, category=event.category, description=event.description,
+        version=event.version, created_at=created_at, updated_at=at, created_by=created_by,
+        updated_by=event.actor.key_id,
+    )

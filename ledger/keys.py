@@ -1,0 +1,111 @@
+"""Key management over a running ledger: rewrap every data key under a new master key, and destroy
+one version's data key (crypto-shredding). Both are recorded as events (invariant 2).
+
+System-wide events (a master key rotation) belong to the `_system` chain: `_` cannot start an
+org id, so it never collides with an org.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from ledger.codec import decode_event
+from ledger.commands import Context
+from ledger.crypto import Keyring, MasterKey
+from ledger.errors import NotFoundError
+from ledger.events import MasterKeyRotated, SecretCreated, SecretUpdated, SecretVersionDestroyed
+from ledger.model import secret_stream
+from ledger.records import DataKeyRow
+from ledger.service import Ledger
+from ledger.writer import Decision, WriteView
+
+SYSTEM_ORG = "_system"
+REWRAP_CHUNK = 500
+
+
+class RecordRotation(msgspec.Struct, frozen=True, kw_only=True):
+    ctx: Context
+    old_kek_id: str
+    new_kek_id: str
+    data_keys: int
+
+    async def decide(self, view: WriteView) -> Decision[None]:
+        event = MasterKeyRotated(
+            org=SYSTEM_ORG, stream="master_key", stream_version=None, at=view.at, actor=self.ctx.actor,
+            source=self.ctx.source, request_id=self.ctx.request_id, old_kek_id=self.old_kek_id,
+            new_kek_id=self.new_kek_id, data_keys=self.data_keys,
+        )
+        return Decision(events=[event])
+
+
+async def rewrap_all(
+    ledger: Ledger,
+    new_key: MasterKey,
+    ctx: Context,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Move every data key under `new_key` while the ledger keeps serving; returns how many moved.
+
+    Both keys open data until the rewrap finishes. A crash halfway is safe: run it again and it
+    continues with the keys still under an old master key.
+    """
+    old = ledger.keyring
+    keyring = Keyring(new_key, previous=[old.current, *(k for k in old.previous if k.kek_id != new_key.kek_id)])
+    ledger.keyring = keyring
+    ledger.writer.keyring = keyring  # new data keys are wrapped by the new master key from now on
+    moved = 0
+    after = ""
+    while True:
+        rows = await ledger.recorder.data_keys_after(after, limit=REWRAP_CHUNK)
+        if not rows:
+            break
+        stale = [r for r in rows if r.kek_id != new_key.kek_id]
+        if stale:
+            rewrapped = []
+            for row in stale:
+                kek_id, wrapped = keyring.rewrap(row.id, row.kek_id, row.wrapped)
+                rewrapped.append(DataKeyRow(id=row.id, kek_id=kek_id, wrapped=wrapped))
+            await ledger.recorder.replace_data_keys(rewrapped)
+            moved += len(rewrapped)
+            ledger.writer.cache.wrapped.clear()
+            if progress is not None:
+                progress(moved)
+        after = rows[-1].id
+    await ledger.writer.submit(
+        RecordRotation(ctx=ctx, old_kek_id=old.current.kek_id, new_kek_id=new_key.kek_id, data_keys=moved)
+    )
+    return moved
+
+
+class DestroySecretVersion(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    ctx: Context
+    name: str
+    version: int
+
+    async def decide(self, view: WriteView) -> Decision[None]:
+        state = await view.secret(self.org, self.name)
+        if state is None:
+            raise NotFoundError(f"secret {self.name!r} not found")
+        if self.version in state.destroyed_versions:
+            raise NotFoundError(f"secret {self.name!r} version {self.version} is already destroyed")
+        data_key_id = None
+        for record in await view.recorder.read_stream(secret_stream(self.org, self.name)):
+            event = decode_event(record.body)
+            if isinstance(event, SecretCreated | SecretUpdated) and event.version == self.version:
+                data_key_id = event.data_key_id
+        if data_key_id is None:
+            raise NotFoundError(f"secret {self.name!r} has no version {self.version}")
+        event = SecretVersionDestroyed(
+            org=self.org, stream=secret_stream(self.org, self.name), stream_version=state.stream_version + 1,
+            at=view.at, actor=self.ctx.actor, source=self.ctx.source, request_id=self.ctx.request_id,
+            name=self.name, version=self.version, data_key_id=data_key_id,
+        )
+        return Decision(events=[event], drop_data_keys=[data_key_id])
+
+
+async def destroy_version(ledger: Ledger, ctx: Context, org: str, name: str, version: int) -> None:
+    """Delete one version's data key: its value can never be opened again; the events stay intact."""
+    await ledger.writer.submit(DestroySecretVersion(org=org, ctx=ctx, name=name, version=version))
