@@ -75,14 +75,20 @@ def problem_response(request: Request[Any, Any, Any] | None, status: int, detail
     return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=out_headers)
 
 
-def handle_ledger_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+def status_for(exc: LedgerError) -> tuple[int, str]:
+    """The HTTP status and title of a domain error: the one map."""
     for error_type, status, title in STATUS_BY_ERROR:
         if isinstance(exc, error_type):
-            if status >= 500:
-                log.error("request %s failed: %s", request.scope.get("state", {}).get("request_id"),
-                          type(exc).__name__)
-            return problem_response(request, status, str(exc), title)
-    return handle_unexpected(request, exc)
+            return status, title
+    return HTTP_500_INTERNAL_SERVER_ERROR, "Internal error"
+
+
+def handle_ledger_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, LedgerError)
+    status, title = status_for(exc)
+    if status >= 500:
+        log.error("request %s failed: %s", request.scope.get("state", {}).get("request_id"), type(exc).__name__)
+    return problem_response(request, status, str(exc), title)
 
 
 def handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -188,6 +188,8 @@ class RevokeApiKey(msgspec.Struct, frozen=True, kw_only=True):
 class UpsertOutcome(msgspec.Struct, frozen=True, kw_only=True):
     created: bool
     event: SecretCreated | SecretUpdated
+    created_at: int  # when this incarnation of the secret was created
+    created_by: str
 
 
 class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
@@ -238,7 +240,11 @@ class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
         return Decision(
             events=[event], sealed=[sealed],
             data_keys=[DataKeyRow(id=data_key_id, kek_id=kek_id, wrapped=wrapped)],
-            result=UpsertOutcome(created=current is None, event=event),
+            result=UpsertOutcome(
+                created=current is None, event=event,
+                created_at=view.at if current is None else current.created_at,
+                created_by=self.ctx.actor.key_id if current is None else current.created_by,
+            ),
         )
 
 

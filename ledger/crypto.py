@@ -102,6 +102,17 @@ class Keyring:
         """Move a wrapped data key under the current master key without exposing it outside."""
         return self.wrap(data_key_id, self.unwrap(data_key_id, kek_id, wrapped))
 
+    def seal_record(self, context: bytes, data: bytes) -> tuple[str, str]:
+        """Seal short-lived bookkeeping (an idempotent answer) under the current master key."""
+        kek = self.current
+        return kek.kek_id, _seal(kek._aead, data, b"keyledger/v1/record\0" + context)
+
+    def open_record(self, context: bytes, kek_id: str, sealed: str) -> bytes:
+        kek = self._by_id.get(kek_id)
+        if kek is None:
+            raise CryptoError(f"record sealed by {kek_id}, which is not configured")
+        return _open(kek._aead, sealed, b"keyledger/v1/record\0" + context)
+
     def check(self, data_key_id: str, kek_id: str, wrapped: str) -> None:
         """Raise if this keyring cannot open that wrapped key (a startup check)."""
         self.unwrap(data_key_id, kek_id, wrapped)

@@ -78,6 +78,8 @@ class SecretState(msgspec.Struct, frozen=True, kw_only=True):
     sealed: str
     destroyed_versions: frozenset[int] = frozenset()
     stream_version: int
+    created_at: int = 0
+    created_by: str = ""
 
 
 def evolve_org(state: OrgState | None, event: Event) -> OrgState | None:
@@ -105,6 +107,10 @@ def evolve_secret(state: SecretState | None, event: Event, sealed: str | None) -
             category=event.category, description=event.description, data_key_id=event.data_key_id,
             sealed=sealed or "", stream_version=event.stream_version or 0,
             destroyed_versions=state.destroyed_versions if state else frozenset(),
+            created_at=event.at if isinstance(event, SecretCreated) or state is None else state.created_at,
+            created_by=(
+                event.actor.key_id if isinstance(event, SecretCreated) or state is None else state.created_by
+            ),
         )
     if isinstance(event, SecretDeleted) and state is not None:
         return msgspec.structs.replace(state, exists=False, stream_version=event.stream_version or 0)

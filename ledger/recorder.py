@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from ledger.events import Event
-from ledger.records import DataKeyRow, PendingRecord, StoredRecord
+from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord
 
 
 class Statement(NamedTuple):
@@ -67,8 +67,10 @@ class Recorder(abc.ABC):
         *,
         data_keys: Sequence[DataKeyRow] = (),
         drop_data_keys: Sequence[str] = (),
+        idempotency: Sequence[IdempotencyRow] = (),
     ) -> list[StoredRecord]:
-        """Append records (with their decoded events, for the projectors) in one transaction."""
+        """Append records (with their decoded events, for the projectors) in one transaction,
+        with the batch's new data keys, dropped data keys and idempotency records."""
 
     @abc.abstractmethod
     async def read_after(self, seq: int, limit: int = 1000) -> list[StoredRecord]:
@@ -99,6 +101,10 @@ class Recorder(abc.ABC):
     @abc.abstractmethod
     async def replace_data_keys(self, rows: Sequence[DataKeyRow]) -> None:
         """Overwrite wrapped data keys in place (rewrap); the caller records the event."""
+
+    @abc.abstractmethod
+    async def get_idempotency(self, scope: str, key: str, not_before: int) -> IdempotencyRow | None:
+        """The idempotency record of (scope, key) made at or after `not_before`, if any."""
 
     @abc.abstractmethod
     async def projection_positions(self) -> dict[str, int]: ...

@@ -50,6 +50,17 @@ class StoredRecord(msgspec.Struct, frozen=True, kw_only=True):
     hash: bytes
 
 
+class IdempotencyRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A first answer kept for retries with the same idempotency key (sealed: it may carry a value)."""
+
+    scope: str  # the org, or "admin" for the admin token
+    key: str
+    fingerprint: str
+    kek_id: str
+    sealed: str
+    created_at: int
+
+
 class DataKeyRow(msgspec.Struct, frozen=True, kw_only=True):
     """A wrapped data key: the only mutable state of the ledger."""
 

@@ -1,5 +1,6 @@
 """The ledger's public face: open a store, run the writer, and call commands.
 
+Each operation has a `*_command` builder (which validates its input) and a method that submits it.
 The HTTP API and the CLI only call this; it never imports them.
 """
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from ledger.commands import (
     Context,
@@ -23,7 +25,8 @@ from ledger.commands import (
     new_key_id,
 )
 from ledger.crypto import Keyring
-from ledger.events import Category, Role, Scope
+from ledger.events import Category, Scope
+from ledger.idempotency import Answer, Idempotent, Render, validate_idempotency_key
 from ledger.model import (
     MAX_DESCRIPTION_CHARS,
     MAX_LABEL_CHARS,
@@ -37,7 +40,9 @@ from ledger.model import (
     validate_value,
 )
 from ledger.recorder import Recorder
-from ledger.writer import Writer
+from ledger.writer import Command, Writer
+
+T = TypeVar("T")
 
 
 class Ledger:
@@ -56,26 +61,69 @@ class Ledger:
         await self.writer.stop()
         await self.recorder.close()
 
-    async def create_org(self, ctx: Context, org: str, label: str = "admin") -> CreatedKey:
-        validate_org(org)
-        return await self.writer.submit(
-            CreateOrg(org=org, ctx=ctx, key_id=new_key_id(), api_key=new_api_key(),
-                      label=validate_text(label, "label", MAX_LABEL_CHARS))
+    async def submit(self, command: Command[T]) -> T:
+        return await self.writer.submit(command)
+
+    async def submit_idempotent(
+        self, command: Command[object], scope: str, key: str, fingerprint: str, render: Render
+    ) -> Answer:
+        """Run `command` once per (scope, key); retries with the same fingerprint get the first answer."""
+        wrapped = Idempotent(inner=command, scope=scope, key=validate_idempotency_key(key),
+                             fingerprint=fingerprint, render=render)
+        return await self.writer.submit(wrapped)
+
+    # -- builders (validate input) ---------------------------------------------------------------
+
+    def create_org_command(self, ctx: Context, org: str, label: str = "admin") -> CreateOrg:
+        return CreateOrg(org=validate_org(org), ctx=ctx, key_id=new_key_id(), api_key=new_api_key(),
+                         label=validate_text(label, "label", MAX_LABEL_CHARS))
+
+    def create_api_key_command(
+        self, ctx: Context, org: str, label: str, role: str = "member", scope: str = "all"
+    ) -> CreateApiKey:
+        return CreateApiKey(
+            org=org, ctx=ctx, key_id=new_key_id(), api_key=new_api_key(),
+            label=validate_text(label, "label", MAX_LABEL_CHARS), role=validate_role(role),
+            scope=validate_scope(scope),
         )
+
+    def upsert_secret_command(
+        self,
+        ctx: Context,
+        org: str,
+        name: str,
+        value: bytes,
+        *,
+        scope: str | None = None,
+        category: str | None = None,
+        description: str | None = None,
+        if_match: int | None = None,
+    ) -> UpsertSecret:
+        checked_scope: Scope | None = validate_scope(scope) if scope is not None else None
+        checked_category: Category | None = validate_category(category) if category is not None else None
+        if description is not None:
+            validate_text(description, "description", MAX_DESCRIPTION_CHARS)
+        return UpsertSecret(
+            org=org, ctx=ctx, name=validate_name(name), value=validate_value(value),
+            scope=checked_scope, category=checked_category, description=description, if_match=if_match,
+        )
+
+    def reveal_secret_command(self, ctx: Context, org: str, name: str, *, reason: str = "") -> RevealSecret:
+        return RevealSecret(org=org, ctx=ctx, name=validate_name(name),
+                            reason=validate_text(reason, "reason", MAX_REASON_CHARS))
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def create_org(self, ctx: Context, org: str, label: str = "admin") -> CreatedKey:
+        return await self.submit(self.create_org_command(ctx, org, label))
 
     async def create_api_key(
         self, ctx: Context, org: str, label: str, role: str = "member", scope: str = "all"
     ) -> CreatedKey:
-        return await self.writer.submit(
-            CreateApiKey(
-                org=org, ctx=ctx, key_id=new_key_id(), api_key=new_api_key(),
-                label=validate_text(label, "label", MAX_LABEL_CHARS), role=validate_role(role),
-                scope=validate_scope(scope),
-            )
-        )
+        return await self.submit(self.create_api_key_command(ctx, org, label, role, scope))
 
     async def revoke_api_key(self, ctx: Context, org: str, key_id: str) -> None:
-        await self.writer.submit(RevokeApiKey(org=org, ctx=ctx, key_id=key_id))
+        await self.submit(RevokeApiKey(org=org, ctx=ctx, key_id=key_id))
 
     async def upsert_secret(
         self,
@@ -89,23 +137,16 @@ class Ledger:
         description: str | None = None,
         if_match: int | None = None,
     ) -> UpsertOutcome:
-        checked_scope: Scope | None = validate_scope(scope) if scope is not None else None
-        checked_category: Category | None = validate_category(category) if category is not None else None
-        if description is not None:
-            validate_text(description, "description", MAX_DESCRIPTION_CHARS)
-        return await self.writer.submit(
-            UpsertSecret(
-                org=org, ctx=ctx, name=validate_name(name), value=validate_value(value),
-                scope=checked_scope, category=checked_category, description=description, if_match=if_match,
-            )
+        return await self.submit(
+            self.upsert_secret_command(ctx, org, name, value, scope=scope, category=category,
+                                       description=description, if_match=if_match)
         )
 
     async def delete_secret(self, ctx: Context, org: str, name: str, *, if_match: int | None = None) -> None:
-        await self.writer.submit(DeleteSecret(org=org, ctx=ctx, name=validate_name(name), if_match=if_match))
+        await self.submit(DeleteSecret(org=org, ctx=ctx, name=validate_name(name), if_match=if_match))
 
     async def reveal_secret(self, ctx: Context, org: str, name: str, *, reason: str = "") -> Revealed:
-        validate_text(reason, "reason", MAX_REASON_CHARS)
-        return await self.writer.submit(RevealSecret(org=org, ctx=ctx, name=validate_name(name), reason=reason))
+        return await self.submit(self.reveal_secret_command(ctx, org, name, reason=reason))
 
 
-__all__ = ("Context", "CreatedKey", "Ledger", "Revealed", "Role", "UpsertOutcome")
+__all__ = ("Context", "CreatedKey", "Ledger", "Revealed", "UpsertOutcome")

@@ -25,7 +25,7 @@ from ledger.codec import decode_event
 from ledger.errors import ConcurrencyError, StoreLockedError, StoreUnavailableError
 from ledger.events import Event
 from ledger.recorder import Progress, Projector, Recorder
-from ledger.records import GENESIS_HASH, DataKeyRow, PendingRecord, StoredRecord, chain_hash
+from ledger.records import GENESIS_HASH, DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord, chain_hash
 
 SCHEMA_VERSION = "1"
 
@@ -54,6 +54,9 @@ LEDGER_SCHEMA = [
         id TEXT PRIMARY KEY, kek_id TEXT NOT NULL, wrapped TEXT NOT NULL) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS projection_positions (name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS idempotency (
+        scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, kek_id TEXT NOT NULL,
+        sealed TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (scope, key)) WITHOUT ROWID""",
 ]
 
 _COLUMNS = "seq, org, org_seq, stream, stream_version, type, at, body, sealed, prev_hash, hash"
@@ -156,6 +159,7 @@ class SqliteRecorder(Recorder):
         *,
         data_keys: Sequence[DataKeyRow] = (),
         drop_data_keys: Sequence[str] = (),
+        idempotency: Sequence[IdempotencyRow] = (),
     ) -> list[StoredRecord]:
         if len(pending) != len(events):
             raise ValueError("pending records and events must pair up")
@@ -178,7 +182,7 @@ class SqliteRecorder(Recorder):
                         type=p.type, at=p.at, body=p.body, sealed=p.sealed, prev_hash=prev, hash=digest,
                     )
                 )
-            await self._commit(conn, stored, events, data_keys, drop_data_keys)
+            await self._commit(conn, stored, events, data_keys, drop_data_keys, idempotency)
             self._seq = seq
             self._heads.update(heads)
             return stored
@@ -190,6 +194,7 @@ class SqliteRecorder(Recorder):
         events: Sequence[Event],
         data_keys: Sequence[DataKeyRow],
         drop_data_keys: Sequence[str],
+        idempotency: Sequence[IdempotencyRow] = (),
     ) -> None:
         try:
             await conn.execute("BEGIN IMMEDIATE")
@@ -210,6 +215,12 @@ class SqliteRecorder(Recorder):
                     )
                 if drop_data_keys:
                     await conn.executemany("DELETE FROM data_keys WHERE id = ?", [(i,) for i in drop_data_keys])
+                if idempotency:
+                    await conn.executemany(
+                        "INSERT OR REPLACE INTO idempotency(scope, key, fingerprint, kek_id, sealed, created_at) "
+                        "VALUES (?,?,?,?,?,?)",
+                        [(i.scope, i.key, i.fingerprint, i.kek_id, i.sealed, i.created_at) for i in idempotency],
+                    )
                 if stored:
                     await self._project(conn, list(zip(stored, events, strict=True)))
                 if self.fail_next_commits > 0:
@@ -365,6 +376,19 @@ class SqliteRecorder(Recorder):
             return None
         row = rows[0]
         return DataKeyRow(id=row[0], kek_id=row[1], wrapped=row[2])
+
+    async def get_idempotency(self, scope: str, key: str, not_before: int) -> IdempotencyRow | None:
+        rows = list(
+            await self.read_connection.execute_fetchall(
+                "SELECT scope, key, fingerprint, kek_id, sealed, created_at FROM idempotency "
+                "WHERE scope = ? AND key = ? AND created_at >= ?",
+                (scope, key, not_before),
+            )
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return IdempotencyRow(scope=r[0], key=r[1], fingerprint=r[2], kek_id=r[3], sealed=r[4], created_at=r[5])
 
     async def data_keys_after(self, data_key_id: str, limit: int = 1000) -> list[DataKeyRow]:
         rows = await self.read_connection.execute_fetchall(

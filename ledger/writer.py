@@ -33,7 +33,7 @@ from ledger.model import (
     secret_stream,
 )
 from ledger.recorder import Recorder
-from ledger.records import DataKeyRow, PendingRecord
+from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord
 
 T = TypeVar("T")
 MAX_BATCH = 512
@@ -46,6 +46,7 @@ class Decision(msgspec.Struct, Generic[T], kw_only=True):
     sealed: list[str | None] | None = None  # sealed value per event (value events only)
     data_keys: list[DataKeyRow] = msgspec.field(default_factory=list)
     drop_data_keys: list[str] = msgspec.field(default_factory=list)
+    idempotency: list[IdempotencyRow] = msgspec.field(default_factory=list)
     result: T | None = None
     error: LedgerError | None = None  # raised to the caller after the events commit (a denied reveal)
 
@@ -65,6 +66,7 @@ class WriteView:
         self.keys: dict[str, KeyState | None] = {}
         self.secrets: dict[str, SecretState | None] = {}
         self.data_keys: dict[str, DataKeyRow | None] = {}
+        self.idempotency: dict[tuple[str, str], IdempotencyRow] = {}
         self._committed: WriteCache | None = None
 
     async def org(self, org: str) -> OrgState | None:
@@ -112,6 +114,8 @@ class WriteView:
             self.data_keys[row.id] = row
         for data_key_id in decision.drop_data_keys:
             self.data_keys[data_key_id] = None
+        for record in decision.idempotency:
+            self.idempotency[(record.scope, record.key)] = record
 
 
 class WriteCache:
@@ -254,6 +258,7 @@ class Writer:
         pending: list[PendingRecord] = []
         data_keys: list[DataKeyRow] = []
         drop_data_keys: list[str] = []
+        idempotency: list[IdempotencyRow] = []
         for _, decision in decided:
             sealed = decision.sealed or [None] * len(decision.events)
             for event, value in zip(decision.events, sealed, strict=True):
@@ -266,10 +271,16 @@ class Writer:
                 )
             data_keys.extend(decision.data_keys)
             drop_data_keys.extend(decision.drop_data_keys)
+            idempotency.extend(decision.idempotency)
+        if not (pending or data_keys or drop_data_keys or idempotency):
+            self._answer(decided)  # nothing to write: replays of idempotent requests
+            return
         if self.before_commit is not None:
             await self.before_commit()
         try:
-            await self.recorder.append(pending, events, data_keys=data_keys, drop_data_keys=drop_data_keys)
+            await self.recorder.append(
+                pending, events, data_keys=data_keys, drop_data_keys=drop_data_keys, idempotency=idempotency
+            )
         except ConcurrencyError:
             raise
         except LedgerError:
@@ -278,6 +289,10 @@ class Writer:
         self.cache.merge(view)
         self.batches += 1
         self.committed_commands += len(decided)
+        self._answer(decided)
+
+    @staticmethod
+    def _answer(decided: list[tuple[_Job, Decision[Any]]]) -> None:
         for job, decision in decided:
             if job.future.done():
                 continue

@@ -126,7 +126,8 @@ def test_parse_wrong_length_names_the_length_not_the_key(size: int, encode: obje
     ],
 )
 def test_parse_bad_base64(text: str) -> None:
-    with pytest.raises(MasterKeyError, match=f"{ENV} (is not valid base64|is neither base64 nor 64 hexadecimal|must decode to 32 bytes)") as i:
+    expected = f"{ENV} (is not valid base64|is neither base64 nor 64 hexadecimal|must decode to 32 bytes)"
+    with pytest.raises(MasterKeyError, match=expected) as i:
         MasterKey.parse(text)
     assert_key_text_absent(i.value, text)
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from litestar import Controller, delete, get, post
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from api.auth import Principal
+from api.idempotent import json_answer, run_command
 from api.routes.docs import COMMON, problems
 from api.schemas import ApiKeyInfo, ApiKeyList, CreatedApiKey, CreateKeyBody, rfc3339
+from ledger.commands import CreatedKey
 from ledger.errors import NotFoundError
+from ledger.idempotency import StoredAnswer
 from ledger.service import Ledger
 from projections.sqlite_reader import SqliteProjections
 
@@ -34,13 +39,20 @@ class KeysController(Controller):
 
     @post("/", operation_id="CreateApiKey", status_code=HTTP_201_CREATED, responses=problems(*COMMON, 403),
           summary="Create an API key (admin only); the key is in this answer only")
-    async def create_key(self, data: CreateKeyBody, principal: Principal, ledger: Ledger) -> CreatedApiKey:
+    async def create_key(
+        self, request: Request[Any, Any, Any], data: CreateKeyBody, principal: Principal, ledger: Ledger
+    ) -> Response[CreatedApiKey]:
         principal.require_admin()
-        created = await ledger.create_api_key(principal.ctx, principal.org, data.label, data.role, data.scope)
-        return CreatedApiKey(
-            key_id=created.key_id, label=created.label, role=created.role, scope=created.scope,
-            created_at=rfc3339(created.created_at), last_used_at=None, api_key=created.api_key,
-        )
+        command = ledger.create_api_key_command(principal.ctx, principal.org, data.label, data.role, data.scope)
+
+        def render(created: CreatedKey) -> StoredAnswer:
+            body = CreatedApiKey(
+                key_id=created.key_id, label=created.label, role=created.role, scope=created.scope,
+                created_at=rfc3339(created.created_at), last_used_at=None, api_key=created.api_key,
+            )
+            return json_answer(HTTP_201_CREATED, body)
+
+        return await run_command(request, ledger, command, principal.org, render)
 
     @delete("/{key_id:str}", operation_id="RevokeApiKey", status_code=HTTP_204_NO_CONTENT,
             responses=problems(*COMMON, 403, 404), summary="Revoke an API key (admin only); effective at once")

@@ -14,6 +14,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from api.auth import Principal
+from api.idempotent import json_answer, run_command
 from api.routes.docs import COMMON, problems
 from api.schemas import (
     RevealBody,
@@ -23,8 +24,10 @@ from api.schemas import (
     UpsertSecretBody,
     rfc3339,
 )
+from ledger.commands import Revealed, UpsertOutcome
 from ledger.errors import NotFoundError, PreconditionFailedError, ValidationError
-from ledger.events import Category, Scope, SecretCreated, SecretUpdated
+from ledger.events import Category, Scope
+from ledger.idempotency import StoredAnswer
 from ledger.service import Ledger
 from projections.sqlite_reader import SqliteProjections
 from projections.views import SecretMeta
@@ -129,16 +132,20 @@ class SecretsController(Controller):
         if_match: Annotated[str | None, Parameter(header="If-Match", required=False)] = None,
     ) -> Response[SecretMetadata]:
         expected = await _expected_version(projections, principal, data.name, if_match)
-        outcome = await ledger.upsert_secret(
+        command = ledger.upsert_secret_command(
             principal.ctx, principal.org, data.name, data.value.encode(), scope=data.scope,
             category=data.category, description=data.description, if_match=expected,
         )
-        event = outcome.event
-        body = _metadata_from_event(event, await projections.get_secret(principal.org, data.name))
-        headers = {"ETag": etag(event.version)}
-        if outcome.created:
-            headers["Location"] = f"/v1/secrets/{quote(data.name, safe='')}"
-        return Response(body, status_code=HTTP_201_CREATED if outcome.created else HTTP_200_OK, headers=headers)
+
+        def render(outcome: UpsertOutcome) -> StoredAnswer:
+            event = outcome.event
+            headers = {"ETag": etag(event.version)}
+            if outcome.created:
+                headers["Location"] = f"/v1/secrets/{quote(event.name, safe='')}"
+            status = HTTP_201_CREATED if outcome.created else HTTP_200_OK
+            return json_answer(status, _metadata_from_outcome(outcome), headers)
+
+        return await run_command(request, ledger, command, principal.org, render)
 
     @get("/{name:str}", operation_id="GetSecret", responses=problems(*COMMON, 404), summary="Get a secret's metadata")
     async def get_secret(
@@ -165,24 +172,28 @@ class SecretsController(Controller):
     @post("/{name:str}/reveal", operation_id="RevealSecret", status_code=HTTP_200_OK,
           responses=problems(*COMMON, 403, 404), summary="Reveal a secret's value (recorded before it is sent)")
     async def reveal_secret(
-        self, name: str, principal: Principal, ledger: Ledger, data: RevealBody | None = None
+        self,
+        request: Request[object, object, State],
+        name: str,
+        principal: Principal,
+        ledger: Ledger,
+        data: RevealBody | None = None,
     ) -> Response[RevealedSecret]:
         reason = data.reason if data is not None else ""
-        revealed = await ledger.reveal_secret(principal.ctx, principal.org, name, reason=reason)
-        body = RevealedSecret(name=revealed.name, value=revealed.value.decode(), version=revealed.version)
-        return Response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+        command = ledger.reveal_secret_command(principal.ctx, principal.org, name, reason=reason)
+
+        def render(revealed: Revealed) -> StoredAnswer:
+            body = RevealedSecret(name=revealed.name, value=revealed.value.decode(), version=revealed.version)
+            return json_answer(HTTP_200_OK, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+        return await run_command(request, ledger, command, principal.org, render)
 
 
-def _metadata_from_event(event: SecretCreated | SecretUpdated, projected: SecretMeta | None) -> SecretMetadata:
-    """The answer to an upsert, from the committed event (the projection row has the creation facts)."""
-    at = rfc3339(event.at)
-    created_at = at
-    created_by = event.actor.key_id
-    if projected is not None and projected.version == event.version:
-        created_at = rfc3339(projected.created_at)
-        created_by = projected.created_by
+def _metadata_from_outcome(outcome: UpsertOutcome) -> SecretMetadata:
+    """The answer to an upsert, from the decided event: the same fields the projection will hold."""
+    event = outcome.event
     return SecretMetadata(
         name=event.name, scope=event.scope, category=event.category, description=event.description,
-        version=event.version, created_at=created_at, updated_at=at, created_by=created_by,
-        updated_by=event.actor.key_id,
+        version=event.version, created_at=rfc3339(outcome.created_at), updated_at=rfc3339(event.at),
+        created_by=outcome.created_by, updated_by=event.actor.key_id,
     )

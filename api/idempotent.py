@@ -1,0 +1,68 @@
+"""Running a POST command once per `Idempotency-Key`: the first answer is stored with its events."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import msgspec
+from litestar import Request, Response
+
+from api.errors import PROBLEM_JSON, status_for
+from api.schemas import Problem
+from ledger.errors import LedgerError
+from ledger.idempotency import StoredAnswer
+from ledger.service import Ledger
+from ledger.writer import Command
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+def json_answer(status: int, body: object, headers: dict[str, str] | None = None) -> StoredAnswer:
+    return StoredAnswer(status=status, headers=headers or {}, body=msgspec.json.encode(body))
+
+
+def problem_answer(request: Request[Any, Any, Any], error: LedgerError) -> StoredAnswer:
+    status, title = status_for(error)
+    problem = Problem(type=f"https://keyledger.dev/problems/{status}", title=title, status=status, detail=str(error),
+                      request_id=str(request.scope.get("state", {}).get("request_id", "")))
+    return StoredAnswer(status=status, headers={"content-type": PROBLEM_JSON}, body=msgspec.json.encode(problem))
+
+
+async def run_command(
+    request: Request[Any, Any, Any],
+    ledger: Ledger,
+    command: Command[T],
+    scope: str,
+    render: Callable[[T], StoredAnswer],
+) -> Response[Any]:
+    """Submit `command`; with an Idempotency-Key, at most once per (scope, key) within the TTL."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        result = await ledger.submit(command)
+        return to_response(render(result))
+    body = await request.body()
+    fingerprint = hashlib.sha256(
+        request.method.encode() + b"\0" + request.url.path.encode() + b"\0" + body
+    ).hexdigest()
+
+    def render_any(result: object, error: LedgerError | None) -> StoredAnswer:
+        if error is not None:
+            return problem_answer(request, error)
+        return render(cast(T, result))
+
+    answer = await ledger.submit_idempotent(command, scope, key, fingerprint, render_any)  # type: ignore[arg-type]
+    response = to_response(answer.answer)
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def to_response(answer: StoredAnswer) -> Response[Any]:
+    headers = dict(answer.headers)
+    media_type = headers.pop("content-type", "application/json")
+    return Response(answer.body, status_code=answer.status, headers=headers, media_type=media_type)

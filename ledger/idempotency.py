@@ -1,0 +1,83 @@
+"""Idempotency keys: the same key with the same request returns the first answer and appends nothing.
+
+The first answer is stored in the same transaction as the command's events, so a retry after a
+crash either finds both or neither. Answers may carry a value (a reveal) or a new API key, so they
+are sealed under the master key. Records live for `TTL_NS`; the same key with another request is
+an `IdempotencyConflictError`. Commands that fail without appending anything store nothing: a retry
+simply runs again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ledger.errors import IdempotencyConflictError, LedgerError, ValidationError
+from ledger.records import IdempotencyRow
+from ledger.writer import Command, Decision, WriteView
+
+TTL_NS = 24 * 3600 * 1_000_000_000
+MAX_KEY_CHARS = 255
+
+
+class StoredAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """An answer as the face rendered it: status, headers and body bytes."""
+
+    status: int
+    headers: dict[str, str] = {}
+    body: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"StoredAnswer(status={self.status})"
+
+
+class Answer(msgspec.Struct, frozen=True, kw_only=True):
+    """What an idempotent command returns: the answer, and whether it is a replay."""
+
+    answer: StoredAnswer
+    replayed: bool
+
+
+Render = Callable[[Any, LedgerError | None], StoredAnswer]
+
+
+def validate_idempotency_key(key: str) -> str:
+    if not key or len(key) > MAX_KEY_CHARS or not key.isascii() or not key.isprintable():
+        raise ValidationError("Idempotency-Key", f"must be 1-{MAX_KEY_CHARS} printable ASCII characters")
+    return key
+
+
+class Idempotent(msgspec.Struct, frozen=True, kw_only=True):
+    """Wraps a command: replay a stored answer, refuse a reused key, or run and store the answer."""
+
+    inner: Command[Any]
+    scope: str
+    key: str
+    fingerprint: str
+    render: Render
+
+    async def decide(self, view: WriteView) -> Decision[Answer]:
+        existing = view.idempotency.get((self.scope, self.key))
+        if existing is None:
+            existing = await view.recorder.get_idempotency(self.scope, self.key, view.at - TTL_NS)
+        context = f"{self.scope}\0{self.key}".encode()
+        if existing is not None:
+            if existing.fingerprint != self.fingerprint:
+                raise IdempotencyConflictError(
+                    "this Idempotency-Key was used with a different request; use a new key"
+                )
+            raw = view.keyring.open_record(context, existing.kek_id, existing.sealed)
+            stored = msgspec.msgpack.decode(raw, type=StoredAnswer)
+            return Decision(events=[], result=Answer(answer=stored, replayed=True))
+        decision = await self.inner.decide(view)
+        answer = self.render(decision.result, decision.error)
+        kek_id, sealed = view.keyring.seal_record(context, msgspec.msgpack.encode(answer))
+        row = IdempotencyRow(scope=self.scope, key=self.key, fingerprint=self.fingerprint, kek_id=kek_id,
+                             sealed=sealed, created_at=view.at)
+        return Decision(
+            events=decision.events, sealed=decision.sealed, data_keys=decision.data_keys,
+            drop_data_keys=decision.drop_data_keys, idempotency=[*decision.idempotency, row],
+            result=Answer(answer=answer, replayed=False),
+        )
