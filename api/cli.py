@@ -1,0 +1,362 @@
+"""The `keyledger` command: the server, the client commands, and offline tools.
+
+Values never come from an argument (they would land in shell history and `ps`): they come from a
+hidden prompt, standard input, or --value-file. Data goes to stdout, messages to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from api.client import ClientError, KeyledgerClient
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_URL = "http://127.0.0.1:8000"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+err = Console(stderr=True)
+
+
+def output_option(func: F) -> F:
+    return click.option(
+        "-o", "--output", type=click.Choice(["table", "json", "env"]), default=None,
+        help="Output format (default: table on a terminal, json otherwise).",
+    )(func)
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def client(ctx: click.Context) -> KeyledgerClient:
+    obj = ctx.find_root().obj or {}
+    return KeyledgerClient(obj.get("url") or DEFAULT_URL, obj.get("api_key"))
+
+
+def call(ctx: click.Context, method: str, path: str, **kwargs: Any) -> Any:
+    api = client(ctx)
+    try:
+        return api.request(method, path, **kwargs)
+    except ClientError as exc:
+        fail(str(exc), exc.exit_code)
+    finally:
+        api.close()
+
+
+def emit(rows: list[dict[str, Any]] | dict[str, Any], output: str | None, columns: list[str]) -> None:
+    fmt = output or ("table" if sys.stdout.isatty() else "json")
+    if fmt == "json":
+        click.echo(msgspec.json.encode(rows).decode())
+        return
+    items = rows if isinstance(rows, list) else [rows]
+    if fmt == "env":
+        for item in items:
+            for column in columns:
+                click.echo(f"{column.upper()}={shlex.quote(str(item.get(column, '')))}")
+        return
+    table = Table(*columns)
+    for item in items:
+        table.add_row(*("" if item.get(c) is None else str(item.get(c)) for c in columns))
+    Console().print(table)
+
+
+@click.group()
+@click.option("--url", envvar="KEYLEDGER_URL", default=DEFAULT_URL, show_default=True, help="Server URL.")
+@click.option("--api-key", envvar="KEYLEDGER_API_KEY", default=None, help="API key (prefer the env variable).")
+@click.pass_context
+def main(ctx: click.Context, url: str, api_key: str | None) -> None:
+    """keyledger: secrets with a provable record of every action."""
+    ctx.obj = {"url": url, "api_key": api_key}
+
+
+# -- server ----------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--db", type=click.Path(path_type=Path), default=None, help="SQLite file [env KEYLEDGER_DB].")
+@click.option("--dev", is_flag=True, help="Generate and keep a master key and a dev org's key beside the database.")
+@click.option("--server", type=click.Choice(["uvicorn", "granian"]), default="uvicorn", show_default=True)
+def serve(host: str, port: int, db: Path | None, dev: bool, server: str) -> None:
+    """Run the API server."""
+    from api.server import dev_settings  # noqa: PLC0415
+    from api.server import serve as run_server
+    from api.settings import Settings  # noqa: PLC0415
+    from ledger.errors import LedgerError  # noqa: PLC0415
+
+    path = db or Path(os.environ.get("KEYLEDGER_DB", "keyledger.db"))
+    try:
+        settings = dev_settings(path) if dev else Settings.from_env(db=path)
+    except LedgerError as exc:
+        fail(f"{exc} (or run with --dev for a local trial)", 2)
+        return
+    try:
+        run_server(settings, host, port, server)
+    except LedgerError as exc:
+        fail(str(exc), 2)
+
+
+# -- admin -----------------------------------------------------------------------------------------
+
+
+@main.group()
+def admin() -> None:
+    """Operator commands (KEYLEDGER_ADMIN_TOKEN)."""
+
+
+@admin.command("create-org")
+@click.argument("org")
+@click.option("--admin-token", envvar="KEYLEDGER_ADMIN_TOKEN", required=True, help="[env KEYLEDGER_ADMIN_TOKEN]")
+@output_option
+@click.pass_context
+def create_org(ctx: click.Context, org: str, admin_token: str, output: str | None) -> None:
+    """Create an org; prints its first (admin) API key, once."""
+    api = KeyledgerClient(ctx.find_root().obj["url"], admin_token)
+    try:
+        created = api.request("POST", "/v1/admin/orgs", json={"org": org})
+    except ClientError as exc:
+        fail(str(exc), exc.exit_code)
+    finally:
+        api.close()
+    emit(created, output, ["org", "key_id", "api_key"])
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """API keys of your org."""
+
+
+@keys.command("create")
+@click.option("--label", required=True)
+@click.option("--role", type=click.Choice(["member", "admin"]), default="member", show_default=True)
+@click.option("--scope", type=click.Choice(["all", "agents", "tools", "sandboxes"]), default="all", show_default=True)
+@output_option
+@click.pass_context
+def keys_create(ctx: click.Context, label: str, role: str, scope: str, output: str | None) -> None:
+    """Create a key (admin only); the key is printed this once."""
+    created = call(ctx, "POST", "/v1/keys", json={"label": label, "role": role, "scope": scope})
+    emit(created, output, ["key_id", "label", "role", "scope", "api_key"])
+
+
+@keys.command("list")
+@output_option
+@click.pass_context
+def keys_list(ctx: click.Context, output: str | None) -> None:
+    """List active keys (never the keys themselves)."""
+    listed = call(ctx, "GET", "/v1/keys")
+    emit(listed["keys"], output, ["key_id", "label", "role", "scope", "created_at", "last_used_at"])
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key; it stops working at once."""
+    call(ctx, "DELETE", f"/v1/keys/{key_id}")
+    click.echo(f"revoked {key_id}", err=True)
+
+
+# -- secrets ---------------------------------------------------------------------------------------
+
+METADATA = ["name", "scope", "category", "version", "description", "updated_at", "updated_by"]
+
+
+@main.group()
+def secrets() -> None:
+    """Secrets of your org."""
+
+
+def read_value(value_file: click.File | None) -> str:
+    if value_file is not None:
+        data = value_file.read()  # type: ignore[attr-defined]
+        text = data.decode() if isinstance(data, bytes) else str(data)
+    elif not sys.stdin.isatty():
+        text = sys.stdin.read()
+    else:
+        text = click.prompt("Value", hide_input=True, confirmation_prompt=True, err=True)
+    return text[:-1] if text.endswith("\n") and value_file is None and not sys.stdin.isatty() else text
+
+
+@secrets.command("set")
+@click.argument("name")
+@click.option("--value-file", type=click.File("rb"), default=None, help="Read the value from a file ('-': stdin).")
+@click.option("--scope", type=click.Choice(["all", "agents", "tools", "sandboxes"]), default=None)
+@click.option("--category", type=click.Choice(["provider", "tool", "custom"]), default=None)
+@click.option("--description", default=None)
+@output_option
+@click.pass_context
+def secrets_set(ctx: click.Context, name: str, value_file: click.File | None, scope: str | None,
+                category: str | None, description: str | None, output: str | None) -> None:
+    """Create a secret or give it a new value (from a hidden prompt, stdin, or --value-file)."""
+    body: dict[str, Any] = {"name": name, "value": read_value(value_file)}
+    for field, given in (("scope", scope), ("category", category), ("description", description)):
+        if given is not None:
+            body[field] = given
+    meta = call(ctx, "POST", "/v1/secrets", json=body)
+    emit(meta, output, METADATA)
+
+
+@secrets.command("list")
+@click.option("--scope", default=None)
+@click.option("--category", default=None)
+@output_option
+@click.pass_context
+def secrets_list(ctx: click.Context, scope: str | None, category: str | None, output: str | None) -> None:
+    """List secrets (metadata only), every page."""
+    rows: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 1000}
+    if scope:
+        params["scope"] = scope
+    if category:
+        params["category"] = category
+    while True:
+        page = call(ctx, "GET", "/v1/secrets", params=params)
+        rows.extend(page["secrets"])
+        if not page.get("next_cursor"):
+            break
+        params["cursor"] = page["next_cursor"]
+    emit(rows, output, METADATA)
+
+
+@secrets.command("get")
+@click.argument("name")
+@output_option
+@click.pass_context
+def secrets_get(ctx: click.Context, name: str, output: str | None) -> None:
+    """Show a secret's metadata."""
+    emit(call(ctx, "GET", KeyledgerClient.secret_path(name)), output, [*METADATA, "created_at", "created_by"])
+
+
+@secrets.command("reveal")
+@click.argument("name")
+@click.option("--reason", default="", help="Recorded with the reveal.")
+@output_option
+@click.pass_context
+def secrets_reveal(ctx: click.Context, name: str, reason: str, output: str | None) -> None:
+    """Print a secret's value (the reveal is recorded). Plain value by default."""
+    body = {"reason": reason} if reason else None
+    revealed = call(ctx, "POST", KeyledgerClient.secret_path(name, "/reveal"), json=body)
+    if output == "json":
+        click.echo(msgspec.json.encode(revealed).decode())
+    elif output == "env":
+        click.echo(f"{revealed['name']}={shlex.quote(revealed['value'])}")
+    else:
+        click.echo(revealed["value"], nl=sys.stdout.isatty())
+
+
+@secrets.command("delete")
+@click.argument("name")
+@click.pass_context
+def secrets_delete(ctx: click.Context, name: str) -> None:
+    """Delete a secret."""
+    call(ctx, "DELETE", KeyledgerClient.secret_path(name))
+    click.echo(f"deleted {name}", err=True)
+
+
+# -- run -------------------------------------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--only", "only", multiple=True, help="Reveal only these names (repeatable).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.pass_context
+def run(ctx: click.Context, only: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND with secrets in its environment (each one a recorded reveal); exits with its code."""
+    names = list(only)
+    if not names:
+        params: dict[str, Any] = {"limit": 1000}
+        while True:
+            page = call(ctx, "GET", "/v1/secrets", params=params)
+            names.extend(row["name"] for row in page["secrets"])
+            if not page.get("next_cursor"):
+                break
+            params["cursor"] = page["next_cursor"]
+    env = dict(os.environ)
+    api = client(ctx)
+    try:
+        for name in names:
+            if not ENV_NAME.match(name):
+                click.echo(f"skipped {name!r}: not a valid environment variable name", err=True)
+                continue
+            try:
+                revealed = api.request("POST", KeyledgerClient.secret_path(name, "/reveal"),
+                                       json={"reason": "keyledger run"})
+            except ClientError as exc:
+                if only or exc.exit_code not in (5,):  # scope-denied secrets are skipped when not asked for
+                    fail(f"{name}: {exc}", exc.exit_code)
+                click.echo(f"skipped {name!r}: {exc}", err=True)
+                continue
+            env[name] = revealed["value"]
+    finally:
+        api.close()
+    try:
+        os.execvpe(command[0], list(command), env)  # noqa: S606
+    except FileNotFoundError:
+        fail(f"command not found: {command[0]}", 127)
+
+
+# -- offline ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--db", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
+def verify(db: Path) -> None:
+    """Verify a database file offline: every chain, every hash; names the first bad event."""
+    from ledger.sqlite_store import iter_records  # noqa: PLC0415
+    from ledger.verify import verify_records  # noqa: PLC0415
+
+    report = verify_records(iter_records(db))
+    click.echo(report.summary())
+    raise SystemExit(0 if report.ok else 1)
+
+
+@main.command()
+@click.option("--db", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
+def replay(db: Path) -> None:
+    """Rebuild every projection from the first event (refused while a server holds the file)."""
+    from ledger.errors import LedgerError  # noqa: PLC0415
+    from ledger.sqlite_store import SqliteRecorder  # noqa: PLC0415
+    from projections.sqlite_tables import all_projectors  # noqa: PLC0415
+
+    async def rebuild() -> None:
+        recorder = SqliteRecorder(db, all_projectors())
+        await recorder.open()
+        try:
+            total = await recorder.max_seq()
+            with click.progressbar(length=total, label="replaying", file=sys.stderr) as bar:
+                done = 0
+
+                def progress(position: int, _total: int) -> None:
+                    nonlocal done
+                    bar.update(position - done)
+                    done = position
+
+                await recorder.rebuild_projections(progress)
+        finally:
+            await recorder.close()
+
+    try:
+        asyncio.run(rebuild())
+    except LedgerError as exc:
+        fail(str(exc), 2)
+    click.echo("projections rebuilt", err=True)
+
+
+if __name__ == "__main__":
+    main()

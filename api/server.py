@@ -1,0 +1,118 @@
+"""Starting the service: settings from the environment, dev-mode bootstrap, and the ASGI server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import msgspec
+
+from api.settings import Settings
+from ledger.commands import Context
+from ledger.crypto import MasterKey
+from ledger.errors import AlreadyExistsError, LedgerError
+from ledger.events import Actor
+
+log = logging.getLogger("keyledger")
+
+DEV_ORG = "dev"
+
+
+def dev_folder(db: Path) -> Path:
+    return db.resolve().parent / ".keyledger"
+
+
+def _read_or_create(path: Path, make: str) -> str:
+    """A small secret file, mode 0600, created once."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(make + "\n")
+    return make
+
+
+def dev_settings(db: Path) -> Settings:
+    """Dev mode: a generated master key and admin token kept beside the database (files mode 0600)."""
+    folder = dev_folder(db)
+    master_text = os.environ.get("KEYLEDGER_MASTER_KEY") or _read_or_create(
+        folder / "master.key", MasterKey.generate()[1]
+    )
+    admin = os.environ.get("KEYLEDGER_ADMIN_TOKEN") or _read_or_create(
+        folder / "admin.token", "adm_" + secrets.token_urlsafe(24)
+    )
+    return Settings.from_env(db=db, master_key=MasterKey.parse(master_text), admin_token=admin, dev=True)
+
+
+async def ensure_dev_org(settings: Settings) -> str:
+    """Create the dev org and keep its admin key in `.keyledger/dev-api-key` (once)."""
+    from api.app import build_ledger  # noqa: PLC0415  (keeps `keyledger --help` light)
+
+    key_file = dev_folder(settings.db) / "dev-api-key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    ledger = build_ledger(settings)
+    await ledger.start()
+    try:
+        admin = Context(actor=Actor(key_id="admin", label="dev bootstrap", kind="admin"))
+        try:
+            created = await ledger.create_org(admin, DEV_ORG)
+        except AlreadyExistsError:
+            created = await ledger.create_api_key(admin, DEV_ORG, "dev admin", role="admin", scope="all")
+    finally:
+        await ledger.stop()
+    return _read_or_create(key_file, created.api_key)
+
+
+def serve(settings: Settings, host: str, port: int, server: str = "uvicorn") -> None:
+    from api.app import create_app  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.dev:
+        try:
+            api_key = asyncio.run(ensure_dev_org(settings))
+        except LedgerError as exc:
+            raise SystemExit(f"keyledger: {exc}") from None
+        url = f"http://{host}:{port}"
+        print(
+            f"keyledger dev mode (not for production)\n"
+            f"  API:        {url}\n"
+            f"  API docs:   {url}/schema/swagger\n"
+            f"  org:        {DEV_ORG}\n"
+            f"  API key:    {api_key}\n"
+            f"  admin token: {settings.admin_token}\n"
+            f"  database:   {settings.db}  (keys in {dev_folder(settings.db)})\n"
+            f"  try:        curl -s {url}/v1/secrets -H 'Authorization: Bearer {api_key}'",
+            flush=True,
+        )
+    app = create_app(settings)
+    if server == "granian":
+        run_granian(settings, host, port)
+        return
+    import uvicorn  # noqa: PLC0415
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+
+
+def run_granian(settings: Settings, host: str, port: int) -> None:
+    """Granian loads the app in its own worker: hand it the settings through the environment."""
+    from granian import Granian  # noqa: PLC0415
+    from granian.constants import Interfaces  # noqa: PLC0415
+
+    os.environ["KEYLEDGER_SETTINGS_JSON"] = msgspec.json.encode(settings_env(settings)).decode()
+    Granian("api.asgi:app", address=host, port=port, interface=Interfaces.ASGI, workers=1,
+            log_access=False).serve()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    return {"db": str(settings.db), "dev": "1" if settings.dev else "", "synchronous": settings.synchronous}
+
+
+def main_error(message: str) -> None:
+    print(f"keyledger: {message}", file=sys.stderr)
+    raise SystemExit(2)
