@@ -92,10 +92,10 @@ def main(ctx: click.Context, url: str, api_key: str | None) -> None:
 @click.option("--server", type=click.Choice(["uvicorn", "granian"]), default="uvicorn", show_default=True)
 def serve(host: str, port: int, db: Path | None, dev: bool, server: str) -> None:
     """Run the API server."""
-    from api.server import dev_settings  # noqa: PLC0415
+    from api.server import dev_settings
     from api.server import serve as run_server
-    from api.settings import Settings  # noqa: PLC0415
-    from ledger.errors import LedgerError  # noqa: PLC0415
+    from api.settings import Settings
+    from ledger.errors import LedgerError
 
     path = db or Path(os.environ.get("KEYLEDGER_DB", "keyledger.db"))
     try:
@@ -318,8 +318,8 @@ def run(ctx: click.Context, only: tuple[str, ...], command: tuple[str, ...]) -> 
 @click.option("--db", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
 def verify(db: Path) -> None:
     """Verify a database file offline: every chain, every hash; names the first bad event."""
-    from ledger.sqlite_store import iter_records  # noqa: PLC0415
-    from ledger.verify import verify_records  # noqa: PLC0415
+    from ledger.sqlite_store import iter_records
+    from ledger.verify import verify_records
 
     report = verify_records(iter_records(db))
     click.echo(report.summary())
@@ -330,9 +330,9 @@ def verify(db: Path) -> None:
 @click.option("--db", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
 def replay(db: Path) -> None:
     """Rebuild every projection from the first event (refused while a server holds the file)."""
-    from ledger.errors import LedgerError  # noqa: PLC0415
-    from ledger.sqlite_store import SqliteRecorder  # noqa: PLC0415
-    from projections.sqlite_tables import all_projectors  # noqa: PLC0415
+    from ledger.errors import LedgerError
+    from ledger.sqlite_store import SqliteRecorder
+    from projections.sqlite_tables import all_projectors
 
     async def rebuild() -> None:
         recorder = SqliteRecorder(db, all_projectors())
