@@ -13,11 +13,15 @@ Why these choices (measured in research/performance.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import gc
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
@@ -50,6 +54,11 @@ LEDGER_SCHEMA = [
        BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END""",
     """CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
        BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END""",
+    # INSERT OR REPLACE deletes the old row without firing DELETE triggers: refuse taken positions.
+    """CREATE TRIGGER IF NOT EXISTS events_no_replace BEFORE INSERT ON events
+       WHEN EXISTS (SELECT 1 FROM events WHERE seq = NEW.seq)
+         OR EXISTS (SELECT 1 FROM events WHERE org = NEW.org AND org_seq = NEW.org_seq)
+       BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END""",
     """CREATE TABLE IF NOT EXISTS data_keys (
         id TEXT PRIMARY KEY, kek_id TEXT NOT NULL, wrapped TEXT NOT NULL) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS projection_positions (name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
@@ -64,6 +73,7 @@ _INSERT_EVENT = f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)
 _REBUILD_CHUNK = 20_000
 
 Row = tuple[int, str, int, str, int | None, str, int, bytes, str | None, bytes, bytes]
+T = TypeVar("T")
 
 
 def _record(row: Row) -> StoredRecord:
@@ -74,16 +84,21 @@ def _record(row: Row) -> StoredRecord:
 
 
 class SqliteRecorder(Recorder):
-    """Recorder on one SQLite file; `projectors` are updated in every append's transaction."""
+    """Recorder on one SQLite file; `projectors` are updated in every append's transaction.
+
+    Every write runs as one function on a dedicated thread that owns the only write connection:
+    a whole transaction (records, data keys, projections, positions, COMMIT) costs one hop from the
+    event loop, where aiosqlite would cost one per statement. Reads use an aiosqlite connection.
+    """
 
     def __init__(self, path: str | Path, projectors: Sequence[Projector] = (), *, synchronous: str = "FULL"):
         self.path = Path(path)
         self.projectors = list(projectors)
         self.synchronous = synchronous
-        self._write: aiosqlite.Connection | None = None
+        self._write: sqlite3.Connection | None = None
         self._read: aiosqlite.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
-        self._write_lock = asyncio.Lock()
         self._heads: dict[str, tuple[int, bytes]] = {}
         self._seq = 0
         self.fail_next_commits = 0  # test hook: make the next N commits fail like a full disk
@@ -93,53 +108,64 @@ class SqliteRecorder(Recorder):
     async def open(self) -> None:
         self._lock_fd = acquire_process_lock(self.path)
         try:
-            self._write = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._configure(self._write)
-            async with self._write_lock:
-                await self._write.execute("BEGIN IMMEDIATE")
-                for ddl in LEDGER_SCHEMA:
-                    await self._write.execute(ddl)
-                for projector in self.projectors:
-                    for ddl in projector.schema():
-                        await self._write.execute(ddl)
-                    await self._write.execute(
-                        "INSERT OR IGNORE INTO projection_positions(name, position) VALUES (?, 0)",
-                        (projector.name,),
-                    )
-                await self._write.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-                )
-                await self._write.execute("COMMIT")
-            self._seq = await self._fetch_max_seq(self._write)
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyledger-sqlite-writer")
+            await self._run(self._open_sync)
             self._read = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
             await self._read.execute("PRAGMA query_only = ON")
-            await self._catch_up_projections()
+            await self._run(self._catch_up_sync, None)
         except BaseException:
             await self.close()
             raise
 
-    async def _configure(self, conn: aiosqlite.Connection) -> None:
-        cursor = await conn.execute("PRAGMA journal_mode = WAL")
-        mode = await cursor.fetchone()
+    def _open_sync(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._write = conn
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if mode is None or str(mode[0]).lower() != "wal":
             raise StoreUnavailableError(f"{self.path}: could not switch to WAL journal mode")
-        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        await conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        with _transaction(conn):
+            for ddl in LEDGER_SCHEMA:
+                conn.execute(ddl)
+            for projector in self.projectors:
+                for ddl in projector.schema():
+                    conn.execute(ddl)
+                conn.execute(
+                    "INSERT OR IGNORE INTO projection_positions(name, position) VALUES (?, 0)", (projector.name,)
+                )
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        self._seq = int(row[0]) if row else 0
 
     async def close(self) -> None:
-        for conn in (self._read, self._write):
-            if conn is not None:
+        if self._read is not None:
+            try:
+                await self._read.close()
+            except sqlite3.Error:
+                pass
+            self._read = None
+        if self._executor is not None:
+            if self._write is not None:
                 try:
-                    await conn.close()
-                except sqlite3.Error:
+                    await self._run(self._write.close)
+                except (sqlite3.Error, StoreUnavailableError):
                     pass
-        self._read = self._write = None
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._write = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._executor is None:
+            raise StoreUnavailableError("the store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     @property
-    def write_connection(self) -> aiosqlite.Connection:
+    def write_connection(self) -> sqlite3.Connection:
+        """The writer thread's connection (use only through the writer thread)."""
         if self._write is None:
             raise StoreUnavailableError("the store is closed")
         return self._write
@@ -163,118 +189,93 @@ class SqliteRecorder(Recorder):
     ) -> list[StoredRecord]:
         if len(pending) != len(events):
             raise ValueError("pending records and events must pair up")
-        conn = self.write_connection
-        async with self._write_lock:
-            heads: dict[str, tuple[int, bytes]] = {}
-            for org in {p.org for p in pending}:
-                heads[org] = self._heads[org] if org in self._heads else await self._load_head(conn, org)
-            seq = self._seq
-            stored: list[StoredRecord] = []
-            for p in pending:
-                org_seq, prev = heads[p.org]
-                seq += 1
-                org_seq += 1
-                digest = chain_hash(p.org, org_seq, prev, p.body)
-                heads[p.org] = (org_seq, digest)
-                stored.append(
-                    StoredRecord(
-                        seq=seq, org=p.org, org_seq=org_seq, stream=p.stream, stream_version=p.stream_version,
-                        type=p.type, at=p.at, body=p.body, sealed=p.sealed, prev_hash=prev, hash=digest,
-                    )
-                )
-            await self._commit(conn, stored, events, data_keys, drop_data_keys, idempotency)
-            self._seq = seq
-            self._heads.update(heads)
-            return stored
+        return await self._run(self._append_sync, pending, events, data_keys, drop_data_keys, idempotency)
 
-    async def _commit(
+    def _append_sync(
         self,
-        conn: aiosqlite.Connection,
-        stored: Sequence[StoredRecord],
+        pending: Sequence[PendingRecord],
         events: Sequence[Event],
         data_keys: Sequence[DataKeyRow],
         drop_data_keys: Sequence[str],
-        idempotency: Sequence[IdempotencyRow] = (),
-    ) -> None:
+        idempotency: Sequence[IdempotencyRow],
+    ) -> list[StoredRecord]:
+        conn = self.write_connection
+        heads: dict[str, tuple[int, bytes]] = {}
+        for org in {p.org for p in pending}:
+            heads[org] = self._heads[org] if org in self._heads else self._load_head(conn, org)
+        seq = self._seq
+        stored: list[StoredRecord] = []
+        rows: list[Row] = []
+        for p in pending:
+            org_seq, prev = heads[p.org]
+            seq += 1
+            org_seq += 1
+            digest = chain_hash(p.org, org_seq, prev, p.body)
+            heads[p.org] = (org_seq, digest)
+            row: Row = (seq, p.org, org_seq, p.stream, p.stream_version, p.type, p.at, p.body, p.sealed, prev, digest)
+            rows.append(row)
+            stored.append(_record(row))
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                if stored:
-                    await conn.executemany(
-                        _INSERT_EVENT,
-                        [
-                            (r.seq, r.org, r.org_seq, r.stream, r.stream_version, r.type, r.at, r.body,
-                             r.sealed, r.prev_hash, r.hash)
-                            for r in stored
-                        ],
-                    )
+            with _transaction(conn):
+                if rows:
+                    conn.executemany(_INSERT_EVENT, rows)
                 if data_keys:
-                    await conn.executemany(
+                    conn.executemany(
                         "INSERT INTO data_keys(id, kek_id, wrapped) VALUES (?,?,?)",
                         [(k.id, k.kek_id, k.wrapped) for k in data_keys],
                     )
                 if drop_data_keys:
-                    await conn.executemany("DELETE FROM data_keys WHERE id = ?", [(i,) for i in drop_data_keys])
+                    conn.executemany("DELETE FROM data_keys WHERE id = ?", [(i,) for i in drop_data_keys])
                 if idempotency:
-                    await conn.executemany(
+                    conn.executemany(
                         "INSERT OR REPLACE INTO idempotency(scope, key, fingerprint, kek_id, sealed, created_at) "
                         "VALUES (?,?,?,?,?,?)",
                         [(i.scope, i.key, i.fingerprint, i.kek_id, i.sealed, i.created_at) for i in idempotency],
                     )
                 if stored:
-                    await self._project(conn, list(zip(stored, events, strict=True)))
+                    self._project(conn, self.projectors, list(zip(stored, events, strict=True)))
                 if self.fail_next_commits > 0:
                     self.fail_next_commits -= 1
                     raise sqlite3.OperationalError("database or disk is full (injected)")
-                await conn.execute("COMMIT")
-            except BaseException:
-                await _rollback(conn)
-                raise
         except sqlite3.IntegrityError as exc:
-            conflict = _conflict(stored, str(exc))
+            conflict = _find_conflict(conn, stored)
             if conflict is not None:
                 raise conflict from None
             raise StoreUnavailableError(f"append refused by the database: {exc}") from None
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"the ledger could not commit: {exc}") from None
+        self._seq = seq
+        self._heads.update(heads)
+        return stored
 
-    async def _project(self, conn: aiosqlite.Connection, batch: list[tuple[StoredRecord, Event]]) -> None:
+    @staticmethod
+    def _project(conn: sqlite3.Connection, projectors: Sequence[Projector],
+                 batch: Sequence[tuple[StoredRecord, Event]]) -> None:
         last = batch[-1][0].seq
-        for projector in self.projectors:
+        for projector in projectors:
             for statement in projector.project(batch):
                 if statement.rows:
-                    await conn.executemany(statement.sql, statement.rows)
-        if self.projectors:
-            await conn.execute("UPDATE projection_positions SET position = ?", (last,))
+                    conn.executemany(statement.sql, statement.rows)
+            conn.execute("UPDATE projection_positions SET position = ? WHERE name = ?", (last, projector.name))
 
-    async def _load_head(self, conn: aiosqlite.Connection, org: str) -> tuple[int, bytes]:
-        cursor = await conn.execute(
-            "SELECT org_seq, hash FROM events WHERE org = ? ORDER BY org_seq DESC LIMIT 1", (org,)
-        )
-        row = await cursor.fetchone()
+    @staticmethod
+    def _load_head(conn: sqlite3.Connection, org: str) -> tuple[int, bytes]:
+        row = conn.execute("SELECT org_seq, hash FROM events WHERE org = ? ORDER BY org_seq DESC LIMIT 1",
+                           (org,)).fetchone()
         return (0, GENESIS_HASH) if row is None else (int(row[0]), bytes(row[1]))
 
-    async def _fetch_max_seq(self, conn: aiosqlite.Connection) -> int:
-        cursor = await conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events")
-        row = await cursor.fetchone()
-        return int(row[0]) if row else 0
-
     async def replace_data_keys(self, rows: Sequence[DataKeyRow]) -> None:
-        conn = self.write_connection
-        async with self._write_lock:
+        def replace() -> None:
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-                try:
-                    await conn.executemany(
+                with _transaction(self.write_connection) as conn:
+                    conn.executemany(
                         "UPDATE data_keys SET kek_id = ?, wrapped = ? WHERE id = ?",
                         [(r.kek_id, r.wrapped, r.id) for r in rows],
                     )
-                    await conn.execute("COMMIT")
-                except BaseException:
-                    await _rollback(conn)
-                    raise
             except sqlite3.Error as exc:
                 raise StoreUnavailableError(f"could not rewrap data keys: {exc}") from None
+
+        await self._run(replace)
 
     # -- projections -----------------------------------------------------------------------
 
@@ -282,61 +283,48 @@ class SqliteRecorder(Recorder):
         rows = await self.read_connection.execute_fetchall("SELECT name, position FROM projection_positions")
         return {str(name): int(pos) for name, pos in rows}
 
-    async def _catch_up_projections(self, progress: Progress | None = None) -> None:
+    def _catch_up_sync(self, progress: Progress | None) -> None:
         """Fold records a projector has not seen yet (a new projector, or an interrupted rebuild)."""
         conn = self.write_connection
-        async with self._write_lock:
-            rows = await conn.execute_fetchall("SELECT name, position FROM projection_positions")
-            positions = {str(n): int(p) for n, p in rows}
-            behind = [p for p in self.projectors if positions.get(p.name, 0) < self._seq]
-            if not behind:
-                return
-            start = min(positions.get(p.name, 0) for p in behind)
-            total = self._seq
-            while start < total:
-                chunk = await conn.execute_fetchall(
-                    f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (start, _REBUILD_CHUNK)
-                )
-                if not chunk:
-                    break
-                records = [_record(r) for r in chunk]  # type: ignore[arg-type]
-                batch = [(r, decode_event(r.body)) for r in records]
-                last = records[-1].seq
-                try:
-                    await conn.execute("BEGIN IMMEDIATE")
+        positions = {str(n): int(p) for n, p in conn.execute("SELECT name, position FROM projection_positions")}
+        behind = [p for p in self.projectors if positions.get(p.name, 0) < self._seq]
+        if not behind:
+            return
+        total = self._seq
+        start = min(positions.get(p.name, 0) for p in behind)
+        reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # millions of short-lived objects, no cycles: collection would only cost time
+        try:
+            cursor = reader.execute(f"SELECT {_COLUMNS} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+                                    (start, total))
+            while chunk := cursor.fetchmany(_REBUILD_CHUNK):
+                batch = [(record, decode_event(record.body)) for record in map(_record, chunk)]
+                last = batch[-1][0].seq
+                with _transaction(conn):
                     for projector in behind:
-                        mine = [item for item in batch if item[0].seq > positions.get(projector.name, 0)]
-                        if not mine:
-                            continue
-                        for statement in projector.project(mine):
-                            if statement.rows:
-                                await conn.executemany(statement.sql, statement.rows)
-                        await conn.execute(
-                            "UPDATE projection_positions SET position = ? WHERE name = ?", (last, projector.name)
-                        )
-                        positions[projector.name] = last
-                    await conn.execute("COMMIT")
-                except BaseException:
-                    await _rollback(conn)
-                    raise
-                start = last
+                        seen = positions.get(projector.name, 0)
+                        mine = batch if batch[0][0].seq > seen else [item for item in batch if item[0].seq > seen]
+                        if mine:
+                            self._project(conn, [projector], mine)
+                            positions[projector.name] = last
                 if progress is not None:
                     progress(last, total)
+        finally:
+            reader.close()
+            if gc_was_enabled:
+                gc.enable()
 
     async def rebuild_projections(self, progress: Progress | None = None) -> None:
-        conn = self.write_connection
-        async with self._write_lock:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
+        def reset() -> None:
+            with _transaction(self.write_connection) as conn:
                 for projector in self.projectors:
                     for sql in projector.reset():
-                        await conn.execute(sql)
-                await conn.execute("UPDATE projection_positions SET position = 0")
-                await conn.execute("COMMIT")
-            except BaseException:
-                await _rollback(conn)
-                raise
-        await self._catch_up_projections(progress)
+                        conn.execute(sql)
+                    conn.execute("UPDATE projection_positions SET position = 0 WHERE name = ?", (projector.name,))
+
+        await self._run(reset)
+        await self._run(self._catch_up_sync, progress)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -361,10 +349,14 @@ class SqliteRecorder(Recorder):
         )
 
     async def max_seq(self) -> int:
-        return await self._fetch_max_seq(self.read_connection)
+        rows = list(await self.read_connection.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events"))
+        return int(rows[0][0])
 
     async def org_head(self, org: str) -> tuple[int, bytes]:
-        return await self._load_head(self.read_connection, org)
+        rows = list(await self.read_connection.execute_fetchall(
+            "SELECT org_seq, hash FROM events WHERE org = ? ORDER BY org_seq DESC LIMIT 1", (org,)
+        ))
+        return (0, GENESIS_HASH) if not rows else (int(rows[0][0]), bytes(rows[0][1]))
 
     async def get_data_key(self, data_key_id: str) -> DataKeyRow | None:
         rows = list(
@@ -397,23 +389,35 @@ class SqliteRecorder(Recorder):
         return [DataKeyRow(id=r[0], kek_id=r[1], wrapped=r[2]) for r in rows]
 
 
-async def _rollback(conn: aiosqlite.Connection) -> None:
-    # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR); "no transaction" is fine.
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error (SQLite may have rolled back already)."""
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        await conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
 
 
-def _conflict(stored: Sequence[StoredRecord], message: str) -> ConcurrencyError | None:
-    if "stream" not in message:
-        return None
-    versioned = [r for r in stored if r.stream_version is not None]
-    if not versioned:
-        return None
-    first = versioned[0]
-    assert first.stream_version is not None
-    return ConcurrencyError(first.stream, first.stream_version)
+def _find_conflict(conn: sqlite3.Connection, stored: Sequence[StoredRecord]) -> ConcurrencyError | None:
+    """The first record whose (stream, stream_version) is taken, in the batch or in the table."""
+    seen: set[tuple[str, int]] = set()
+    for record in stored:
+        if record.stream_version is None:
+            continue
+        key = (record.stream, record.stream_version)
+        taken = key in seen or conn.execute(
+            "SELECT 1 FROM events WHERE stream = ? AND stream_version = ?", key
+        ).fetchone() is not None
+        if taken:
+            return ConcurrencyError(record.stream, record.stream_version)
+        seen.add(key)
+    return None
 
 
 def acquire_process_lock(path: Path) -> int:

@@ -183,7 +183,7 @@ class LedgerMachine(RuleBasedStateMachine):
         s.value = op.args["value"]
         s.updated_by = key.key_id
         self._acted(key.key_id)
-        return ("ok", (created, s.version, s.scope, s.category, s.description))
+        return ("ok", (created, s.version, s.scope, s.category, s.description, s.created_by))
 
     def model_delete(self, op: Op) -> Expected:
         key = self.model_keys[op.key_id]
@@ -255,7 +255,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if op.kind == "upsert":
             assert isinstance(result, UpsertOutcome)
             e = result.event
-            assert (result.created, e.version, e.scope, e.category, e.description) == expected[1], op
+            assert (result.created, e.version, e.scope, e.category, e.description, result.created_by) == expected[1], op
             assert e.name == op.args["name"] and e.org == op.org
         elif op.kind == "reveal":
             assert isinstance(result, Revealed)
@@ -440,15 +440,18 @@ class LedgerMachine(RuleBasedStateMachine):
         before = self.count_events()
         if org != key.org:
             for call in (
-                self.ledger.reveal_secret(key.ctx, org, name),
-                self.ledger.upsert_secret(key.ctx, org, name, b"x"),
-                self.ledger.delete_secret(key.ctx, org, name),
-                self.ledger.create_api_key(key.ctx, org, "intruder", role="admin"),
+                lambda: self.ledger.reveal_secret(key.ctx, org, name),
+                lambda: self.ledger.upsert_secret(key.ctx, org, name, b"x"),
+                lambda: self.ledger.delete_secret(key.ctx, org, name),
+                lambda: self.ledger.create_api_key(key.ctx, org, "intruder", role="admin"),
             ):
-                outcome = self.run(self._outcome(call))
+                outcome = self.run(self._outcome(call()))
                 assert outcome[0] == "err" and type(outcome[1]) is UnauthenticatedError, outcome
-        for call in (self.ledger.reveal_secret(ADMIN, org, name), self.ledger.upsert_secret(ADMIN, org, name, b"x")):
-            outcome = self.run(self._outcome(call))
+        for call in (
+            lambda: self.ledger.reveal_secret(ADMIN, org, name),
+            lambda: self.ledger.upsert_secret(ADMIN, org, name, b"x"),
+        ):
+            outcome = self.run(self._outcome(call()))
             assert outcome[0] == "err" and type(outcome[1]) is PermissionDeniedError, outcome
         assert self.count_events() == before
 

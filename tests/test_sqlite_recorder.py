@@ -39,8 +39,8 @@ async def test_wal_and_full_synchronous(tmp_path: Path) -> None:
     await recorder.open()
     try:
         conn = recorder.write_connection
-        mode = await (await conn.execute("PRAGMA journal_mode")).fetchone()
-        sync = await (await conn.execute("PRAGMA synchronous")).fetchone()
+        mode = await asyncio.to_thread(lambda: conn.execute("PRAGMA journal_mode").fetchone())
+        sync = await asyncio.to_thread(lambda: conn.execute("PRAGMA synchronous").fetchone())
         assert mode is not None and mode[0] == "wal"
         assert sync is not None and sync[0] == 2  # FULL
     finally:
