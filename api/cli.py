@@ -318,10 +318,10 @@ def run(ctx: click.Context, only: tuple[str, ...], command: tuple[str, ...]) -> 
 @click.option("--db", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
 def verify(db: Path) -> None:
     """Verify a database file offline: every chain, every hash; names the first bad event."""
-    from ledger.sqlite_store import iter_records
-    from ledger.verify import verify_records
+    from ledger.sqlite_store import iter_rows
+    from ledger.verify import verify_rows
 
-    report = verify_records(iter_records(db))
+    report = verify_rows(iter_rows(db))
     click.echo(report.summary())
     raise SystemExit(0 if report.ok else 1)
 

@@ -12,7 +12,7 @@ import string
 
 import msgspec
 
-from ledger.crypto import new_data_key, new_data_key_id, open_value, seal_value, sealed_sha256
+from ledger.crypto import new_data_key, new_data_key_id, seal_value, sealed_sha256
 from ledger.errors import (
     AlreadyExistsError,
     NotFoundError,
@@ -307,5 +307,4 @@ async def _open_current(view: WriteView, state: SecretState) -> bytes:
     row = await view.data_key(state.data_key_id)
     if row is None or state.version in state.destroyed_versions:
         raise NotFoundError(f"secret {state.name!r} version {state.version} was destroyed")
-    data_key = view.keyring.unwrap(row.id, row.kek_id, row.wrapped)
-    return open_value(data_key, state.sealed, state.org, state.name, state.version)
+    return view.opener(row).open(state.sealed, state.org, state.name, state.version)

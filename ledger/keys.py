@@ -69,7 +69,7 @@ async def rewrap_all(
                 rewrapped.append(DataKeyRow(id=row.id, kek_id=kek_id, wrapped=wrapped))
             await ledger.recorder.replace_data_keys(rewrapped)
             moved += len(rewrapped)
-            ledger.writer.cache.wrapped.clear()
+            ledger.writer.cache.forget_data_keys()
             if progress is not None:
                 progress(moved)
         after = rows[-1].id

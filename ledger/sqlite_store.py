@@ -450,6 +450,17 @@ def iter_records(path: str | Path, *, chunk: int = 10_000) -> Iterator[StoredRec
         conn.close()
 
 
+def iter_rows(path: str | Path, *, chunk: int = 10_000) -> Iterator[Row]:
+    """Every record of a database file as a row tuple in seq order, read-only (for the verifier)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        cursor = conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq")
+        while rows := cursor.fetchmany(chunk):
+            yield from rows
+    finally:
+        conn.close()
+
+
 def iter_raw_bodies(path: str | Path, *, chunk: int = 10_000) -> Iterator[tuple[int, bytes]]:
     """(seq, body) of every record: the raw scan the benchmarks compare against."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

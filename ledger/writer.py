@@ -18,7 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 
 from ledger.codec import decode_event, encode_event
-from ledger.crypto import Keyring
+from ledger.crypto import Keyring, ValueOpener
 from ledger.errors import ConcurrencyError, LedgerError, StoreUnavailableError
 from ledger.events import Event, event_type
 from ledger.model import (
@@ -37,6 +37,7 @@ from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord
 
 T = TypeVar("T")
 MAX_BATCH = 512
+MAX_OPENERS = 10_000
 
 
 class Decision(msgspec.Struct, Generic[T], kw_only=True):
@@ -93,6 +94,11 @@ class WriteView:
             self.data_keys[data_key_id] = await self._committed.data_key(data_key_id)
         return self.data_keys[data_key_id]
 
+    def opener(self, row: DataKeyRow) -> ValueOpener:
+        """The data key of `row`, unwrapped once and kept while it is in use."""
+        assert self._committed is not None
+        return self._committed.opener(row, self.keyring)
+
     async def _committed_state(self, stream: str, kind: str) -> object:
         assert self._committed is not None
         return await self._committed.state(stream, kind)
@@ -125,6 +131,17 @@ class WriteCache:
         self.recorder = recorder
         self.streams: dict[str, object] = {}
         self.wrapped: dict[str, DataKeyRow | None] = {}
+        self.openers: dict[str, tuple[DataKeyRow, ValueOpener]] = {}
+
+    def opener(self, row: DataKeyRow, keyring: Keyring) -> ValueOpener:
+        cached = self.openers.get(row.id)
+        if cached is not None and cached[0] == row:
+            return cached[1]
+        opener = keyring.opener(row.id, row.kek_id, row.wrapped)
+        if len(self.openers) >= MAX_OPENERS:
+            self.openers.pop(next(iter(self.openers)))
+        self.openers[row.id] = (row, opener)
+        return opener
 
     async def state(self, stream: str, kind: str) -> object:
         if stream not in self.streams:
@@ -149,10 +166,18 @@ class WriteCache:
         for table in (view.orgs, view.keys, view.secrets):
             self.streams.update(table)
         self.wrapped.update(view.data_keys)
+        for data_key_id, row in view.data_keys.items():
+            if row is None:
+                self.openers.pop(data_key_id, None)  # destroyed: forget the key at once
+
+    def forget_data_keys(self) -> None:
+        """After data keys were rewrapped or removed outside the writer."""
+        self.wrapped.clear()
+        self.openers.clear()
 
     def clear(self) -> None:
         self.streams.clear()
-        self.wrapped.clear()
+        self.forget_data_keys()
 
 
 class _Job:
