@@ -18,8 +18,11 @@ import os
 import re
 from collections.abc import Iterable
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ledger.errors import CryptoError, IntegrityError, MasterKeyError
 
@@ -33,13 +36,20 @@ _B64 = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
 class MasterKey:
     """A 32-byte key-encryption key and its public id (a digest that reveals nothing of the key)."""
 
-    __slots__ = ("_aead", "kek_id")
+    __slots__ = ("_aead", "_signing_seed", "kek_id")
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != KEY_BYTES:
             raise MasterKeyError(f"master key must be {KEY_BYTES} bytes, got {len(raw)}")
         self.kek_id = "kek_" + hashlib.sha256(b"keyledger/kek-id\0" + raw).hexdigest()[:16]
         self._aead = AESGCM(raw)
+        self._signing_seed = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"keyledger/v1/checkpoint-signing-key"
+        ).derive(raw)
+
+    def signing_key(self) -> SigningKey:
+        """The checkpoint signing key derived from this master key (HKDF-SHA256)."""
+        return SigningKey(self._signing_seed)
 
     def __repr__(self) -> str:
         return f"MasterKey(kek_id={self.kek_id!r})"
@@ -70,6 +80,47 @@ class MasterKey:
         if len(raw) != KEY_BYTES:
             raise MasterKeyError(f"{name} must decode to {KEY_BYTES} bytes, got {len(raw)}")
         return cls(raw)
+
+
+class SigningKey:
+    """An Ed25519 key that signs checkpoints; its public half is served so that others can verify."""
+
+    __slots__ = ("_private", "public_key")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != KEY_BYTES:
+            raise CryptoError(f"a signing key seed must be {KEY_BYTES} bytes, got {len(seed)}")
+        self._private = Ed25519PrivateKey.from_private_bytes(seed)
+        public = self._private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.public_key = base64.b64encode(public).decode()
+
+    def __repr__(self) -> str:
+        return f"SigningKey(public_key={self.public_key!r})"
+
+    @classmethod
+    def parse(cls, text: str, name: str = "KEYLEDGER_SIGNING_KEY") -> SigningKey:
+        try:
+            seed = base64.b64decode(text.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise CryptoError(f"{name} is not valid base64") from None
+        return cls(seed)
+
+    def sign(self, message: bytes) -> str:
+        return base64.b64encode(self._private.sign(message)).decode()
+
+
+def verify_signature(public_key: str, message: bytes, signature: str) -> bool:
+    """True only for a valid Ed25519 signature; any malformed input is simply not valid."""
+    try:
+        raw_key = base64.b64decode(public_key, validate=True)
+        raw_sig = base64.b64decode(signature, validate=True)
+        if (len(raw_key) != 32 or len(raw_sig) != 64 or base64.b64encode(raw_key).decode() != public_key
+                or base64.b64encode(raw_sig).decode() != signature):
+            return False
+        Ed25519PublicKey.from_public_bytes(raw_key).verify(raw_sig, message)
+    except (binascii.Error, ValueError, InvalidSignature):
+        return False
+    return True
 
 
 class Keyring:

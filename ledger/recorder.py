@@ -18,6 +18,7 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
+from ledger.checkpoint import Checkpoint
 from ledger.events import Event
 from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord
 
@@ -105,6 +106,13 @@ class Recorder(abc.ABC):
     @abc.abstractmethod
     async def get_idempotency(self, scope: str, key: str, not_before: int) -> IdempotencyRow | None:
         """The idempotency record of (scope, key) made at or after `not_before`, if any."""
+
+    @abc.abstractmethod
+    async def put_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Keep a signed checkpoint (checkpoints are signed statements about the ledger, not events)."""
+
+    @abc.abstractmethod
+    async def latest_checkpoint(self, org: str) -> Checkpoint | None: ...
 
     @abc.abstractmethod
     async def projection_positions(self) -> dict[str, int]: ...

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.commands import (
     Context,
     CreateApiKey,
@@ -24,7 +25,7 @@ from ledger.commands import (
     new_api_key,
     new_key_id,
 )
-from ledger.crypto import Keyring
+from ledger.crypto import Keyring, SigningKey
 from ledger.events import Category, Scope
 from ledger.idempotency import Answer, Idempotent, Render, validate_idempotency_key
 from ledger.model import (
@@ -48,10 +49,22 @@ T = TypeVar("T")
 class Ledger:
     """Commands over one recorder; start() before use, stop() after."""
 
-    def __init__(self, recorder: Recorder, keyring: Keyring, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        keyring: Keyring,
+        clock: Callable[[], int] = time.time_ns,
+        *,
+        signing_key: SigningKey | None = None,
+        checkpoint_every: int = 1000,
+    ) -> None:
         self.recorder = recorder
         self.keyring = keyring
+        self.clock = clock
+        self.signing_key = signing_key or keyring.current.signing_key()
         self.writer = Writer(recorder, keyring, clock)
+        self.writer.signing_key = self.signing_key
+        self.writer.checkpoint_every = checkpoint_every
 
     async def start(self) -> None:
         await self.recorder.open()
@@ -60,6 +73,18 @@ class Ledger:
     async def stop(self) -> None:
         await self.writer.stop()
         await self.recorder.close()
+
+    async def checkpoint(self, org: str) -> Checkpoint | None:
+        """Sign and keep a checkpoint of the org's head now; None for an org with no events."""
+        org_seq, head = await self.recorder.org_head(org)
+        if org_seq == 0:
+            return None
+        latest = await self.recorder.latest_checkpoint(org)
+        if latest is not None and latest.org_seq == org_seq:
+            return latest
+        checkpoint = sign_checkpoint(self.signing_key, org, org_seq, head, self.clock())
+        await self.recorder.put_checkpoint(checkpoint)
+        return checkpoint
 
     async def submit(self, command: Command[T]) -> T:
         return await self.writer.submit(command)

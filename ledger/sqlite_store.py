@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import aiosqlite
 
+from ledger.checkpoint import Checkpoint
 from ledger.codec import decode_event
 from ledger.errors import ConcurrencyError, StoreLockedError, StoreUnavailableError
 from ledger.events import Event
@@ -63,6 +64,9 @@ LEDGER_SCHEMA = [
         id TEXT PRIMARY KEY, kek_id TEXT NOT NULL, wrapped TEXT NOT NULL) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS projection_positions (name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        org TEXT NOT NULL, org_seq INTEGER NOT NULL, head BLOB NOT NULL, at INTEGER NOT NULL,
+        public_key TEXT NOT NULL, signature TEXT NOT NULL, PRIMARY KEY (org, org_seq)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS idempotency (
         scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, kek_id TEXT NOT NULL,
         sealed TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (scope, key)) WITHOUT ROWID""",
@@ -276,6 +280,31 @@ class SqliteRecorder(Recorder):
                 raise StoreUnavailableError(f"could not rewrap data keys: {exc}") from None
 
         await self._run(replace)
+
+    async def put_checkpoint(self, checkpoint: Checkpoint) -> None:
+        def put() -> None:
+            try:
+                with _transaction(self.write_connection) as conn:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO checkpoints(org, org_seq, head, at, public_key, signature) "
+                        "VALUES (?,?,?,?,?,?)",
+                        (checkpoint.org, checkpoint.org_seq, checkpoint.head, checkpoint.at, checkpoint.public_key,
+                         checkpoint.signature),
+                    )
+            except sqlite3.Error as exc:
+                raise StoreUnavailableError(f"could not keep a checkpoint: {exc}") from None
+
+        await self._run(put)
+
+    async def latest_checkpoint(self, org: str) -> Checkpoint | None:
+        rows = list(await self.read_connection.execute_fetchall(
+            "SELECT org, org_seq, head, at, public_key, signature FROM checkpoints WHERE org = ? "
+            "ORDER BY org_seq DESC LIMIT 1", (org,)
+        ))
+        if not rows:
+            return None
+        r = rows[0]
+        return Checkpoint(org=r[0], org_seq=r[1], head=bytes(r[2]), at=r[3], public_key=r[4], signature=r[5])
 
     # -- projections -----------------------------------------------------------------------
 

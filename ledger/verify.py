@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 
 import msgspec
 
+from ledger.checkpoint import Checkpoint, CheckpointError, check_signature
 from ledger.codec import decode_event
 from ledger.errors import IntegrityError
 from ledger.events import EVENT_TYPES
@@ -39,7 +40,8 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     def summary(self) -> str:
         if self.ok:
             return f"ok: {self.checked} events in {len(self.orgs)} orgs verified"
-        return f"FAILED at seq {self.first_bad_seq}: {self.reason} ({self.checked} events checked before it)"
+        where = f" at seq {self.first_bad_seq}" if self.first_bad_seq is not None else ""
+        return f"FAILED{where}: {self.reason} ({self.checked} events checked)"
 
 
 def record_rows(records: Iterable[StoredRecord]) -> Iterator[Row]:
@@ -48,14 +50,31 @@ def record_rows(records: Iterable[StoredRecord]) -> Iterator[Row]:
                r.prev_hash, r.hash)
 
 
-def verify_records(records: Iterable[StoredRecord], *, start_seq: int = 1) -> VerifyReport:
+def verify_records(
+    records: Iterable[StoredRecord], *, start_seq: int = 1, checkpoints: Iterable[Checkpoint] = (),
+    trusted_keys: set[str] | None = None,
+) -> VerifyReport:
     """Verify records given in seq order. Stops at the first bad record."""
-    return verify_rows(record_rows(records), start_seq=start_seq)
+    return verify_rows(record_rows(records), start_seq=start_seq, checkpoints=checkpoints, trusted_keys=trusted_keys)
 
 
-def verify_rows(rows: Iterable[Row], *, start_seq: int = 1) -> VerifyReport:
-    """Verify row tuples given in seq order. Stops at the first bad one."""
+def verify_rows(
+    rows: Iterable[Row], *, start_seq: int = 1, checkpoints: Iterable[Checkpoint] = (),
+    trusted_keys: set[str] | None = None,
+) -> VerifyReport:
+    """Verify row tuples given in seq order. Stops at the first bad one.
+
+    Each checkpoint (kept outside the database) must be validly signed, and the ledger must hold
+    its org's event `org_seq` with exactly its head hash.
+    """
     heads: dict[str, tuple[int, bytes]] = {}
+    expected_heads: dict[tuple[str, int], bytes] = {}
+    for checkpoint in checkpoints:
+        try:
+            check_signature(checkpoint, trusted_keys)
+        except CheckpointError as exc:
+            return VerifyReport(ok=False, checked=0, orgs={}, reason=str(exc))
+        expected_heads[(checkpoint.org, checkpoint.org_seq)] = checkpoint.head
     prefixes: dict[str, bytes] = {}
     expected_seq = start_seq
     checked = 0
@@ -106,13 +125,26 @@ def verify_rows(rows: Iterable[Row], *, start_seq: int = 1) -> VerifyReport:
             if at < last_at:
                 return fail(seq, "time goes backwards: events are out of order")
             last_at = at
+            if expected_heads:
+                wanted = expected_heads.pop((org, org_seq), None)
+                if wanted is not None and wanted != digest:
+                    return fail(seq, f"org {org!r} differs from its signed checkpoint at org_seq {org_seq}")
             heads[org] = (org_seq, digest)
             expected_seq += 1
             checked += 1
     finally:
         if gc_was_enabled:
             gc.enable()
-    return VerifyReport(ok=True, checked=checked, orgs={org: (n, h.hex()) for org, (n, h) in heads.items()})
+    report = VerifyReport(ok=True, checked=checked, orgs={org: (n, h.hex()) for org, (n, h) in heads.items()})
+    if expected_heads:
+        (org, org_seq), _ = min(expected_heads.items(), key=lambda item: item[0][1])
+        have = heads.get(org, (0, b""))[0]
+        report.ok = False
+        report.reason = (
+            f"org {org!r} ends at org_seq {have} but a signed checkpoint covers org_seq {org_seq}: "
+            "events were removed (a truncated tail, or an older copy of the database)"
+        )
+    return report
 
 
 def _column_mismatch(event: object, org: str, stream: str, stream_version: int | None, type_: str, at: int) -> str:

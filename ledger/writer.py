@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
+from ledger.checkpoint import sign_checkpoint
 from ledger.codec import decode_event, encode_event
-from ledger.crypto import Keyring, ValueOpener
+from ledger.crypto import Keyring, SigningKey, ValueOpener
 from ledger.errors import ConcurrencyError, LedgerError, StoreUnavailableError
 from ledger.events import Event, event_type
 from ledger.model import (
@@ -33,9 +35,10 @@ from ledger.model import (
     secret_stream,
 )
 from ledger.recorder import Recorder
-from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord
+from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord
 
 T = TypeVar("T")
+log = logging.getLogger("keyledger.writer")
 MAX_BATCH = 512
 MAX_OPENERS = 10_000
 
@@ -202,6 +205,8 @@ class Writer:
         self.batches = 0
         self.committed_commands = 0
         self.before_commit: Callable[[], Awaitable[None]] | None = None  # test hook
+        self.signing_key: SigningKey | None = None
+        self.checkpoint_every = 1000  # events per org between automatic checkpoints
 
     @property
     def running(self) -> bool:
@@ -303,7 +308,7 @@ class Writer:
         if self.before_commit is not None:
             await self.before_commit()
         try:
-            await self.recorder.append(
+            stored = await self.recorder.append(
                 pending, events, data_keys=data_keys, drop_data_keys=drop_data_keys, idempotency=idempotency
             )
         except ConcurrencyError:
@@ -315,6 +320,25 @@ class Writer:
         self.batches += 1
         self.committed_commands += len(decided)
         self._answer(decided)
+        await self._checkpoint_if_due(stored)
+
+    async def _checkpoint_if_due(self, stored: list[StoredRecord]) -> None:
+        """Sign each org's head every `checkpoint_every` events (after the callers were answered)."""
+        if self.signing_key is None or self.checkpoint_every <= 0:
+            return
+        first: dict[str, int] = {}
+        last: dict[str, StoredRecord] = {}
+        for record in stored:
+            first.setdefault(record.org, record.org_seq)
+            last[record.org] = record
+        every = self.checkpoint_every
+        for org, record in last.items():
+            if record.org_seq // every > (first[org] - 1) // every:
+                checkpoint = sign_checkpoint(self.signing_key, org, record.org_seq, record.hash, record.at)
+                try:
+                    await self.recorder.put_checkpoint(checkpoint)
+                except LedgerError as exc:  # the ledger is intact; the next checkpoint will cover it
+                    log.warning("could not keep a checkpoint of org %s: %s", org, exc)
 
     @staticmethod
     def _answer(decided: list[tuple[_Job, Decision[Any]]]) -> None:

@@ -157,6 +157,19 @@ class RecorderContract(abc.ABC):
         assert positions and set(positions.values()) == {2}
         assert await self.projection_row_count(recorder) == 2
 
+    async def test_checkpoints_are_kept_and_the_latest_returned(self, recorder: Recorder) -> None:
+        from ledger.checkpoint import sign_checkpoint
+        from ledger.crypto import MasterKey
+
+        key = MasterKey.generate()[0].signing_key()
+        assert await recorder.latest_checkpoint("a") is None
+        for n in (3, 7, 5):
+            await recorder.put_checkpoint(sign_checkpoint(key, "a", n, bytes([n]) * 32, 1_000_000_000 * n))
+        latest = await recorder.latest_checkpoint("a")
+        assert latest is not None and latest.org_seq == 7 and latest.head == bytes([7]) * 32
+        assert latest.at == 7_000_000_000
+        assert await recorder.latest_checkpoint("b") is None
+
     async def test_rebuild_gives_the_same_rows(self, recorder: Recorder) -> None:
         await self.append(recorder, [org_event("a"), reveal_event("a", "x"), org_event("b")])
         await recorder.rebuild_projections()
