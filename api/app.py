@@ -15,8 +15,11 @@ from api.deps import DEPENDENCIES
 from api.errors import EXCEPTION_HANDLERS
 from api.middleware import request_id_middleware
 from api.routes.admin import AdminController
+from api.routes.audit import AuditController
+from api.routes.compliance import ComplianceController
 from api.routes.health import healthz, readyz
 from api.routes.keys import KeysController
+from api.routes.ledger_routes import LedgerController
 from api.routes.secrets import SecretsController
 from api.settings import Settings
 from ledger.crypto import Keyring
@@ -69,7 +72,8 @@ def create_app(settings: Settings) -> Litestar:
         return config
 
     return Litestar(
-        route_handlers=[SecretsController, KeysController, AdminController, healthz, readyz],
+        route_handlers=[SecretsController, KeysController, AdminController, AuditController, LedgerController,
+                        ComplianceController, healthz, readyz],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

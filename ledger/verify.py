@@ -160,3 +160,49 @@ def _column_mismatch(event: object, org: str, stream: str, stream_version: int |
         if column != inside
     ]
     return f"columns {', '.join(mismatches)} do not match the event body"
+
+
+def verify_org_records(records: Iterable[StoredRecord], org: str,
+                       checkpoint: Checkpoint | None = None) -> VerifyReport:
+    """Verify one org's chain alone (records in org_seq order), and its latest signed checkpoint."""
+    org_seq, prev = 0, GENESIS_HASH
+    checked = 0
+    last_seq = 0
+
+    def fail(seq: int, reason: str) -> VerifyReport:
+        return VerifyReport(ok=False, checked=checked, first_bad_seq=seq, reason=reason,
+                            orgs={org: (org_seq, prev.hex())})
+
+    for r in records:
+        if r.org != org or r.seq <= last_seq:
+            return fail(r.seq, "an event out of order or of another org")
+        if r.org_seq != org_seq + 1:
+            return fail(r.seq, f"org_seq is {r.org_seq}, expected {org_seq + 1}")
+        if r.prev_hash != prev:
+            return fail(r.seq, "prev_hash does not link to the org's previous event")
+        if hashlib.sha256(_DOMAIN + org.encode() + b"\0" + r.org_seq.to_bytes(8, "big") + r.prev_hash
+                          + r.body).digest() != r.hash:
+            return fail(r.seq, "hash does not match the stored bytes")
+        try:
+            event = decode_event(r.body)
+        except IntegrityError as exc:
+            return fail(r.seq, str(exc))
+        if (event.org != r.org or event.stream != r.stream or event.stream_version != r.stream_version
+                or event.at != r.at or _TAGS[type(event)] != r.type):
+            return fail(r.seq, _column_mismatch(event, r.org, r.stream, r.stream_version, r.type, r.at))
+        if checkpoint is not None and checkpoint.org_seq == r.org_seq and checkpoint.head != r.hash:
+            return fail(r.seq, f"differs from the signed checkpoint at org_seq {r.org_seq}")
+        org_seq, prev, last_seq = r.org_seq, r.hash, r.seq
+        checked += 1
+    report = VerifyReport(ok=True, checked=checked, orgs={org: (org_seq, prev.hex())})
+    if checkpoint is not None:
+        try:
+            check_signature(checkpoint)
+        except CheckpointError as exc:
+            report.ok, report.reason = False, str(exc)
+        else:
+            if checkpoint.org != org or checkpoint.org_seq > org_seq:
+                report.ok = False
+                report.reason = (f"the chain ends at org_seq {org_seq} but a signed checkpoint covers "
+                                 f"{checkpoint.org_seq}")
+    return report

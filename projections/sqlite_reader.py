@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import msgspec
+
 from projections.views import ApiKeyRow, AuditRow, SecretMeta
 
 _SECRET_COLUMNS = (
@@ -135,3 +137,87 @@ class SqliteProjections:
     async def ledger_head(self) -> int:
         row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         return int(row[0]) if row else 0
+
+
+class AuditFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Filters of the audit query; all optional."""
+
+    action: str | None = None
+    secret: str | None = None
+    actor: str | None = None
+    outcome: str | None = None
+    since: int | None = None
+    until: int | None = None
+    after_seq: int | None = None
+    before_seq: int | None = None
+
+
+def _audit_where(org: str, f: AuditFilter) -> tuple[str, list[object]]:
+    where = ["org = ?"]
+    params: list[object] = [org]
+    conditions: tuple[tuple[str, object], ...] = (
+        ("action = ?", f.action), ("secret = ?", f.secret), ("actor_key_id = ?", f.actor),
+        ("outcome = ?", f.outcome), ("at >= ?", f.since), ("at <= ?", f.until), ("seq > ?", f.after_seq),
+        ("seq < ?", f.before_seq),
+    )
+    for clause, value in conditions:
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    return " AND ".join(where), params
+
+
+def _audit_row(r: tuple[object, ...]) -> AuditRow:
+    return AuditRow(
+        seq=r[0], org=r[1], at=r[2], action=r[3], actor_key_id=r[4], actor_label=r[5],  # type: ignore[arg-type]
+        actor_kind=r[6], secret=r[7], version=r[8], request_id=r[9], client_address=r[10],  # type: ignore[arg-type]
+        user_agent=r[11], outcome=r[12], detail=r[13],  # type: ignore[arg-type]
+    )
+
+
+async def query_audit(projections: SqliteProjections, org: str, f: AuditFilter, *, limit: int,
+                      newest_first: bool) -> list[AuditRow]:
+    where, params = _audit_where(org, f)
+    order = "DESC" if newest_first else "ASC"
+    rows = projections.conn.execute(
+        f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {where} ORDER BY seq {order} LIMIT ?", [*params, limit]
+    ).fetchall()
+    return [_audit_row(r) for r in rows]
+
+
+async def stale_secrets(projections: SqliteProjections, org: str, updated_before: int) -> list[SecretMeta]:
+    rows = projections.conn.execute(
+        f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE org = ? AND deleted = 0 AND updated_at < ? ORDER BY name",
+        (org, updated_before),
+    ).fetchall()
+    return [_secret(r) for r in rows]
+
+
+async def never_revealed(projections: SqliteProjections, org: str) -> list[SecretMeta]:
+    rows = projections.conn.execute(
+        f"""SELECT {_SECRET_COLUMNS} FROM secrets s WHERE org = ? AND deleted = 0 AND NOT EXISTS (
+            SELECT 1 FROM audit a WHERE a.org = s.org AND a.secret = s.name AND a.action = 'secret.revealed'
+            AND a.at >= s.created_at) ORDER BY name""",
+        (org,),
+    ).fetchall()
+    return [_secret(r) for r in rows]
+
+
+async def reveals_by_revoked_keys(projections: SqliteProjections, org: str) -> list[AuditRow]:
+    rows = projections.conn.execute(
+        f"""SELECT {', '.join('a.' + c.strip() for c in _AUDIT_COLUMNS.split(','))} FROM audit a
+            JOIN api_keys k ON k.key_id = a.actor_key_id
+            WHERE a.org = ? AND a.action = 'secret.revealed' AND k.revoked_at IS NOT NULL ORDER BY a.seq""",
+        (org,),
+    ).fetchall()
+    return [_audit_row(r) for r in rows]
+
+
+async def reveal_counts(projections: SqliteProjections, org: str, since: int | None,
+                        until: int | None) -> list[tuple[str, str, int]]:
+    where, params = _audit_where(org, AuditFilter(action="secret.revealed", since=since, until=until))
+    rows = projections.conn.execute(
+        f"SELECT actor_key_id, MAX(actor_label), COUNT(*) FROM audit WHERE {where} "
+        "GROUP BY actor_key_id ORDER BY COUNT(*) DESC, actor_key_id", params
+    ).fetchall()
+    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]

@@ -15,6 +15,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from api.auth import Principal
 from api.idempotent import json_answer, run_command
+from api.params import parse_as_of
 from api.routes.docs import COMMON, problems
 from api.schemas import (
     RevealBody,
@@ -29,8 +30,14 @@ from ledger.errors import NotFoundError, PreconditionFailedError, ValidationErro
 from ledger.events import Category, Scope
 from ledger.idempotency import StoredAnswer
 from ledger.service import Ledger
+from projections.point_in_time import live, secrets_as_of
 from projections.sqlite_reader import SqliteProjections
 from projections.views import SecretMeta
+
+AsOfParam = Annotated[
+    str | None,
+    Parameter(max_length=64, description="A past point: a ledger seq, or an RFC 3339 time (2026-11-28T18:00:00Z)"),
+]
 
 
 def metadata_of(meta: SecretMeta) -> SecretMetadata:
@@ -98,6 +105,7 @@ class SecretsController(Controller):
         self,
         principal: Principal,
         projections: SqliteProjections,
+        ledger: Ledger,
         limit: Annotated[int, Parameter(ge=1, le=1000, description="Page size")] = 100,
         cursor: Annotated[
             str | None, Parameter(max_length=1400, description="next_cursor of the previous page")
@@ -105,10 +113,18 @@ class SecretsController(Controller):
         # `scope` is a reserved parameter name in Litestar (the ASGI scope), hence the alias.
         scope_filter: Annotated[Scope | None, Parameter(query="scope", description="Only this scope")] = None,
         category: Annotated[Category | None, Parameter(description="Only this category")] = None,
+        as_of: AsOfParam = None,
     ) -> SecretList:
         after = decode_cursor(cursor) if cursor else None
-        rows = await projections.list_secrets(principal.org, after=after, limit=limit + 1, scope=scope_filter,
-                                              category=category)
+        point = parse_as_of(as_of)
+        if point is not None:
+            state = await secrets_as_of(ledger.recorder, principal.org, point.includes)
+            rows = [m for m in live(state) if (after is None or m.name.encode() > after.encode())
+                    and (scope_filter is None or m.scope == scope_filter)
+                    and (category is None or m.category == category)][: limit + 1]
+        else:
+            rows = await projections.list_secrets(principal.org, after=after, limit=limit + 1, scope=scope_filter,
+                                                  category=category)
         more = len(rows) > limit
         page = rows[:limit]
         return SecretList(
@@ -149,8 +165,15 @@ class SecretsController(Controller):
 
     @get("/{name:str}", operation_id="GetSecret", responses=problems(*COMMON, 404), summary="Get a secret's metadata")
     async def get_secret(
-        self, name: str, principal: Principal, projections: SqliteProjections
+        self, name: str, principal: Principal, projections: SqliteProjections, ledger: Ledger,
+        as_of: AsOfParam = None,
     ) -> Response[SecretMetadata]:
+        point = parse_as_of(as_of)
+        if point is not None:
+            found = (await secrets_as_of(ledger.recorder, principal.org, point.includes)).get(name)
+            if found is None or found.deleted:
+                raise NotFoundError(f"secret {name!r} not found")
+            return Response(metadata_of(found))
         meta = await projections.get_secret(principal.org, name)
         if meta is None:
             raise NotFoundError(f"secret {name!r} not found")

@@ -1,0 +1,64 @@
+"""Parsing of query parameters shared by the routes: times, `as_of`, cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+
+import msgspec
+
+from ledger.errors import ValidationError
+
+MAX_SEQ = 2**62
+
+
+def parse_time(text: str | None, field: str) -> int | None:
+    """An RFC 3339 time (e.g. 2026-11-28T18:00:00Z) as UTC nanoseconds."""
+    if text is None:
+        return None
+    if len(text) > 64:
+        raise ValidationError(field, "must be an RFC 3339 time such as 2026-11-28T18:00:00Z")
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise ValidationError(field, "must be an RFC 3339 time such as 2026-11-28T18:00:00Z") from None
+    if moment.tzinfo is None:
+        raise ValidationError(field, "must carry a time zone (Z or an offset)")
+    moment = moment.astimezone(UTC)
+    return int(moment.replace(microsecond=0).timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+class AsOf(msgspec.Struct, frozen=True, kw_only=True):
+    """A point of the ledger: a global `seq`, or a time (whichever was given)."""
+
+    seq: int | None = None
+    at: int | None = None
+
+    def includes(self, seq: int, at: int) -> bool:
+        return (self.seq is None or seq <= self.seq) and (self.at is None or at <= self.at)
+
+
+def parse_as_of(text: str | None) -> AsOf | None:
+    if text is None:
+        return None
+    if text.isdigit():
+        if len(text) > 18:
+            raise ValidationError("as_of", "seq is too large")
+        return AsOf(seq=int(text))
+    return AsOf(at=parse_time(text, "as_of"))
+
+
+def encode_seq_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_seq_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise ValidationError("cursor", "is not a cursor returned by this API") from None
+    kind, _, number = text.partition(":")
+    if kind != "seq" or not number.isdigit() or len(number) > 18 or encode_seq_cursor(int(number)) != cursor:
+        raise ValidationError("cursor", "is not a cursor returned by this API")
+    return int(number)

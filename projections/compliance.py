@@ -1,0 +1,89 @@
+"""Compliance questions, each defined once here and served by the API and the CLI alike."""
+
+from __future__ import annotations
+
+import msgspec
+
+from projections.sqlite_reader import (
+    AuditFilter,
+    SqliteProjections,
+    never_revealed,
+    query_audit,
+    reveal_counts,
+    reveals_by_revoked_keys,
+    stale_secrets,
+)
+from projections.views import AuditRow, SecretMeta
+
+DAY_NS = 86_400 * 1_000_000_000
+MAX_ROWS = 100_000
+
+QUERIES = ("stale-secrets", "reveals", "exposure", "never-revealed", "revoked-key-reveals", "denied-reveals",
+           "reveal-counts")
+
+
+class ActorCount(msgspec.Struct, frozen=True, kw_only=True):
+    actor_key_id: str
+    actor_label: str
+    reveals: int
+
+
+class VersionExposure(msgspec.Struct, frozen=True, kw_only=True):
+    secret: str
+    version: int
+    created_at: int | None
+    replaced_at: int | None  # when a newer version or a delete ended it; None while current
+    reveals: list[AuditRow]
+
+
+async def secrets_not_updated(reader: SqliteProjections, org: str, days: int, now: int) -> list[SecretMeta]:
+    """Live secrets whose value has not changed for `days` days (as of `now`)."""
+    return await stale_secrets(reader, org, now - days * DAY_NS)
+
+
+async def who_revealed(reader: SqliteProjections, org: str, secret: str, since: int | None,
+                       until: int | None) -> list[AuditRow]:
+    """Every granted reveal of `secret` in the window, with the version each caller saw."""
+    return await query_audit(reader, org, AuditFilter(action="secret.revealed", secret=secret, since=since,
+                                                       until=until), limit=MAX_ROWS, newest_first=False)
+
+
+async def version_exposure(reader: SqliteProjections, org: str, secret: str, version: int) -> VersionExposure:
+    """Every reveal of one version, between its creation and its replacement or deletion."""
+    history = await query_audit(reader, org, AuditFilter(secret=secret), limit=MAX_ROWS, newest_first=False)
+    created_at = replaced_at = None
+    reveals = []
+    for row in history:
+        ended = created_at is not None and replaced_at is None
+        if row.action in ("secret.created", "secret.updated"):
+            if row.version == version:
+                created_at = row.at
+            elif ended and row.version is not None and row.version > version:
+                replaced_at = row.at
+        elif row.action == "secret.deleted" and row.version == version and ended:
+            replaced_at = row.at
+        elif row.action == "secret.revealed" and row.version == version:
+            reveals.append(row)
+    return VersionExposure(secret=secret, version=version, created_at=created_at, replaced_at=replaced_at,
+                           reveals=reveals)
+
+
+async def secrets_never_revealed(reader: SqliteProjections, org: str) -> list[SecretMeta]:
+    """Live secrets no one has revealed since they were (re-)created."""
+    return await never_revealed(reader, org)
+
+
+async def reveals_with_revoked_keys(reader: SqliteProjections, org: str) -> list[AuditRow]:
+    """Reveals made with keys that have since been revoked."""
+    return await reveals_by_revoked_keys(reader, org)
+
+
+async def denied_reveals(reader: SqliteProjections, org: str, since: int | None, until: int | None) -> list[AuditRow]:
+    return await query_audit(reader, org, AuditFilter(action="secret.reveal_denied", since=since, until=until),
+                             limit=MAX_ROWS, newest_first=False)
+
+
+async def reveals_per_actor(reader: SqliteProjections, org: str, since: int | None,
+                            until: int | None) -> list[ActorCount]:
+    return [ActorCount(actor_key_id=key_id, actor_label=label, reveals=count)
+            for key_id, label, count in await reveal_counts(reader, org, since, until)]
