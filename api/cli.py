@@ -314,14 +314,28 @@ def run(ctx: click.Context, only: tuple[str, ...], command: tuple[str, ...]) -> 
 # -- offline ---------------------------------------------------------------------------------------
 
 
+def load_checkpoint(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from ledger.checkpoint import CheckpointError, parse_checkpoint
+
+    try:
+        return parse_checkpoint(path.read_text())
+    except (CheckpointError, UnicodeDecodeError) as exc:
+        fail(f"{path}: {exc}", 1)
+
+
 @main.command()
 @click.option("--db", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
-def verify(db: Path) -> None:
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="A signed checkpoint kept outside the database (catches truncation, rollback).")
+def verify(db: Path, checkpoint_file: Path | None) -> None:
     """Verify a database file offline: every chain, every hash; names the first bad event."""
     from ledger.sqlite_store import iter_rows
     from ledger.verify import verify_rows
 
-    report = verify_rows(iter_rows(db))
+    checkpoint = load_checkpoint(checkpoint_file)
+    report = verify_rows(iter_rows(db), checkpoints=[checkpoint] if checkpoint else ())
     click.echo(report.summary())
     raise SystemExit(0 if report.ok else 1)
 
@@ -356,6 +370,228 @@ def replay(db: Path) -> None:
     except LedgerError as exc:
         fail(str(exc), 2)
     click.echo("projections rebuilt", err=True)
+
+
+# -- audit and compliance ------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """The audit record: query, export, verify."""
+
+
+AUDIT_COLUMNS = ["seq", "time", "action", "actor", "secret", "version", "outcome", "request_id"]
+
+
+def _flat(event: dict[str, Any]) -> dict[str, Any]:
+    return {**event, "actor": (event.get("actor") or {}).get("label") or (event.get("actor") or {}).get("key_id")}
+
+
+@audit.command("list")
+@click.option("--action", default=None)
+@click.option("--secret", default=None)
+@click.option("--actor", default=None, help="key id")
+@click.option("--outcome", type=click.Choice(["ok", "granted", "denied"]), default=None)
+@click.option("--since", default=None, help="RFC 3339")
+@click.option("--until", default=None, help="RFC 3339")
+@click.option("--order", type=click.Choice(["newest", "oldest"]), default="newest")
+@click.option("--limit", type=int, default=100)
+@output_option
+@click.pass_context
+def audit_list(ctx: click.Context, /, output: str | None, **filters: Any) -> None:
+    """Show the org's events (admin keys)."""
+    params = {k: v for k, v in filters.items() if v is not None}
+    page = call(ctx, "GET", "/v1/audit", params=params)
+    emit([_flat(e) for e in page["events"]], output, AUDIT_COLUMNS)
+
+
+@audit.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "ocsf"]), default="jsonl", show_default=True)
+@click.option("-f", "--file", "out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--db", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Export offline from a database file instead of a server.")
+@click.option("--org", default=None, help="The org to export (with --db).")
+@click.pass_context
+def audit_export(ctx: click.Context, fmt: str, out: Path, db: Path | None, org: str | None) -> None:
+    """Write the org's events to a file, with a progress bar (JSON Lines verifies offline)."""
+    if db is not None:
+        if not org:
+            fail("--org is required with --db", 2)
+        assert org is not None
+        count = _export_offline(db, org, fmt, out)
+    else:
+        count = _export_online(ctx, fmt, out)
+    click.echo(f"wrote {count} events to {out}", err=True)
+
+
+def _export_offline(db: Path, org: str, fmt: str, out: Path) -> int:
+    from ledger.codec import decode_event
+    from ledger.export import render
+    from ledger.sqlite_store import count_org_records, iter_org_records
+
+    total = count_org_records(db, org)
+    count = 0
+    with out.open("wb") as sink, click.progressbar(length=total, label="exporting", file=sys.stderr) as bar:
+        def records() -> Any:
+            nonlocal count
+            for record in iter_org_records(db, org):
+                count += 1
+                bar.update(1)
+                yield record, decode_event(record.body)
+
+        for data in render(fmt, records()):
+            sink.write(data)
+    return count
+
+
+def _export_online(ctx: click.Context, fmt: str, out: Path) -> int:
+    import httpx
+
+    obj = ctx.find_root().obj or {}
+    token = obj.get("api_key")
+    if not token:
+        fail("no credentials: set KEYLEDGER_API_KEY (or pass --api-key)", 5)
+    lines = 0
+    try:
+        with httpx.Client(base_url=obj.get("url") or DEFAULT_URL, timeout=httpx.Timeout(30.0, read=None)) as http, \
+                http.stream("GET", "/v1/audit/export", params={"format": fmt},
+                            headers={"Authorization": f"Bearer {token}"}) as response:
+            if response.status_code >= 400:
+                response.read()
+                detail = msgspec.json.decode(response.content).get("detail", response.reason_phrase)
+                fail(f"{detail} (HTTP {response.status_code})", 5 if response.status_code in (401, 403) else 1)
+            with out.open("wb") as sink, click.progressbar(length=0, label="exporting", file=sys.stderr,
+                                                            show_eta=False, show_percent=False) as bar:
+                for data in response.iter_bytes():
+                    sink.write(data)
+                    new = data.count(b"\n")
+                    lines += new
+                    bar.update(new)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the server: {type(exc).__name__}", 1)
+    return lines - 1 if fmt == "csv" else lines
+
+
+@audit.command("verify")
+@click.argument("export", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None)
+def audit_verify(export: Path, checkpoint_file: Path | None) -> None:
+    """Verify a JSON Lines export of one org alone (and against a signed checkpoint)."""
+    from ledger.export import verify_export
+
+    checkpoint = load_checkpoint(checkpoint_file)
+    with export.open("rb") as lines:
+        report = verify_export(lines, checkpoint=checkpoint)
+    click.echo(report.summary())
+    raise SystemExit(0 if report.ok else 1)
+
+
+@main.group()
+def ledger() -> None:
+    """Proof of the record: checkpoints."""
+
+
+@ledger.command("checkpoint")
+@click.option("-f", "--file", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the checkpoint text here (keep it outside the database).")
+@click.pass_context
+def ledger_checkpoint(ctx: click.Context, out: Path | None) -> None:
+    """Fetch a signed checkpoint of the org's head."""
+    checkpoint = call(ctx, "GET", "/v1/ledger/checkpoint")
+    if out is None:
+        click.echo(checkpoint["text"], nl=False)
+    else:
+        out.write_text(checkpoint["text"])
+        click.echo(f"checkpoint of {checkpoint['org']} at org_seq {checkpoint['org_seq']} written to {out}", err=True)
+
+
+@main.group()
+def compliance() -> None:
+    """Compliance questions (admin keys); the same answers as GET /v1/compliance/..."""
+
+
+def _compliance(ctx: click.Context, path: str, params: dict[str, Any], output: str | None) -> None:
+    answer = call(ctx, "GET", f"/v1/compliance/{path}", params={k: v for k, v in params.items() if v is not None})
+    if "secrets" in answer:
+        emit(answer["secrets"], output, METADATA)
+    elif "actors" in answer:
+        emit(answer["actors"], output, ["actor_key_id", "actor_label", "reveals"])
+    elif "events" in answer:
+        emit([_flat(e) for e in answer["events"]], output, AUDIT_COLUMNS)
+    elif (output or ("table" if sys.stdout.isatty() else "json")) == "json":
+        click.echo(msgspec.json.encode(answer).decode())
+    else:
+        click.echo(f"{answer['secret']} v{answer['version']}: from {answer['created_at']} "
+                   f"to {answer['replaced_at'] or 'now'}", err=True)
+        emit([_flat(e) for e in answer["reveals"]], output, AUDIT_COLUMNS)
+
+
+@compliance.command("stale-secrets")
+@click.option("--days", type=int, default=90, show_default=True)
+@click.option("--as-of", default=None)
+@output_option
+@click.pass_context
+def c_stale(ctx: click.Context, days: int, as_of: str | None, output: str | None) -> None:
+    """Secrets not updated in N days."""
+    _compliance(ctx, "stale-secrets", {"days": days, "as_of": as_of}, output)
+
+
+@compliance.command("reveals")
+@click.argument("secret")
+@click.option("--since", default=None)
+@click.option("--until", default=None)
+@output_option
+@click.pass_context
+def c_reveals(ctx: click.Context, secret: str, since: str | None, until: str | None, output: str | None) -> None:
+    """Who revealed SECRET in a window, with the version each saw."""
+    _compliance(ctx, "reveals", {"secret": secret, "since": since, "until": until}, output)
+
+
+@compliance.command("exposure")
+@click.argument("secret")
+@click.argument("version", type=int)
+@output_option
+@click.pass_context
+def c_exposure(ctx: click.Context, secret: str, version: int, output: str | None) -> None:
+    """Every reveal of one version of SECRET."""
+    _compliance(ctx, "exposure", {"secret": secret, "version": version}, output)
+
+
+@compliance.command("never-revealed")
+@output_option
+@click.pass_context
+def c_never(ctx: click.Context, output: str | None) -> None:
+    """Secrets never revealed."""
+    _compliance(ctx, "never-revealed", {}, output)
+
+
+@compliance.command("revoked-key-reveals")
+@output_option
+@click.pass_context
+def c_revoked(ctx: click.Context, output: str | None) -> None:
+    """Reveals made with keys that were later revoked."""
+    _compliance(ctx, "revoked-key-reveals", {}, output)
+
+
+@compliance.command("denied-reveals")
+@click.option("--since", default=None)
+@click.option("--until", default=None)
+@output_option
+@click.pass_context
+def c_denied(ctx: click.Context, since: str | None, until: str | None, output: str | None) -> None:
+    """Denied reveal attempts."""
+    _compliance(ctx, "denied-reveals", {"since": since, "until": until}, output)
+
+
+@compliance.command("reveal-counts")
+@click.option("--since", default=None)
+@click.option("--until", default=None)
+@output_option
+@click.pass_context
+def c_counts(ctx: click.Context, since: str | None, until: str | None, output: str | None) -> None:
+    """Reveal counts per actor."""
+    _compliance(ctx, "reveal-counts", {"since": since, "until": until}, output)
 
 
 if __name__ == "__main__":

@@ -499,3 +499,24 @@ def iter_raw_bodies(path: str | Path, *, chunk: int = 10_000) -> Iterator[tuple[
             yield from rows
     finally:
         conn.close()
+
+
+def iter_org_records(path: str | Path, org: str, *, chunk: int = 10_000) -> Iterator[StoredRecord]:
+    """One org's records in org_seq order, read-only (offline export)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        cursor = conn.execute(f"SELECT {_COLUMNS} FROM events WHERE org = ? ORDER BY org_seq", (org,))
+        while rows := cursor.fetchmany(chunk):
+            for row in rows:
+                yield _record(row)
+    finally:
+        conn.close()
+
+
+def count_org_records(path: str | Path, org: str) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT COUNT(*) FROM events WHERE org = ?", (org,)).fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        conn.close()
