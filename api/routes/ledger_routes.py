@@ -10,6 +10,7 @@ from litestar import Controller, get
 from api.auth import Principal
 from api.routes.docs import COMMON, problems
 from api.schemas import rfc3339
+from ledger.errors import NotFoundError
 from ledger.records import StoredRecord
 from ledger.service import Ledger
 from ledger.verify import verify_org_records
@@ -49,8 +50,6 @@ class LedgerController(Controller):
     @get("/checkpoint", operation_id="GetCheckpoint", responses=problems(*COMMON, 404),
          summary="A signed checkpoint of the org's head (made now if the latest is behind)")
     async def checkpoint(self, principal: Principal, ledger: Ledger) -> CheckpointOut:
-        from ledger.errors import NotFoundError  # noqa: PLC0415
-
         checkpoint = await ledger.checkpoint(principal.org)
         if checkpoint is None:
             raise NotFoundError("the org has no events yet")
