@@ -72,8 +72,16 @@ def create_app(settings: Settings) -> Litestar:
         return config
 
     return Litestar(
-        route_handlers=[SecretsController, KeysController, AdminController, AuditController, LedgerController,
-                        ComplianceController, healthz, readyz],
+        route_handlers=[
+            SecretsController,
+            KeysController,
+            AdminController,
+            AuditController,
+            LedgerController,
+            ComplianceController,
+            healthz,
+            readyz,
+        ],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

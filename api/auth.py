@@ -68,8 +68,14 @@ async def authenticate(request: Request[Any, Any, Any], projections: SqliteProje
     if not hmac.compare_digest(stored, digest) or key.revoked_at is not None:
         raise UnauthenticatedError("invalid API key")
     actor = Actor(key_id=key.key_id, label=key.label, kind="api_key")
-    return Principal(org=key.org, key_id=key.key_id, label=key.label, role=key.role, scope=key.scope,
-                     ctx=request_context(request, actor))
+    return Principal(
+        org=key.org,
+        key_id=key.key_id,
+        label=key.label,
+        role=key.role,
+        scope=key.scope,
+        ctx=request_context(request, actor),
+    )
 
 
 def authenticate_admin(request: Request[Any, Any, Any], admin_token: str | None) -> Context:

@@ -30,7 +30,10 @@ err = Console(stderr=True)
 
 def output_option(func: F) -> F:
     return click.option(
-        "-o", "--output", type=click.Choice(["table", "json", "env"]), default=None,
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json", "env"]),
+        default=None,
         help="Output format (default: table on a terminal, json otherwise).",
     )(func)
 
@@ -201,8 +204,15 @@ def read_value(value_file: click.File | None) -> str:
 @click.option("--description", default=None)
 @output_option
 @click.pass_context
-def secrets_set(ctx: click.Context, name: str, value_file: click.File | None, scope: str | None,
-                category: str | None, description: str | None, output: str | None) -> None:
+def secrets_set(
+    ctx: click.Context,
+    name: str,
+    value_file: click.File | None,
+    scope: str | None,
+    category: str | None,
+    description: str | None,
+    output: str | None,
+) -> None:
     """Create a secret or give it a new value (from a hidden prompt, stdin, or --value-file)."""
     body: dict[str, Any] = {"name": name, "value": read_value(value_file)}
     for field, given in (("scope", scope), ("category", category), ("description", description)):
@@ -295,8 +305,9 @@ def run(ctx: click.Context, only: tuple[str, ...], command: tuple[str, ...]) -> 
                 click.echo(f"skipped {name!r}: not a valid environment variable name", err=True)
                 continue
             try:
-                revealed = api.request("POST", KeyledgerClient.secret_path(name, "/reveal"),
-                                       json={"reason": "keyledger run"})
+                revealed = api.request(
+                    "POST", KeyledgerClient.secret_path(name, "/reveal"), json={"reason": "keyledger run"}
+                )
             except ClientError as exc:
                 if only or exc.exit_code not in (5,):  # scope-denied secrets are skipped when not asked for
                     fail(f"{name}: {exc}", exc.exit_code)
@@ -327,8 +338,13 @@ def load_checkpoint(path: Path | None) -> Any:
 
 @main.command()
 @click.option("--db", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
-@click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              default=None, help="A signed checkpoint kept outside the database (catches truncation, rollback).")
+@click.option(
+    "--checkpoint",
+    "checkpoint_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="A signed checkpoint kept outside the database (catches truncation, rollback).",
+)
 def verify(db: Path, checkpoint_file: Path | None) -> None:
     """Verify a database file offline: every chain, every hash; names the first bad event."""
     from ledger.sqlite_store import iter_rows
@@ -408,8 +424,12 @@ def audit_list(ctx: click.Context, /, output: str | None, **filters: Any) -> Non
 @audit.command("export")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "ocsf"]), default="jsonl", show_default=True)
 @click.option("-f", "--file", "out", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--db", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Export offline from a database file instead of a server.")
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Export offline from a database file instead of a server.",
+)
 @click.option("--org", default=None, help="The org to export (with --db).")
 @click.pass_context
 def audit_export(ctx: click.Context, fmt: str, out: Path, db: Path | None, org: str | None) -> None:
@@ -432,6 +452,7 @@ def _export_offline(db: Path, org: str, fmt: str, out: Path) -> int:
     total = count_org_records(db, org)
     count = 0
     with out.open("wb") as sink, click.progressbar(length=total, label="exporting", file=sys.stderr) as bar:
+
         def records() -> Any:
             nonlocal count
             for record in iter_org_records(db, org):
@@ -453,15 +474,22 @@ def _export_online(ctx: click.Context, fmt: str, out: Path) -> int:
         fail("no credentials: set KEYLEDGER_API_KEY (or pass --api-key)", 5)
     lines = 0
     try:
-        with httpx.Client(base_url=obj.get("url") or DEFAULT_URL, timeout=httpx.Timeout(30.0, read=None)) as http, \
-                http.stream("GET", "/v1/audit/export", params={"format": fmt},
-                            headers={"Authorization": f"Bearer {token}"}) as response:
+        with (
+            httpx.Client(base_url=obj.get("url") or DEFAULT_URL, timeout=httpx.Timeout(30.0, read=None)) as http,
+            http.stream(
+                "GET", "/v1/audit/export", params={"format": fmt}, headers={"Authorization": f"Bearer {token}"}
+            ) as response,
+        ):
             if response.status_code >= 400:
                 response.read()
                 detail = msgspec.json.decode(response.content).get("detail", response.reason_phrase)
                 fail(f"{detail} (HTTP {response.status_code})", 5 if response.status_code in (401, 403) else 1)
-            with out.open("wb") as sink, click.progressbar(length=0, label="exporting", file=sys.stderr,
-                                                            show_eta=False, show_percent=False) as bar:
+            with (
+                out.open("wb") as sink,
+                click.progressbar(
+                    length=0, label="exporting", file=sys.stderr, show_eta=False, show_percent=False
+                ) as bar,
+            ):
                 for data in response.iter_bytes():
                     sink.write(data)
                     new = data.count(b"\n")
@@ -474,8 +502,9 @@ def _export_online(ctx: click.Context, fmt: str, out: Path) -> int:
 
 @audit.command("verify")
 @click.argument("export", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--checkpoint", "checkpoint_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              default=None)
+@click.option(
+    "--checkpoint", "checkpoint_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None
+)
 def audit_verify(export: Path, checkpoint_file: Path | None) -> None:
     """Verify a JSON Lines export of one org alone (and against a signed checkpoint)."""
     from ledger.export import verify_export
@@ -493,8 +522,14 @@ def ledger() -> None:
 
 
 @ledger.command("checkpoint")
-@click.option("-f", "--file", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write the checkpoint text here (keep it outside the database).")
+@click.option(
+    "-f",
+    "--file",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the checkpoint text here (keep it outside the database).",
+)
 @click.pass_context
 def ledger_checkpoint(ctx: click.Context, out: Path | None) -> None:
     """Fetch a signed checkpoint of the org's head."""
@@ -522,8 +557,10 @@ def _compliance(ctx: click.Context, path: str, params: dict[str, Any], output: s
     elif (output or ("table" if sys.stdout.isatty() else "json")) == "json":
         click.echo(msgspec.json.encode(answer).decode())
     else:
-        click.echo(f"{answer['secret']} v{answer['version']}: from {answer['created_at']} "
-                   f"to {answer['replaced_at'] or 'now'}", err=True)
+        click.echo(
+            f"{answer['secret']} v{answer['version']}: from {answer['created_at']} to {answer['replaced_at'] or 'now'}",
+            err=True,
+        )
         emit([_flat(e) for e in answer["reveals"]], output, AUDIT_COLUMNS)
 
 

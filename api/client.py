@@ -29,8 +29,15 @@ class KeyledgerClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         if not self.token:
             raise ClientError("no credentials: set KEYLEDGER_API_KEY (or pass --api-key)", 5)
         all_headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Request
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 
 from api.auth import Principal, authenticate
 from api.settings import Settings
@@ -13,21 +13,23 @@ from projections.sqlite_reader import SqliteProjections
 
 
 def provide_ledger(state: State) -> Ledger:
-    ledger: Ledger = state.ledger
+    ledger: NamedDependency[Ledger] = state.ledger
     return ledger
 
 
 def provide_projections(state: State) -> SqliteProjections:
-    projections: SqliteProjections = state.projections
+    projections: NamedDependency[SqliteProjections] = state.projections
     return projections
 
 
 def provide_settings(state: State) -> Settings:
-    settings: Settings = state.settings
+    settings: NamedDependency[Settings] = state.settings
     return settings
 
 
-async def provide_principal(request: Request[object, object, State], projections: SqliteProjections) -> Principal:
+async def provide_principal(
+    request: Request[object, object, State], projections: NamedDependency[SqliteProjections]
+) -> Principal:
     return await authenticate(request, projections)
 
 

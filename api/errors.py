@@ -52,20 +52,38 @@ STATUS_BY_ERROR: tuple[tuple[type[LedgerError], int, str], ...] = (
 )
 
 TITLES = {
-    400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-    409: "Conflict", 412: "Precondition failed", 413: "Request too large", 415: "Unsupported media type",
-    422: "Invalid request", 429: "Too many requests", 500: "Internal error", 503: "Service unavailable",
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    412: "Precondition failed",
+    413: "Request too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
 }
 
 
-def problem_response(request: Request[Any, Any, Any] | None, status: int, detail: str,
-                     title: str | None = None, headers: dict[str, str] | None = None) -> Response[bytes]:
+def problem_response(
+    request: Request[Any, Any, Any] | None,
+    status: int,
+    detail: str,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
     request_id = ""
     if request is not None:
         request_id = str(request.scope.get("state", {}).get("request_id", ""))
     body = Problem(
-        type=f"https://keyledger.dev/problems/{status}", title=title or TITLES.get(status, "Error"),
-        status=status, detail=detail, request_id=request_id,
+        type=f"https://keyledger.dev/problems/{status}",
+        title=title or TITLES.get(status, "Error"),
+        status=status,
+        detail=detail,
+        request_id=request_id,
     )
     out_headers = dict(headers or {})
     if status == 401:

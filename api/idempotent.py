@@ -28,8 +28,13 @@ def json_answer(status: int, body: object, headers: dict[str, str] | None = None
 
 def problem_answer(request: Request[Any, Any, Any], error: LedgerError) -> StoredAnswer:
     status, title = status_for(error)
-    problem = Problem(type=f"https://keyledger.dev/problems/{status}", title=title, status=status, detail=str(error),
-                      request_id=str(request.scope.get("state", {}).get("request_id", "")))
+    problem = Problem(
+        type=f"https://keyledger.dev/problems/{status}",
+        title=title,
+        status=status,
+        detail=str(error),
+        request_id=str(request.scope.get("state", {}).get("request_id", "")),
+    )
     return StoredAnswer(status=status, headers={"content-type": PROBLEM_JSON}, body=msgspec.json.encode(problem))
 
 
@@ -46,9 +51,7 @@ async def run_command(
         result = await ledger.submit(command)
         return to_response(render(result))
     body = await request.body()
-    fingerprint = hashlib.sha256(
-        request.method.encode() + b"\0" + request.url.path.encode() + b"\0" + body
-    ).hexdigest()
+    fingerprint = hashlib.sha256(request.method.encode() + b"\0" + request.url.path.encode() + b"\0" + body).hexdigest()
 
     def render_any(result: object, error: LedgerError | None) -> StoredAnswer:
         if error is not None:

@@ -105,8 +105,7 @@ def run_granian(settings: Settings, host: str, port: int) -> None:
     from granian.constants import Interfaces  # noqa: PLC0415
 
     os.environ["KEYLEDGER_SETTINGS_JSON"] = msgspec.json.encode(settings_env(settings)).decode()
-    Granian("api.asgi:app", address=host, port=port, interface=Interfaces.ASGI, workers=1,
-            log_access=False).serve()
+    Granian("api.asgi:app", address=host, port=port, interface=Interfaces.ASGI, workers=1, log_access=False).serve()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -6,6 +6,8 @@ import secrets
 
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
 from api.auth import authenticate_admin
@@ -23,11 +25,20 @@ class AdminController(Controller):
     path = "/v1/admin"
     tags = ["admin"]
 
-    @post("/orgs", operation_id="CreateOrg", status_code=HTTP_201_CREATED,
-          responses=problems(401, 403, 409, 413, 422, 429, 503),
-          summary="Create an org and its first key, an admin (admin token only)")
-    async def create_org(self, request: Request[object, object, State], ledger: Ledger, settings: Settings,
-                         data: CreateOrgBody | None = None) -> Response[CreatedOrg]:
+    @post(
+        "/orgs",
+        operation_id="CreateOrg",
+        status_code=HTTP_201_CREATED,
+        responses=problems(401, 403, 409, 413, 422, 429, 503),
+        summary="Create an org and its first key, an admin (admin token only)",
+    )
+    async def create_org(
+        self,
+        request: Request[object, object, State],
+        ledger: NamedDependency[Ledger],
+        settings: NamedDependency[Settings],
+        data: JSONBody[CreateOrgBody | None] = None,
+    ) -> Response[CreatedOrg]:
         ctx = authenticate_admin(request, settings.admin_token)
         org = None
         if data is not None:

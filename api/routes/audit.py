@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
 from api.auth import Principal
@@ -22,8 +23,16 @@ from projections.sqlite_reader import AuditFilter, SqliteProjections, query_audi
 from projections.views import AuditRow
 
 Action = Literal[
-    "org.created", "api_key.created", "api_key.revoked", "secret.created", "secret.updated", "secret.deleted",
-    "secret.revealed", "secret.reveal_denied", "master_key.rotated", "secret.version_destroyed",
+    "org.created",
+    "api_key.created",
+    "api_key.revoked",
+    "secret.created",
+    "secret.updated",
+    "secret.deleted",
+    "secret.revealed",
+    "secret.reveal_denied",
+    "master_key.rotated",
+    "secret.version_destroyed",
 ]
 Outcome = Literal["ok", "granted", "denied"]
 MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "ocsf": "application/x-ndjson"}
@@ -61,69 +70,102 @@ class AuditPage(msgspec.Struct, kw_only=True):
 
 def audit_event(row: AuditRow) -> AuditEvent:
     return AuditEvent(
-        seq=row.seq, time=rfc3339(row.at), action=row.action,
+        seq=row.seq,
+        time=rfc3339(row.at),
+        action=row.action,
         actor=AuditActor(key_id=row.actor_key_id, label=row.actor_label, kind=row.actor_kind),
-        source=AuditSource(address=row.client_address, user_agent=row.user_agent), request_id=row.request_id,
-        secret=row.secret, version=row.version, outcome=row.outcome, detail=row.detail,
+        source=AuditSource(address=row.client_address, user_agent=row.user_agent),
+        request_id=row.request_id,
+        secret=row.secret,
+        version=row.version,
+        outcome=row.outcome,
+        detail=row.detail,
     )
 
 
-def audit_filter(action: str | None, secret: str | None, actor: str | None, outcome: str | None,
-                 since: str | None, until: str | None, after_seq: int | None) -> AuditFilter:
-    return AuditFilter(action=action, secret=secret, actor=actor, outcome=outcome, since=parse_time(since, "since"),
-                       until=parse_time(until, "until"), after_seq=after_seq)
+def audit_filter(
+    action: str | None,
+    secret: str | None,
+    actor: str | None,
+    outcome: str | None,
+    since: str | None,
+    until: str | None,
+    after_seq: int | None,
+) -> AuditFilter:
+    return AuditFilter(
+        action=action,
+        secret=secret,
+        actor=actor,
+        outcome=outcome,
+        since=parse_time(since, "since"),
+        until=parse_time(until, "until"),
+        after_seq=after_seq,
+    )
 
 
-TimeParam = Annotated[str | None, Parameter(max_length=64, description="RFC 3339 time, e.g. 2026-11-28T18:00:00Z")]
+TimeParam = Annotated[str | None, QueryParameter(max_length=64, description="RFC 3339 time, e.g. 2026-11-28T18:00:00Z")]
 
 
 class AuditController(Controller):
     path = "/v1/audit"
     tags = ["audit"]
 
-    @get("/", operation_id="QueryAudit", responses=problems(*COMMON, 403),
-         summary="The org's events, newest or oldest first (admin keys only)")
+    @get(
+        "/",
+        operation_id="QueryAudit",
+        responses=problems(*COMMON, 403),
+        summary="The org's events, newest or oldest first (admin keys only)",
+    )
     async def query(
         self,
-        principal: Principal,
-        projections: SqliteProjections,
-        action: Action | None = None,
-        secret: Annotated[str | None, Parameter(max_length=256)] = None,
-        actor: Annotated[str | None, Parameter(max_length=64, description="key id")] = None,
-        outcome: Outcome | None = None,
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[SqliteProjections],
+        action: FromQuery[Action | None] = None,
+        secret: Annotated[str | None, QueryParameter(max_length=256)] = None,
+        actor: Annotated[str | None, QueryParameter(max_length=64, description="key id")] = None,
+        outcome: FromQuery[Outcome | None] = None,
         since: TimeParam = None,
         until: TimeParam = None,
-        after_seq: Annotated[int | None, Parameter(ge=0, le=2**62)] = None,
-        order: Literal["newest", "oldest"] = "newest",
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-        cursor: Annotated[str | None, Parameter(max_length=64)] = None,
+        after_seq: Annotated[int | None, QueryParameter(ge=0, le=2**62)] = None,
+        order: FromQuery[Literal["newest", "oldest"]] = "newest",
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> AuditPage:
         principal.require_admin()
         f = audit_filter(action, secret, actor, outcome, since, until, after_seq)
         if cursor:
             position = decode_seq_cursor(cursor)
-            f = msgspec.structs.replace(f, before_seq=position) if order == "newest" else msgspec.structs.replace(
-                f, after_seq=max(position, f.after_seq or 0))
+            f = (
+                msgspec.structs.replace(f, before_seq=position)
+                if order == "newest"
+                else msgspec.structs.replace(f, after_seq=max(position, f.after_seq or 0))
+            )
         rows = await query_audit(projections, principal.org, f, limit=limit + 1, newest_first=order == "newest")
         page = rows[:limit]
         more = len(rows) > limit
-        return AuditPage(events=[audit_event(r) for r in page],
-                         next_cursor=encode_seq_cursor(page[-1].seq) if more and page else None)
+        return AuditPage(
+            events=[audit_event(r) for r in page],
+            next_cursor=encode_seq_cursor(page[-1].seq) if more and page else None,
+        )
 
-    @get("/export", operation_id="ExportAudit", responses=problems(*COMMON, 403),
-         summary="Stream the org's events as JSON Lines (verifiable), CSV or OCSF (admin keys only)")
+    @get(
+        "/export",
+        operation_id="ExportAudit",
+        responses=problems(*COMMON, 403),
+        summary="Stream the org's events as JSON Lines (verifiable), CSV or OCSF (admin keys only)",
+    )
     async def export(
         self,
-        principal: Principal,
-        ledger: Ledger,
-        format: Literal["jsonl", "csv", "ocsf"] = "jsonl",
-        action: Action | None = None,
-        secret: Annotated[str | None, Parameter(max_length=256)] = None,
-        actor: Annotated[str | None, Parameter(max_length=64)] = None,
-        outcome: Outcome | None = None,
+        principal: NamedDependency[Principal],
+        ledger: NamedDependency[Ledger],
+        format: FromQuery[Literal["jsonl", "csv", "ocsf"]] = "jsonl",
+        action: FromQuery[Action | None] = None,
+        secret: Annotated[str | None, QueryParameter(max_length=256)] = None,
+        actor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        outcome: FromQuery[Outcome | None] = None,
         since: TimeParam = None,
         until: TimeParam = None,
-        after_seq: Annotated[int | None, Parameter(ge=0, le=2**62)] = None,
+        after_seq: Annotated[int | None, QueryParameter(ge=0, le=2**62)] = None,
     ) -> Stream:
         principal.require_admin()
         f = audit_filter(action, secret, actor, outcome, since, until, after_seq)
@@ -144,8 +186,11 @@ class AuditController(Controller):
                 for data in render(format, selected):
                     yield data
 
-        return Stream(_with_csv_header(format, records()), media_type=MEDIA[format],
-                      headers={"Content-Disposition": f'attachment; filename="{org}-audit.{_suffix(format)}"'})
+        return Stream(
+            _with_csv_header(format, records()),
+            media_type=MEDIA[format],
+            headers={"Content-Disposition": f'attachment; filename="{org}-audit.{_suffix(format)}"'},
+        )
 
 
 def _suffix(fmt: str) -> str:

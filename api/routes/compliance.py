@@ -7,7 +7,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 
 from api.auth import Principal
 from api.params import parse_as_of, parse_time
@@ -19,7 +20,7 @@ from ledger.errors import ValidationError
 from projections import compliance
 from projections.sqlite_reader import SqliteProjections
 
-SecretParam = Annotated[str, Parameter(min_length=1, max_length=256)]
+SecretParam = Annotated[str, QueryParameter(min_length=1, max_length=256)]
 
 
 class SecretsAnswer(msgspec.Struct, kw_only=True):
@@ -52,10 +53,19 @@ class ComplianceController(Controller):
     path = "/v1/compliance"
     tags = ["compliance"]
 
-    @get("/stale-secrets", operation_id="StaleSecrets", responses=problems(*COMMON, 403),
-         summary="Live secrets not updated in `days` days (as of a time, default now)")
-    async def stale(self, principal: Principal, projections: SqliteProjections,
-                    days: Annotated[int, Parameter(ge=0, le=36500)] = 90, as_of: TimeParam = None) -> SecretsAnswer:
+    @get(
+        "/stale-secrets",
+        operation_id="StaleSecrets",
+        responses=problems(*COMMON, 403),
+        summary="Live secrets not updated in `days` days (as of a time, default now)",
+    )
+    async def stale(
+        self,
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[SqliteProjections],
+        days: Annotated[int, QueryParameter(ge=0, le=36500)] = 90,
+        as_of: TimeParam = None,
+    ) -> SecretsAnswer:
         principal.require_admin()
         point = parse_as_of(as_of)
         if point is not None and point.at is None:
@@ -64,57 +74,113 @@ class ComplianceController(Controller):
         rows = await compliance.secrets_not_updated(projections, principal.org, days, now)
         return SecretsAnswer(secrets=[metadata_of(r) for r in rows])
 
-    @get("/reveals", operation_id="SecretReveals", responses=problems(*COMMON, 403),
-         summary="Who revealed a secret in a window, with the version each saw")
-    async def reveals(self, principal: Principal, projections: SqliteProjections, secret: SecretParam,
-                      since: TimeParam = None, until: TimeParam = None) -> EventsAnswer:
+    @get(
+        "/reveals",
+        operation_id="SecretReveals",
+        responses=problems(*COMMON, 403),
+        summary="Who revealed a secret in a window, with the version each saw",
+    )
+    async def reveals(
+        self,
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[SqliteProjections],
+        secret: SecretParam,
+        since: TimeParam = None,
+        until: TimeParam = None,
+    ) -> EventsAnswer:
         principal.require_admin()
-        rows = await compliance.who_revealed(projections, principal.org, secret, parse_time(since, "since"),
-                                             parse_time(until, "until"))
+        rows = await compliance.who_revealed(
+            projections, principal.org, secret, parse_time(since, "since"), parse_time(until, "until")
+        )
         return EventsAnswer(events=[audit_event(r) for r in rows])
 
-    @get("/exposure", operation_id="VersionExposure", responses=problems(*COMMON, 403),
-         summary="Every reveal of one version, between its creation and its replacement or deletion")
-    async def exposure(self, principal: Principal, projections: SqliteProjections, secret: SecretParam,
-                       version: Annotated[int, Parameter(ge=1, le=2**62)]) -> ExposureAnswer:
+    @get(
+        "/exposure",
+        operation_id="VersionExposure",
+        responses=problems(*COMMON, 403),
+        summary="Every reveal of one version, between its creation and its replacement or deletion",
+    )
+    async def exposure(
+        self,
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[SqliteProjections],
+        secret: SecretParam,
+        version: Annotated[int, QueryParameter(ge=1, le=2**62)],
+    ) -> ExposureAnswer:
         principal.require_admin()
         found = await compliance.version_exposure(projections, principal.org, secret, version)
         return ExposureAnswer(
-            secret=found.secret, version=found.version,
+            secret=found.secret,
+            version=found.version,
             created_at=rfc3339(found.created_at) if found.created_at is not None else None,
             replaced_at=rfc3339(found.replaced_at) if found.replaced_at is not None else None,
             reveals=[audit_event(r) for r in found.reveals],
         )
 
-    @get("/never-revealed", operation_id="NeverRevealed", responses=problems(*COMMON, 403),
-         summary="Live secrets no one has revealed since they were created")
-    async def never_revealed(self, principal: Principal, projections: SqliteProjections) -> SecretsAnswer:
+    @get(
+        "/never-revealed",
+        operation_id="NeverRevealed",
+        responses=problems(*COMMON, 403),
+        summary="Live secrets no one has revealed since they were created",
+    )
+    async def never_revealed(
+        self, principal: NamedDependency[Principal], projections: NamedDependency[SqliteProjections]
+    ) -> SecretsAnswer:
         principal.require_admin()
         rows = await compliance.secrets_never_revealed(projections, principal.org)
         return SecretsAnswer(secrets=[metadata_of(r) for r in rows])
 
-    @get("/revoked-key-reveals", operation_id="RevokedKeyReveals", responses=problems(*COMMON, 403),
-         summary="Reveals made with keys that were later revoked")
-    async def revoked_key_reveals(self, principal: Principal, projections: SqliteProjections) -> EventsAnswer:
+    @get(
+        "/revoked-key-reveals",
+        operation_id="RevokedKeyReveals",
+        responses=problems(*COMMON, 403),
+        summary="Reveals made with keys that were later revoked",
+    )
+    async def revoked_key_reveals(
+        self, principal: NamedDependency[Principal], projections: NamedDependency[SqliteProjections]
+    ) -> EventsAnswer:
         principal.require_admin()
         rows = await compliance.reveals_with_revoked_keys(projections, principal.org)
         return EventsAnswer(events=[audit_event(r) for r in rows])
 
-    @get("/denied-reveals", operation_id="DeniedReveals", responses=problems(*COMMON, 403),
-         summary="Denied reveal attempts in a window")
-    async def denied(self, principal: Principal, projections: SqliteProjections, since: TimeParam = None,
-                     until: TimeParam = None) -> EventsAnswer:
+    @get(
+        "/denied-reveals",
+        operation_id="DeniedReveals",
+        responses=problems(*COMMON, 403),
+        summary="Denied reveal attempts in a window",
+    )
+    async def denied(
+        self,
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[SqliteProjections],
+        since: TimeParam = None,
+        until: TimeParam = None,
+    ) -> EventsAnswer:
         principal.require_admin()
-        rows = await compliance.denied_reveals(projections, principal.org, parse_time(since, "since"),
-                                               parse_time(until, "until"))
+        rows = await compliance.denied_reveals(
+            projections, principal.org, parse_time(since, "since"), parse_time(until, "until")
+        )
         return EventsAnswer(events=[audit_event(r) for r in rows])
 
-    @get("/reveal-counts", operation_id="RevealCounts", responses=problems(*COMMON, 403),
-         summary="Reveal counts per actor in a window")
-    async def counts(self, principal: Principal, projections: SqliteProjections, since: TimeParam = None,
-                     until: TimeParam = None) -> CountsAnswer:
+    @get(
+        "/reveal-counts",
+        operation_id="RevealCounts",
+        responses=problems(*COMMON, 403),
+        summary="Reveal counts per actor in a window",
+    )
+    async def counts(
+        self,
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[SqliteProjections],
+        since: TimeParam = None,
+        until: TimeParam = None,
+    ) -> CountsAnswer:
         principal.require_admin()
-        rows = await compliance.reveals_per_actor(projections, principal.org, parse_time(since, "since"),
-                                                  parse_time(until, "until"))
-        return CountsAnswer(actors=[ActorCountOut(actor_key_id=r.actor_key_id, actor_label=r.actor_label,
-                                                  reveals=r.reveals) for r in rows])
+        rows = await compliance.reveals_per_actor(
+            projections, principal.org, parse_time(since, "since"), parse_time(until, "until")
+        )
+        return CountsAnswer(
+            actors=[
+                ActorCountOut(actor_key_id=r.actor_key_id, actor_label=r.actor_label, reveals=r.reveals) for r in rows
+            ]
+        )

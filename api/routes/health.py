@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
 from api.schemas import Health
@@ -15,9 +16,14 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", operation_id="Ready", tags=["health"], summary="The store is open and projections are current",
-     responses={503: ResponseSpec(data_container=Health, description="Not ready")})
-async def readyz(ledger: Ledger, projections: SqliteProjections) -> Response[Health]:
+@get(
+    "/readyz",
+    operation_id="Ready",
+    tags=["health"],
+    summary="The store is open and projections are current",
+    responses={503: ResponseSpec(data_container=Health, description="Not ready")},
+)
+async def readyz(ledger: NamedDependency[Ledger], projections: NamedDependency[SqliteProjections]) -> Response[Health]:
     if not ledger.writer.running:
         return Response(Health(status="store closed"), status_code=503)
     head = await projections.ledger_head()

@@ -6,6 +6,7 @@ import base64
 
 import msgspec
 from litestar import Controller, get
+from litestar.di import NamedDependency
 
 from api.auth import Principal
 from api.routes.docs import COMMON, problems
@@ -47,25 +48,37 @@ class LedgerController(Controller):
     path = "/v1/ledger"
     tags = ["ledger"]
 
-    @get("/checkpoint", operation_id="GetCheckpoint", responses=problems(*COMMON, 404),
-         summary="A signed checkpoint of the org's head (made now if the latest is behind)")
-    async def checkpoint(self, principal: Principal, ledger: Ledger) -> CheckpointOut:
+    @get(
+        "/checkpoint",
+        operation_id="GetCheckpoint",
+        responses=problems(*COMMON, 404),
+        summary="A signed checkpoint of the org's head (made now if the latest is behind)",
+    )
+    async def checkpoint(self, principal: NamedDependency[Principal], ledger: NamedDependency[Ledger]) -> CheckpointOut:
         checkpoint = await ledger.checkpoint(principal.org)
         if checkpoint is None:
             raise NotFoundError("the org has no events yet")
         return CheckpointOut(
-            org=checkpoint.org, org_seq=checkpoint.org_seq, head=base64.b64encode(checkpoint.head).decode(),
-            time=rfc3339(checkpoint.at), public_key=checkpoint.public_key, signature=checkpoint.signature,
+            org=checkpoint.org,
+            org_seq=checkpoint.org_seq,
+            head=base64.b64encode(checkpoint.head).decode(),
+            time=rfc3339(checkpoint.at),
+            public_key=checkpoint.public_key,
+            signature=checkpoint.signature,
             text=checkpoint.text(),
         )
 
     @get("/public-key", operation_id="GetPublicKey", summary="The Ed25519 key that signs checkpoints")
-    async def public_key(self, ledger: Ledger) -> PublicKeyOut:
+    async def public_key(self, ledger: NamedDependency[Ledger]) -> PublicKeyOut:
         return PublicKeyOut(algorithm="ed25519", public_key=ledger.signing_key.public_key)
 
-    @get("/verify", operation_id="VerifyChain", responses=problems(*COMMON),
-         summary="Verify the org's whole chain, and its latest signed checkpoint")
-    async def verify(self, principal: Principal, ledger: Ledger) -> VerifyOut:
+    @get(
+        "/verify",
+        operation_id="VerifyChain",
+        responses=problems(*COMMON),
+        summary="Verify the org's whole chain, and its latest signed checkpoint",
+    )
+    async def verify(self, principal: NamedDependency[Principal], ledger: NamedDependency[Ledger]) -> VerifyOut:
         org = principal.org
         checkpoint = await ledger.recorder.latest_checkpoint(org)
         records: list[StoredRecord] = []
@@ -75,6 +88,12 @@ class LedgerController(Controller):
             after = chunk[-1].org_seq
         report = verify_org_records(records, org, checkpoint)
         org_seq, head = report.orgs.get(org, (0, ""))
-        return VerifyOut(ok=report.ok, checked=report.checked, org_seq=org_seq, head=head or None,
-                         first_bad_seq=report.first_bad_seq, reason=report.reason,
-                         checkpoint_org_seq=checkpoint.org_seq if checkpoint else None)
+        return VerifyOut(
+            ok=report.ok,
+            checked=report.checked,
+            org_seq=org_seq,
+            head=head or None,
+            first_bad_seq=report.first_bad_seq,
+            reason=report.reason,
+            checkpoint_org_seq=checkpoint.org_seq if checkpoint else None,
+        )

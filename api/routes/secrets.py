@@ -9,8 +9,9 @@ from urllib.parse import quote
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from api.auth import Principal
@@ -42,9 +43,15 @@ AsOfParam = Annotated[
 
 def metadata_of(meta: SecretMeta) -> SecretMetadata:
     return SecretMetadata(
-        name=meta.name, scope=meta.scope, category=meta.category,  # type: ignore[arg-type]
-        description=meta.description, version=meta.version, created_at=rfc3339(meta.created_at),
-        updated_at=rfc3339(meta.updated_at), created_by=meta.created_by, updated_by=meta.updated_by,
+        name=meta.name,
+        scope=meta.scope,  # type: ignore[arg-type]
+        category=meta.category,  # type: ignore[arg-type]
+        description=meta.description,
+        version=meta.version,
+        created_at=rfc3339(meta.created_at),
+        updated_at=rfc3339(meta.updated_at),
+        created_by=meta.created_by,
+        updated_by=meta.updated_by,
     )
 
 
@@ -82,8 +89,9 @@ def decode_cursor(cursor: str) -> str:
     return name
 
 
-async def _expected_version(projections: SqliteProjections, principal: Principal, name: str,
-                            if_match: str | None) -> int | None:
+async def _expected_version(
+    projections: SqliteProjections, principal: Principal, name: str, if_match: str | None
+) -> int | None:
     wanted = parse_if_match(if_match)
     if wanted is None:
         return None
@@ -103,28 +111,33 @@ class SecretsController(Controller):
     @get("/", operation_id="ListSecrets", responses=problems(*COMMON), summary="List secrets (metadata only)")
     async def list_secrets(
         self,
-        principal: Principal,
-        projections: SqliteProjections,
-        ledger: Ledger,
-        limit: Annotated[int, Parameter(ge=1, le=1000, description="Page size")] = 100,
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[SqliteProjections],
+        ledger: NamedDependency[Ledger],
+        limit: Annotated[int, QueryParameter(ge=1, le=1000, description="Page size")] = 100,
         cursor: Annotated[
-            str | None, Parameter(max_length=1400, description="next_cursor of the previous page")
+            str | None, QueryParameter(max_length=1400, description="next_cursor of the previous page")
         ] = None,
         # `scope` is a reserved parameter name in Litestar (the ASGI scope), hence the alias.
-        scope_filter: Annotated[Scope | None, Parameter(query="scope", description="Only this scope")] = None,
-        category: Annotated[Category | None, Parameter(description="Only this category")] = None,
+        scope_filter: Annotated[Scope | None, QueryParameter(name="scope", description="Only this scope")] = None,
+        category: Annotated[Category | None, QueryParameter(description="Only this category")] = None,
         as_of: AsOfParam = None,
     ) -> SecretList:
         after = decode_cursor(cursor) if cursor else None
         point = parse_as_of(as_of)
         if point is not None:
             state = await secrets_as_of(ledger.recorder, principal.org, point.includes)
-            rows = [m for m in live(state) if (after is None or m.name.encode() > after.encode())
-                    and (scope_filter is None or m.scope == scope_filter)
-                    and (category is None or m.category == category)][: limit + 1]
+            rows = [
+                m
+                for m in live(state)
+                if (after is None or m.name.encode() > after.encode())
+                and (scope_filter is None or m.scope == scope_filter)
+                and (category is None or m.category == category)
+            ][: limit + 1]
         else:
-            rows = await projections.list_secrets(principal.org, after=after, limit=limit + 1, scope=scope_filter,
-                                                  category=category)
+            rows = await projections.list_secrets(
+                principal.org, after=after, limit=limit + 1, scope=scope_filter, category=category
+            )
         more = len(rows) > limit
         page = rows[:limit]
         return SecretList(
@@ -133,24 +146,34 @@ class SecretsController(Controller):
         )
 
     @post(
-        "/", operation_id="UpsertSecret", status_code=HTTP_200_OK,
-        responses={201: ResponseSpec(data_container=SecretMetadata, description="Created"),
-                   **problems(*COMMON, 403, 412)},
+        "/",
+        operation_id="UpsertSecret",
+        status_code=HTTP_200_OK,
+        responses={
+            201: ResponseSpec(data_container=SecretMetadata, description="Created"),
+            **problems(*COMMON, 403, 412),
+        },
         summary="Create a secret, or give it a new value (200 when updated, 201 when created)",
     )
     async def upsert_secret(
         self,
         request: Request[object, object, State],
-        data: UpsertSecretBody,
-        principal: Principal,
-        ledger: Ledger,
-        projections: SqliteProjections,
-        if_match: Annotated[str | None, Parameter(header="If-Match", required=False)] = None,
+        data: JSONBody[UpsertSecretBody],
+        principal: NamedDependency[Principal],
+        ledger: NamedDependency[Ledger],
+        projections: NamedDependency[SqliteProjections],
+        if_match: Annotated[str | None, HeaderParameter(name="If-Match", required=False)] = None,
     ) -> Response[SecretMetadata]:
         expected = await _expected_version(projections, principal, data.name, if_match)
         command = ledger.upsert_secret_command(
-            principal.ctx, principal.org, data.name, data.value.encode(), scope=data.scope,
-            category=data.category, description=data.description, if_match=expected,
+            principal.ctx,
+            principal.org,
+            data.name,
+            data.value.encode(),
+            scope=data.scope,
+            category=data.category,
+            description=data.description,
+            if_match=expected,
         )
 
         def render(outcome: UpsertOutcome) -> StoredAnswer:
@@ -165,7 +188,11 @@ class SecretsController(Controller):
 
     @get("/{name:str}", operation_id="GetSecret", responses=problems(*COMMON, 404), summary="Get a secret's metadata")
     async def get_secret(
-        self, name: str, principal: Principal, projections: SqliteProjections, ledger: Ledger,
+        self,
+        name: FromPath[str],
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[SqliteProjections],
+        ledger: NamedDependency[Ledger],
         as_of: AsOfParam = None,
     ) -> Response[SecretMetadata]:
         point = parse_as_of(as_of)
@@ -179,28 +206,38 @@ class SecretsController(Controller):
             raise NotFoundError(f"secret {name!r} not found")
         return Response(metadata_of(meta), headers={"ETag": etag(meta.version)})
 
-    @delete("/{name:str}", operation_id="DeleteSecret", status_code=HTTP_204_NO_CONTENT,
-            responses=problems(*COMMON, 403, 404, 412), summary="Delete a secret")
+    @delete(
+        "/{name:str}",
+        operation_id="DeleteSecret",
+        status_code=HTTP_204_NO_CONTENT,
+        responses=problems(*COMMON, 403, 404, 412),
+        summary="Delete a secret",
+    )
     async def delete_secret(
         self,
-        name: str,
-        principal: Principal,
-        ledger: Ledger,
-        projections: SqliteProjections,
-        if_match: Annotated[str | None, Parameter(header="If-Match", required=False)] = None,
+        name: FromPath[str],
+        principal: NamedDependency[Principal],
+        ledger: NamedDependency[Ledger],
+        projections: NamedDependency[SqliteProjections],
+        if_match: Annotated[str | None, HeaderParameter(name="If-Match", required=False)] = None,
     ) -> None:
         expected = await _expected_version(projections, principal, name, if_match)
         await ledger.delete_secret(principal.ctx, principal.org, name, if_match=expected)
 
-    @post("/{name:str}/reveal", operation_id="RevealSecret", status_code=HTTP_200_OK,
-          responses=problems(*COMMON, 403, 404), summary="Reveal a secret's value (recorded before it is sent)")
+    @post(
+        "/{name:str}/reveal",
+        operation_id="RevealSecret",
+        status_code=HTTP_200_OK,
+        responses=problems(*COMMON, 403, 404),
+        summary="Reveal a secret's value (recorded before it is sent)",
+    )
     async def reveal_secret(
         self,
         request: Request[object, object, State],
-        name: str,
-        principal: Principal,
-        ledger: Ledger,
-        data: RevealBody | None = None,
+        name: FromPath[str],
+        principal: NamedDependency[Principal],
+        ledger: NamedDependency[Ledger],
+        data: JSONBody[RevealBody | None] = None,
     ) -> Response[RevealedSecret]:
         reason = data.reason if data is not None else ""
         command = ledger.reveal_secret_command(principal.ctx, principal.org, name, reason=reason)
@@ -216,7 +253,13 @@ def _metadata_from_outcome(outcome: UpsertOutcome) -> SecretMetadata:
     """The answer to an upsert, from the decided event: the same fields the projection will hold."""
     event = outcome.event
     return SecretMetadata(
-        name=event.name, scope=event.scope, category=event.category, description=event.description,
-        version=event.version, created_at=rfc3339(outcome.created_at), updated_at=rfc3339(event.at),
-        created_by=outcome.created_by, updated_by=event.actor.key_id,
+        name=event.name,
+        scope=event.scope,
+        category=event.category,
+        description=event.description,
+        version=event.version,
+        created_at=rfc3339(outcome.created_at),
+        updated_at=rfc3339(event.at),
+        created_by=outcome.created_by,
+        updated_by=event.actor.key_id,
     )
