@@ -60,4 +60,5 @@ class KeyledgerClient:
 
     @staticmethod
     def secret_path(name: str, suffix: str = "") -> str:
-        return f"/v1/secrets/{quote(name, safe='')}{suffix}"
+        # Dots too: clients and proxies drop '.' and '..' path segments before they reach the server.
+        return f"/v1/secrets/{quote(name, safe='').replace('.', '%2E')}{suffix}"

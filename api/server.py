@@ -69,6 +69,19 @@ async def ensure_dev_org(settings: Settings) -> str:
     return _read_or_create(key_file, created.api_key)
 
 
+async def preflight(settings: Settings) -> None:
+    """Refuse to start, with one clear line, before the ASGI server is involved: the database is
+    held by another server, or the master key cannot open its data keys (both raise LedgerError)."""
+    from api.app import build_ledger, check_master_key  # noqa: PLC0415
+
+    ledger = build_ledger(settings)
+    await ledger.start()
+    try:
+        await check_master_key(ledger)
+    finally:
+        await ledger.stop()
+
+
 def serve(settings: Settings, host: str, port: int, server: str = "uvicorn") -> None:
     from api.app import create_app  # noqa: PLC0415
 
@@ -90,6 +103,7 @@ def serve(settings: Settings, host: str, port: int, server: str = "uvicorn") -> 
             f"  try:        curl -s {url}/v1/secrets -H 'Authorization: Bearer {api_key}'",
             flush=True,
         )
+    asyncio.run(preflight(settings))
     app = create_app(settings)
     if server == "granian":
         run_granian(settings, host, port)
