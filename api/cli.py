@@ -497,7 +497,12 @@ def _export_online(ctx: click.Context, fmt: str, out: Path) -> int:
                     bar.update(new)
     except httpx.HTTPError as exc:
         fail(f"cannot reach the server: {type(exc).__name__}", 1)
-    return lines - 1 if fmt == "csv" else lines
+    if fmt == "csv":  # quoted cells may hold newlines: count records, not lines
+        import csv
+
+        with out.open(newline="", encoding="utf-8") as written:
+            return sum(1 for _ in csv.reader(written)) - 1
+    return lines
 
 
 @audit.command("verify")

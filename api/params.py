@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, datetime
 
 import msgspec
@@ -11,13 +12,19 @@ import msgspec
 from ledger.errors import ValidationError
 
 MAX_SEQ = 2**62
+_DIGITS = re.compile(r"[0-9]+")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
-def parse_time(text: str | None, field: str) -> int | None:
-    """An RFC 3339 time (e.g. 2026-11-28T18:00:00Z) as UTC nanoseconds."""
+def parse_time(text: str | None, field: str, *, upper: bool = False) -> int | None:
+    """An RFC 3339 time (e.g. 2026-11-28T18:00:00Z) as UTC nanoseconds.
+
+    Times are shown to the microsecond while events are stamped in nanoseconds, so an upper bound
+    (`upper=True`) covers its whole microsecond: a time this API printed includes that event.
+    """
     if text is None:
         return None
-    if len(text) > 64:
+    if len(text) > 64 or not _RFC3339.fullmatch(text):
         raise ValidationError(field, "must be an RFC 3339 time such as 2026-11-28T18:00:00Z")
     try:
         moment = datetime.fromisoformat(text.replace("z", "Z"))
@@ -26,7 +33,8 @@ def parse_time(text: str | None, field: str) -> int | None:
     if moment.tzinfo is None:
         raise ValidationError(field, "must carry a time zone (Z or an offset)")
     moment = moment.astimezone(UTC)
-    return int(moment.replace(microsecond=0).timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    ns = int(moment.replace(microsecond=0).timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    return ns + 999 if upper else ns
 
 
 class AsOf(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,11 +50,11 @@ class AsOf(msgspec.Struct, frozen=True, kw_only=True):
 def parse_as_of(text: str | None) -> AsOf | None:
     if text is None:
         return None
-    if text.isdigit():
+    if _DIGITS.fullmatch(text):
         if len(text) > 18:
             raise ValidationError("as_of", "seq is too large")
         return AsOf(seq=int(text))
-    return AsOf(at=parse_time(text, "as_of"))
+    return AsOf(at=parse_time(text, "as_of", upper=True))
 
 
 def encode_seq_cursor(seq: int) -> str:
@@ -59,6 +67,6 @@ def decode_seq_cursor(cursor: str) -> int:
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise ValidationError("cursor", "is not a cursor returned by this API") from None
     kind, _, number = text.partition(":")
-    if kind != "seq" or not number.isdigit() or len(number) > 18 or encode_seq_cursor(int(number)) != cursor:
+    if kind != "seq" or not _DIGITS.fullmatch(number) or len(number) > 18 or encode_seq_cursor(int(number)) != cursor:
         raise ValidationError("cursor", "is not a cursor returned by this API")
     return int(number)

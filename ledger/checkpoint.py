@@ -85,7 +85,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
         fields[name] = value
     if not _ORG.match(fields["org"]):
         raise CheckpointError("checkpoint: malformed org")
-    if not fields["org_seq"].isdigit() or len(fields["org_seq"]) > 18 or fields["org_seq"].startswith("0"):
+    if not re.fullmatch(r"[1-9][0-9]{0,17}", fields["org_seq"]):
         raise CheckpointError("checkpoint: org_seq must be a positive integer")
     try:
         head = base64.b64decode(fields["head"], validate=True)

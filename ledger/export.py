@@ -37,9 +37,18 @@ MAX_LINE = 1_000_000
 _TAGS: dict[type, str] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
 
 
+_seconds_cache: dict[int, str] = {}
+
+
 def rfc3339(ns: int) -> str:
-    moment = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).replace(microsecond=(ns % 1_000_000_000) // 1000)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC time to the microsecond. Events come in time order, so the formatted second is cached."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    prefix = _seconds_cache.get(seconds)
+    if prefix is None:
+        if len(_seconds_cache) > 4096:
+            _seconds_cache.clear()
+        prefix = _seconds_cache[seconds] = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{prefix}.{rest // 1000:06d}Z"
 
 
 def outcome_of(event: Event) -> tuple[str, str]:
@@ -66,7 +75,7 @@ class ExportLine(msgspec.Struct, kw_only=True):
     detail: str
     prev_hash: str
     hash: str
-    body: str  # the stored bytes of the event, exactly (UTF-8 JSON)
+    body: msgspec.Raw  # the stored bytes of the event, exactly, as a JSON object
 
 
 _line_encoder = msgspec.json.Encoder()
@@ -79,7 +88,7 @@ def export_line(record: StoredRecord, event: Event) -> ExportLine:
         seq=record.seq, org=record.org, org_seq=record.org_seq, type=record.type, time=rfc3339(record.at),
         at=record.at, actor=event.actor, source=event.source, request_id=event.request_id,
         secret=secret_name(event), version=secret_version(event), outcome=outcome, detail=detail,
-        prev_hash=record.prev_hash.hex(), hash=record.hash.hex(), body=record.body.decode(),
+        prev_hash=record.prev_hash.hex(), hash=record.hash.hex(), body=msgspec.Raw(record.body),
     )
 
 
@@ -217,7 +226,7 @@ def verify_export(
             return fail("prev_hash or hash is not hex", line.seq)
         if prev_hash != prev:
             return fail("prev_hash does not link to the previous event", line.seq)
-        body = line.body.encode()
+        body = bytes(line.body)
         if chain_hash(org, line.org_seq, prev_hash, body) != digest:
             return fail("hash does not match the event body", line.seq)
         try:

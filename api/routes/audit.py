@@ -35,7 +35,7 @@ Action = Literal[
     "secret.version_destroyed",
 ]
 Outcome = Literal["ok", "granted", "denied"]
-MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "ocsf": "application/x-ndjson"}
+MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv", "ocsf": "application/x-ndjson"}
 EXPORT_CHUNK = 2000
 
 
@@ -98,7 +98,7 @@ def audit_filter(
         actor=actor,
         outcome=outcome,
         since=parse_time(since, "since"),
-        until=parse_time(until, "until"),
+        until=parse_time(until, "until", upper=True),
         after_seq=after_seq,
     )
 

@@ -90,7 +90,7 @@ class ComplianceController(Controller):
     ) -> EventsAnswer:
         principal.require_admin()
         rows = await compliance.who_revealed(
-            projections, principal.org, secret, parse_time(since, "since"), parse_time(until, "until")
+            projections, principal.org, secret, parse_time(since, "since"), parse_time(until, "until", upper=True)
         )
         return EventsAnswer(events=[audit_event(r) for r in rows])
 
@@ -158,7 +158,7 @@ class ComplianceController(Controller):
     ) -> EventsAnswer:
         principal.require_admin()
         rows = await compliance.denied_reveals(
-            projections, principal.org, parse_time(since, "since"), parse_time(until, "until")
+            projections, principal.org, parse_time(since, "since"), parse_time(until, "until", upper=True)
         )
         return EventsAnswer(events=[audit_event(r) for r in rows])
 
@@ -177,7 +177,7 @@ class ComplianceController(Controller):
     ) -> CountsAnswer:
         principal.require_admin()
         rows = await compliance.reveals_per_actor(
-            projections, principal.org, parse_time(since, "since"), parse_time(until, "until")
+            projections, principal.org, parse_time(since, "since"), parse_time(until, "until", upper=True)
         )
         return CountsAnswer(
             actors=[
