@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema, SecurityScheme
 
 from api.deps import DEPENDENCIES
 from api.errors import EXCEPTION_HANDLERS
-from api.middleware import request_id_middleware
+from api.middleware import before_send, request_id_middleware
 from api.routes.admin import AdminController
 from api.routes.audit import AuditController
 from api.routes.compliance import ComplianceController
@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> Litestar:
     def on_app_init(config: AppConfig) -> AppConfig:
         return config
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             SecretsController,
             KeysController,
@@ -86,6 +86,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         middleware=[request_id_middleware],
+        before_send=[before_send],
         request_max_body_size=settings.max_body_bytes,
         on_app_init=[on_app_init],
         openapi_config=OpenAPIConfig(
@@ -99,3 +100,15 @@ def create_app(settings: Settings) -> Litestar:
         ),
         debug=False,
     )
+    document_streams(app)
+    return app
+
+
+def document_streams(app: Litestar) -> None:
+    """The export streams JSON Lines or CSV: say so in the OpenAPI document (one route, two media types)."""
+    operation = app.openapi_schema.paths["/v1/audit/export"].get  # type: ignore[index]
+    assert operation is not None and operation.responses is not None
+    answer = operation.responses["200"]
+    assert isinstance(answer, OpenAPIResponse)
+    text = Schema(type=OpenAPIType.STRING, description="one event per line (CSV: one per row, after a header)")
+    answer.content = {media: OpenAPIMediaType(schema=text) for media in ("application/x-ndjson", "text/csv")}

@@ -14,6 +14,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from api.middleware import request_id_of
 from api.schemas import Problem
 from ledger.errors import (
     AlreadyExistsError,
@@ -75,9 +76,7 @@ def problem_response(
     title: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
-    request_id = ""
-    if request is not None:
-        request_id = str(request.scope.get("state", {}).get("request_id", ""))
+    request_id = request_id_of(request.scope) if request is not None else ""
     body = Problem(
         type=f"https://keyledger.dev/problems/{status}",
         title=title or TITLES.get(status, "Error"),
@@ -116,10 +115,18 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Re
     if isinstance(exc, ValidationException):
         status = 422
         detail = _validation_detail(exc)
-    elif status == 400 and "malformed" in detail.lower():
-        detail = "the request body is not valid JSON"
+    elif status == 400:
+        # Litestar answers 400 for a body that is not JSON; to clients that is invalid input like any other.
+        status = 422
+        lowered = detail.lower()
+        if "json" in lowered or "malformed" in lowered or "truncated" in lowered or "decode" in lowered:
+            detail = "the request body is not valid JSON"
     headers = {k: v for k, v in (exc.headers or {}).items()}
     return problem_response(request, status, detail, headers=headers)
+
+
+# Python parameter names that differ from the public (query) names.
+PUBLIC_NAMES = {"scope_filter": "scope"}
 
 
 def _validation_detail(exc: ValidationException) -> str:
@@ -130,7 +137,7 @@ def _validation_detail(exc: ValidationException) -> str:
             key = item.get("key")
             message = item.get("message", "invalid")
             source = item.get("source")
-            field = "body" if key == "data" else key
+            field = "body" if key == "data" else PUBLIC_NAMES.get(str(key), key)
             parts.append(f"{field}: {message}" if source != "body" or key != "data" else f"{message}")
     return "; ".join(parts) or "the request is invalid"
 

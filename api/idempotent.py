@@ -45,13 +45,21 @@ async def run_command(
     scope: str,
     render: Callable[[T], StoredAnswer],
 ) -> Response[Any]:
-    """Submit `command`; with an Idempotency-Key, at most once per (scope, key) within the TTL."""
+    """Submit `command`; with an Idempotency-Key, at most once per (scope, key) within the TTL.
+
+    `scope` names the caller (org and key id, or the admin token): keys are never shared between callers.
+    """
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         result = await ledger.submit(command)
         return to_response(render(result))
     body = await request.body()
-    fingerprint = hashlib.sha256(request.method.encode() + b"\0" + request.url.path.encode() + b"\0" + body).hexdigest()
+    # The caller's key is part of `scope` (a replay never skips a permission check), and If-Match is
+    # part of the request: a retry must be the same request by the same caller.
+    if_match = request.headers.get("if-match", "")
+    fingerprint = hashlib.sha256(
+        b"\0".join((request.method.encode(), request.url.path.encode(), if_match.encode(), body))
+    ).hexdigest()
 
     def render_any(result: object, error: LedgerError | None) -> StoredAnswer:
         if error is not None:

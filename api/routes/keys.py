@@ -73,7 +73,7 @@ class KeysController(Controller):
             )
             return json_answer(HTTP_201_CREATED, body)
 
-        return await run_command(request, ledger, command, principal.org, render)
+        return await run_command(request, ledger, command, f"{principal.org}/{principal.key_id}", render)
 
     @delete(
         "/{key_id:str}",

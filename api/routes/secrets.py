@@ -184,7 +184,7 @@ class SecretsController(Controller):
             status = HTTP_201_CREATED if outcome.created else HTTP_200_OK
             return json_answer(status, _metadata_from_outcome(outcome), headers)
 
-        return await run_command(request, ledger, command, principal.org, render)
+        return await run_command(request, ledger, command, f"{principal.org}/{principal.key_id}", render)
 
     @get("/{name:str}", operation_id="GetSecret", responses=problems(*COMMON, 404), summary="Get a secret's metadata")
     async def get_secret(
@@ -246,7 +246,7 @@ class SecretsController(Controller):
             body = RevealedSecret(name=revealed.name, value=revealed.value.decode(), version=revealed.version)
             return json_answer(HTTP_200_OK, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
 
-        return await run_command(request, ledger, command, principal.org, render)
+        return await run_command(request, ledger, command, f"{principal.org}/{principal.key_id}", render)
 
 
 def _metadata_from_outcome(outcome: UpsertOutcome) -> SecretMetadata:
