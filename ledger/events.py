@@ -154,11 +154,12 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 )
 
 
+_TAGS: dict[type, str] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
+
+
 def event_type(event: Event) -> str:
     """The stable dotted tag of an event, as stored in the `type` column."""
-    tag = type(event).__struct_config__.tag
-    assert isinstance(tag, str)
-    return tag
+    return _TAGS[type(event)]
 
 
 def secret_name(event: Event) -> str | None:
