@@ -56,12 +56,14 @@ def request_context(request: Request[Any, Any, Any], actor: Actor) -> Context:
     )
 
 
-async def authenticate(request: Request[Any, Any, Any], projections: SqliteProjections) -> Principal:
+async def authenticate(
+    request: Request[Any, Any, Any], projections: SqliteProjections, key_revocations: int = -1
+) -> Principal:
     token = bearer_token(request)
     if not API_KEY_PATTERN.match(token):
         raise UnauthenticatedError("invalid API key")
     digest = hashlib.sha256(token.encode()).hexdigest()
-    found = await projections.key_by_sha256(digest)
+    found = await projections.key_by_sha256(digest, key_revocations)
     if found is None:
         raise UnauthenticatedError("invalid API key")
     key, stored = found

@@ -1,4 +1,9 @@
-"""Dependencies shared by the controllers: the ledger, the projections and the authenticated caller."""
+"""Dependencies shared by the controllers: the ledger, the projections and the authenticated caller.
+
+They form a chain (ledger -> projections -> principal, ledger -> settings) on purpose: Litestar
+resolves dependencies of the same level concurrently in a task group, which costs more than the
+dependencies themselves; a chain resolves one by one, with no task group.
+"""
 
 from __future__ import annotations
 
@@ -13,24 +18,26 @@ from projections.sqlite_reader import SqliteProjections
 
 
 def provide_ledger(state: State) -> Ledger:
-    ledger: NamedDependency[Ledger] = state.ledger
+    ledger: Ledger = state.ledger
     return ledger
 
 
-def provide_projections(state: State) -> SqliteProjections:
-    projections: NamedDependency[SqliteProjections] = state.projections
+def provide_projections(state: State, ledger: NamedDependency[Ledger]) -> SqliteProjections:
+    projections: SqliteProjections = state.projections
     return projections
 
 
-def provide_settings(state: State) -> Settings:
-    settings: NamedDependency[Settings] = state.settings
+def provide_settings(state: State, ledger: NamedDependency[Ledger]) -> Settings:
+    settings: Settings = state.settings
     return settings
 
 
 async def provide_principal(
-    request: Request[object, object, State], projections: NamedDependency[SqliteProjections]
+    request: Request[object, object, State],
+    ledger: NamedDependency[Ledger],
+    projections: NamedDependency[SqliteProjections],
 ) -> Principal:
-    return await authenticate(request, projections)
+    return await authenticate(request, projections, ledger.writer.key_revocations)
 
 
 DEPENDENCIES = {

@@ -3,12 +3,12 @@ value except the reveal response."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
 
 from ledger.events import Category, Role, Scope
+from ledger.export import rfc3339 as _rfc3339
 
 SecretName = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="1-256 characters, no '/'")]
 
@@ -116,6 +116,5 @@ class Health(msgspec.Struct, kw_only=True):
 
 
 def rfc3339(ns: int) -> str:
-    """UTC time with microseconds, e.g. 2026-11-28T17:38:12.123456Z."""
-    moment = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).replace(microsecond=(ns % 1_000_000_000) // 1000)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC time with microseconds, e.g. 2026-11-28T17:38:12.123456Z (one formatter for the whole API)."""
+    return _rfc3339(ns)

@@ -22,7 +22,7 @@ from ledger.checkpoint import sign_checkpoint
 from ledger.codec import decode_event, encode_event
 from ledger.crypto import Keyring, SigningKey, ValueOpener
 from ledger.errors import ConcurrencyError, LedgerError, StoreUnavailableError
-from ledger.events import Event, event_type
+from ledger.events import ApiKeyRevoked, Event, event_type
 from ledger.model import (
     KeyState,
     OrgState,
@@ -206,6 +206,7 @@ class Writer:
         self.committed_commands = 0
         self.before_commit: Callable[[], Awaitable[None]] | None = None  # test hook
         self.signing_key: SigningKey | None = None
+        self.key_revocations = 0  # grows when a revocation commits: readers drop cached keys
         self.checkpoint_every = 1000  # events per org between automatic checkpoints
 
     @property
@@ -317,6 +318,8 @@ class Writer:
             # Nothing committed: the batch's overlay is discarded; cached org heads stay valid.
             raise
         self.cache.merge(view)
+        if any(type(event) is ApiKeyRevoked for event in events):
+            self.key_revocations += 1
         self.batches += 1
         self.committed_commands += len(decided)
         self._answer(decided)

@@ -48,6 +48,10 @@ class SqliteProjections:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
+        # Active keys by digest, so authentication costs no query; dropped whenever a revocation
+        # commits (the caller passes the writer's revocation count as `generation`).
+        self._keys: dict[str, tuple[ApiKeyRow, str]] = {}
+        self._keys_generation = -1
 
     def open(self) -> None:
         self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
@@ -64,12 +68,25 @@ class SqliteProjections:
             raise RuntimeError("projections are not open")
         return self._conn
 
-    async def key_by_sha256(self, key_sha256: str) -> tuple[ApiKeyRow, str] | None:
+    async def key_by_sha256(self, key_sha256: str, generation: int = -1) -> tuple[ApiKeyRow, str] | None:
         """The key row with that digest, and the stored digest for a constant-time comparison."""
+        if generation != self._keys_generation or generation < 0:
+            self._keys.clear()
+            self._keys_generation = generation
+        cached = self._keys.get(key_sha256)
+        if cached is not None:
+            return cached
         row = self.conn.execute(
             f"SELECT {_KEY_COLUMNS}, key_sha256 FROM api_keys WHERE key_sha256 = ?", (key_sha256,)
         ).fetchone()
-        return None if row is None else (_key(row), str(row[8]))
+        if row is None:
+            return None
+        found = (_key(row), str(row[8]))
+        if found[0].revoked_at is None and generation >= 0:
+            if len(self._keys) >= 10_000:
+                self._keys.clear()
+            self._keys[key_sha256] = found
+        return found
 
     async def get_key(self, org: str, key_id: str) -> ApiKeyRow | None:
         row = self.conn.execute(
