@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import re
 from datetime import UTC, datetime
 
@@ -99,7 +100,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
         moment = datetime.strptime(fields["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     except ValueError:
         raise CheckpointError("checkpoint: time is not a valid date") from None
-    at = int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    at = calendar.timegm(moment.utctimetuple()) * 1_000_000_000 + moment.microsecond * 1000  # no floats
     parts = lines[5].split(" ")
     if len(parts) != 4 or parts[0] != "signature" or parts[1] != "ed25519":
         raise CheckpointError("checkpoint: last line must be 'signature ed25519 <public key> <signature>'")

@@ -109,6 +109,17 @@ class SigningKey:
         return base64.b64encode(self._private.sign(message)).decode()
 
 
+# The identity point and its non-canonical encodings (y = 1, sign bit either way; y = p + 1).
+_SMALL_ORDER_KEYS = {
+    bytes([1]) + bytes(31),
+    bytes([1]) + bytes(30) + bytes([0x80]),
+    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"),
+    bytes(32),
+    bytes(31) + bytes([0x80]),
+}
+
+
 def verify_signature(public_key: str, message: bytes, signature: str) -> bool:
     """True only for a valid Ed25519 signature; any malformed input is simply not valid."""
     try:
@@ -116,6 +127,9 @@ def verify_signature(public_key: str, message: bytes, signature: str) -> bool:
         raw_sig = base64.b64decode(signature, validate=True)
         if (len(raw_key) != 32 or len(raw_sig) != 64 or base64.b64encode(raw_key).decode() != public_key
                 or base64.b64encode(raw_sig).decode() != signature):
+            return False
+        # A zero S with a small-order key and R verifies any message: refuse such degenerate input.
+        if raw_sig[32:] == bytes(32) or raw_key in _SMALL_ORDER_KEYS:
             return False
         Ed25519PublicKey.from_public_bytes(raw_key).verify(raw_sig, message)
     except (binascii.Error, ValueError, InvalidSignature):

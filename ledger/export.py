@@ -233,8 +233,12 @@ def verify_export(
             event = decode_event(body)
         except IntegrityError as exc:
             return fail(str(exc), line.seq)
+        try:
+            event_time = rfc3339(event.at)
+        except (OverflowError, ValueError, OSError):
+            return fail("the event's time is out of range", line.seq)
         outcome, detail = outcome_of(event)
-        if (event.org != org or _TAGS[type(event)] != line.type or event.at != line.at or line.time != rfc3339(event.at)
+        if (event.org != org or _TAGS[type(event)] != line.type or event.at != line.at or line.time != event_time
                 or event.actor != line.actor or event.source != line.source or event.request_id != line.request_id
                 or secret_name(event) != line.secret or secret_version(event) != line.version
                 or (outcome, detail) != (line.outcome, line.detail)):

@@ -214,7 +214,8 @@ async def never_revealed(projections: SqliteProjections, org: str) -> list[Secre
     rows = projections.conn.execute(
         f"""SELECT {_SECRET_COLUMNS} FROM secrets s WHERE org = ? AND deleted = 0 AND NOT EXISTS (
             SELECT 1 FROM audit a WHERE a.org = s.org AND a.secret = s.name AND a.action = 'secret.revealed'
-            AND a.at >= s.created_at) ORDER BY name""",
+            AND a.seq > (SELECT MAX(c.seq) FROM audit c WHERE c.org = s.org AND c.secret = s.name
+                         AND c.action = 'secret.created')) ORDER BY name""",
         (org,),
     ).fetchall()
     return [_secret(r) for r in rows]
