@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -203,7 +204,9 @@ class ValueOpener:
 
 
 def new_data_key_id() -> str:
-    return "dek_" + os.urandom(12).hex()
+    # Time first, so that new rows land at the end of the data_keys B-tree instead of on a random
+    # page (one random page per upsert is measurable write amplification); random after, for uniqueness.
+    return f"dek_{time.time_ns():016x}{os.urandom(6).hex()}"
 
 
 def new_data_key() -> bytes:
