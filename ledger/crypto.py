@@ -110,15 +110,24 @@ class SigningKey:
         return base64.b64encode(self._private.sign(message)).decode()
 
 
-# The identity point and its non-canonical encodings (y = 1, sign bit either way; y = p + 1).
+# Encodings of the Ed25519 points of small order (libsodium's list), compared with the sign bit
+# cleared: a key among them lets a "signature" be made without any private key.
 _SMALL_ORDER_KEYS = {
-    bytes([1]) + bytes(31),
-    bytes([1]) + bytes(30) + bytes([0x80]),
-    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
-    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"),
-    bytes(32),
-    bytes(31) + bytes([0x80]),
+    bytes.fromhex(h)
+    for h in (
+        "0000000000000000000000000000000000000000000000000000000000000000",  # y = 0, order 4
+        "0100000000000000000000000000000000000000000000000000000000000000",  # identity
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",  # order 8
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",  # order 8
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p - 1, order 2
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p (= 0), order 4
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p + 1 (= 1), identity
+    )
 }
+
+
+def _small_order(raw_key: bytes) -> bool:
+    return raw_key[:31] + bytes([raw_key[31] & 0x7F]) in _SMALL_ORDER_KEYS
 
 
 def verify_signature(public_key: str, message: bytes, signature: str) -> bool:
@@ -129,8 +138,8 @@ def verify_signature(public_key: str, message: bytes, signature: str) -> bool:
         if (len(raw_key) != 32 or len(raw_sig) != 64 or base64.b64encode(raw_key).decode() != public_key
                 or base64.b64encode(raw_sig).decode() != signature):
             return False
-        # A zero S with a small-order key and R verifies any message: refuse such degenerate input.
-        if raw_sig[32:] == bytes(32) or raw_key in _SMALL_ORDER_KEYS:
+        # Small-order keys (and a zero S) allow forgeries without a private key: refuse them.
+        if raw_sig[32:] == bytes(32) or _small_order(raw_key):
             return False
         Ed25519PublicKey.from_public_bytes(raw_key).verify(raw_sig, message)
     except (binascii.Error, ValueError, InvalidSignature):

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.checkpoint import Checkpoint, CheckpointError, check_signature, parse_checkpoint, sign_checkpoint
@@ -317,7 +317,6 @@ def test_verify_signature_says_true_for_the_real_signature_only() -> None:
 )
 def test_verify_signature_with_random_inputs_says_false_and_never_raises(public_key: str, message: bytes,
                                                                          signature: str) -> None:
-    assume(not small_order(public_key))  # see the test_bug_ below
     assert verify_signature(public_key, message, signature) is False
 
 
@@ -335,6 +334,90 @@ def test_verify_signature_of_a_changed_message_or_a_flipped_bit_is_false(message
 def test_bug_verify_signature_accepts_any_message_under_a_small_order_public_key(message: bytes) -> None:
     assert small_order(b64(IDENTITY))
     assert verify_signature(b64(IDENTITY), message, b64(IDENTITY + bytes(32))) is False
+
+
+# Just enough Ed25519 arithmetic (RFC 8032, section 5.1) to forge with a small-order public key.
+L = 2**252 + 27742317777372353535851937790883648493
+D = -121665 * pow(121666, P - 2, P) % P
+Point = tuple[int, int]
+
+
+def _add(a: Point, b: Point) -> Point:
+    (x1, y1), (x2, y2) = a, b
+    t = D * x1 * x2 * y1 * y2
+    return (x1 * y2 + x2 * y1) * pow(1 + t, P - 2, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P
+
+
+def _decode(raw: bytes) -> Point:
+    """Decompress like OpenSSL does (a y of p or more is taken modulo p); the point must exist."""
+    number = int.from_bytes(raw, "little")
+    y, sign = number % 2**255 % P, number >> 255
+    x2 = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
+    x = pow(x2, (P + 3) // 8, P)
+    if (x * x - x2) % P:
+        x = x * pow(2, (P - 1) // 4, P) % P
+    assert (x * x - x2) % P == 0
+    return (P - x if x & 1 != sign and x else x), y
+
+
+def _encode(point: Point) -> bytes:
+    return (point[1] | (point[0] & 1) << 255).to_bytes(32, "little")
+
+
+BASE = _decode((4 * pow(5, P - 2, P) % P).to_bytes(32, "little"))
+
+
+def small_order_encodings() -> list[bytes]:
+    """Every encoding of the 8 points of order dividing 8: both signs of x (a set sign with x = 0 is not
+    canonical) and y + p where that still fits in 255 bits."""
+    t8 = _decode(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"))
+    points, point = [], (0, 1)
+    for _ in range(8):
+        points.append(point)
+        point = _add(point, t8)
+    assert point == (0, 1) and len(set(points)) == 8  # t8 has order 8
+    out = set()
+    for _, y in points:
+        for sign in (0, 1):
+            for big_y in (y, y + P):
+                if big_y < 2**255:
+                    out.add((big_y | sign << 255).to_bytes(32, "little"))
+    return sorted(out)
+
+
+def forge(public_key: bytes) -> bytes:
+    """(R = B - A, S = 1): valid for a message exactly when its challenge k is 1 modulo the order of A."""
+    x, y = _decode(public_key)
+    return _encode(_add(BASE, ((P - x) % P, y))) + (1).to_bytes(32, "little")
+
+
+def test_the_forgery_arithmetic_agrees_with_real_signatures() -> None:
+    """Positive control: the same arithmetic rebuilds the real key's R + [k]A = [S]B."""
+    raw_key, raw_sig = base64.b64decode(KEY.public_key), base64.b64decode(SIGNATURE)
+    k = int.from_bytes(hashlib.sha512(raw_sig[:32] + raw_key + MESSAGE).digest(), "little") % L
+
+    def times(n: int, point: Point) -> Point:
+        out = (0, 1)
+        while n:
+            if n & 1:
+                out = _add(out, point)
+            point, n = _add(point, point), n >> 1
+        return out
+
+    s = int.from_bytes(raw_sig[32:], "little")
+    assert times(s, BASE) == _add(_decode(raw_sig[:32]), times(k, _decode(raw_key)))
+    assert _encode(_decode(raw_key)) == raw_key and len(small_order_encodings()) >= 8
+
+
+def test_bug_no_small_order_public_key_verifies_a_forged_signature() -> None:
+    forged = []
+    for public_key in small_order_encodings():
+        signature = forge(public_key)
+        for i in range(64):
+            message = b"keyledger-checkpoint/v1\norg acme\norg_seq %d\n" % i
+            if verify_signature(b64(public_key), message, b64(signature)):
+                forged.append((public_key.hex(), i))
+    assert forged == []
 
 
 # -- export lines ------------------------------------------------------------------------------------------------------
