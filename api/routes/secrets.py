@@ -14,7 +14,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from api.auth import Principal
+from api.auth import Principal, authenticate
 from api.idempotent import json_answer, run_command
 from api.params import parse_as_of
 from api.routes.docs import COMMON, problems
@@ -104,6 +104,15 @@ async def _expected_version(
     return wanted
 
 
+async def _services(request: Request[object, object, State]) -> tuple[Ledger, Principal]:
+    """The ledger and the authenticated caller, for the hottest routes (get, upsert, reveal).
+
+    They skip dependency injection: measured, it is a fifth of a get's CPU; the other routes keep it.
+    """
+    ledger: Ledger = request.app.state.ledger
+    return ledger, await authenticate(request, request.app.state.projections, ledger.writer.key_revocations)
+
+
 class SecretsController(Controller):
     path = "/v1/secrets"
     tags = ["secrets"]
@@ -159,11 +168,10 @@ class SecretsController(Controller):
         self,
         request: Request[object, object, State],
         data: JSONBody[UpsertSecretBody],
-        principal: NamedDependency[Principal],
-        ledger: NamedDependency[Ledger],
-        projections: NamedDependency[SqliteProjections],
         if_match: Annotated[str | None, HeaderParameter(name="If-Match", required=False)] = None,
     ) -> Response[SecretMetadata]:
+        ledger, principal = await _services(request)
+        projections: SqliteProjections = request.app.state.projections
         expected = await _expected_version(projections, principal, data.name, if_match)
         command = ledger.upsert_secret_command(
             principal.ctx,
@@ -189,12 +197,12 @@ class SecretsController(Controller):
     @get("/{name:str}", operation_id="GetSecret", responses=problems(*COMMON, 404), summary="Get a secret's metadata")
     async def get_secret(
         self,
+        request: Request[object, object, State],
         name: FromPath[str],
-        principal: NamedDependency[Principal],
-        projections: NamedDependency[SqliteProjections],
-        ledger: NamedDependency[Ledger],
         as_of: AsOfParam = None,
     ) -> Response[SecretMetadata]:
+        ledger, principal = await _services(request)
+        projections: SqliteProjections = request.app.state.projections
         point = parse_as_of(as_of)
         if point is not None:
             found = (await secrets_as_of(ledger.recorder, principal.org, point.includes)).get(name)
@@ -235,10 +243,9 @@ class SecretsController(Controller):
         self,
         request: Request[object, object, State],
         name: FromPath[str],
-        principal: NamedDependency[Principal],
-        ledger: NamedDependency[Ledger],
         data: JSONBody[RevealBody | None] = None,
     ) -> Response[RevealedSecret]:
+        ledger, principal = await _services(request)
         reason = data.reason if data is not None else ""
         command = ledger.reveal_secret_command(principal.ctx, principal.org, name, reason=reason)
 
