@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.config.app import AppConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema, SecurityScheme
 
@@ -68,9 +67,6 @@ def create_app(settings: Settings) -> Litestar:
             projections.close()
             await ledger.stop()
 
-    def on_app_init(config: AppConfig) -> AppConfig:
-        return config
-
     app = Litestar(
         route_handlers=[
             SecretsController,
@@ -88,7 +84,6 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[request_id_middleware],
         before_send=[before_send],
         request_max_body_size=settings.max_body_bytes,
-        on_app_init=[on_app_init],
         openapi_config=OpenAPIConfig(
             title="keyledger",
             version=VERSION,

@@ -8,7 +8,7 @@ from typing import Annotated
 import msgspec
 
 from ledger.events import Category, Role, Scope
-from ledger.export import rfc3339 as _rfc3339
+from ledger.timefmt import rfc3339 as _rfc3339
 
 SecretName = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="1-256 characters, no '/'")]
 

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import secrets
-import sys
 from pathlib import Path
 
 import msgspec
@@ -124,8 +123,3 @@ def run_granian(settings: Settings, host: str, port: int) -> None:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     return {"db": str(settings.db), "dev": "1" if settings.dev else "", "synchronous": settings.synchronous}
-
-
-def main_error(message: str) -> None:
-    print(f"keyledger: {message}", file=sys.stderr)
-    raise SystemExit(2)

@@ -25,6 +25,7 @@ import msgspec
 
 from ledger.crypto import SigningKey, verify_signature
 from ledger.errors import LedgerError
+from ledger.timefmt import rfc3339
 
 HEADER = "keyledger-checkpoint/v1"
 MAX_TEXT = 4096
@@ -51,14 +52,9 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
         return self.body().decode() + f"signature ed25519 {self.public_key} {self.signature}\n"
 
 
-def _time_text(at: int) -> str:
-    moment = datetime.fromtimestamp(at // 1_000_000_000, tz=UTC).replace(microsecond=(at % 1_000_000_000) // 1000)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _body(org: str, org_seq: int, head: bytes, at: int) -> bytes:
     return (
-        f"{HEADER}\norg {org}\norg_seq {org_seq}\nhead {base64.b64encode(head).decode()}\ntime {_time_text(at)}\n"
+        f"{HEADER}\norg {org}\norg_seq {org_seq}\nhead {base64.b64encode(head).decode()}\ntime {rfc3339(at)}\n"
     ).encode()
 
 

@@ -171,3 +171,12 @@ def secret_name(event: Event) -> str | None:
 def secret_version(event: Event) -> int | None:
     version = getattr(event, "version", None)
     return version if isinstance(version, int) else None
+
+
+def outcome_of(event: Event) -> tuple[str, str]:
+    """(outcome, detail) of an event, as the audit view and the exports show it."""
+    if isinstance(event, SecretRevealDenied):
+        return "denied", event.reason
+    if isinstance(event, SecretRevealed):
+        return "granted", event.reason
+    return "ok", ""

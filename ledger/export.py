@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 
 import msgspec
 
@@ -18,45 +17,23 @@ from ledger.checkpoint import Checkpoint, CheckpointError, check_signature
 from ledger.codec import decode_event
 from ledger.errors import IntegrityError
 from ledger.events import (
-    EVENT_TYPES,
     Actor,
     ApiKeyCreated,
     ApiKeyRevoked,
     Event,
     SecretRevealDenied,
-    SecretRevealed,
     Source,
+    event_type,
+    outcome_of,
     secret_name,
     secret_version,
 )
 from ledger.records import GENESIS_HASH, StoredRecord, chain_hash
+from ledger.timefmt import rfc3339
 from ledger.verify import VerifyReport
 
 FORMATS = ("jsonl", "csv", "ocsf")
 MAX_LINE = 1_000_000
-_TAGS: dict[type, str] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
-
-
-_seconds_cache: dict[int, str] = {}
-
-
-def rfc3339(ns: int) -> str:
-    """UTC time to the microsecond. Events come in time order, so the formatted second is cached."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    prefix = _seconds_cache.get(seconds)
-    if prefix is None:
-        if len(_seconds_cache) > 4096:
-            _seconds_cache.clear()
-        prefix = _seconds_cache[seconds] = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{prefix}.{rest // 1000:06d}Z"
-
-
-def outcome_of(event: Event) -> tuple[str, str]:
-    if isinstance(event, SecretRevealDenied):
-        return "denied", event.reason
-    if isinstance(event, SecretRevealed):
-        return "granted", event.reason
-    return "ok", ""
 
 
 class ExportLine(msgspec.Struct, kw_only=True):
@@ -238,7 +215,7 @@ def verify_export(
         except (OverflowError, ValueError, OSError):
             return fail("the event's time is out of range", line.seq)
         outcome, detail = outcome_of(event)
-        if (event.org != org or _TAGS[type(event)] != line.type or event.at != line.at or line.time != event_time
+        if (event.org != org or event_type(event) != line.type or event.at != line.at or line.time != event_time
                 or event.actor != line.actor or event.source != line.source or event.request_id != line.request_id
                 or secret_name(event) != line.secret or secret_version(event) != line.version
                 or (outcome, detail) != (line.outcome, line.detail)):

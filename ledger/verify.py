@@ -20,13 +20,12 @@ import msgspec
 from ledger.checkpoint import Checkpoint, CheckpointError, check_signature
 from ledger.codec import decode_event
 from ledger.errors import IntegrityError
-from ledger.events import EVENT_TYPES
-from ledger.records import GENESIS_HASH, StoredRecord
+from ledger.events import Event, event_type
+from ledger.records import GENESIS_HASH, StoredRecord, chain_hash
 
 # (seq, org, org_seq, stream, stream_version, type, at, body, sealed, prev_hash, hash)
 Row = tuple[int, str, int, str, int | None, str, int, bytes, str | None, bytes, bytes]
 
-_TAGS: dict[type, str] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
 _DOMAIN = b"keyledger/v1\0"
 
 
@@ -80,7 +79,6 @@ def verify_rows(
     checked = 0
     last_at = 0
     sha256 = hashlib.sha256
-    tags = _TAGS
 
     def fail(seq: int, reason: str) -> VerifyReport:
         return VerifyReport(
@@ -112,7 +110,7 @@ def verify_rows(
             except IntegrityError as exc:
                 return fail(seq, str(exc))
             if (event.org != org or event.stream != stream or event.stream_version != stream_version
-                    or event.at != at or tags[type(event)] != type_):
+                    or event.at != at or event_type(event) != type_):
                 return fail(seq, _column_mismatch(event, org, stream, stream_version, type_, at))
             committed = getattr(event, "sealed_sha256", None)
             if committed is None:
@@ -154,7 +152,7 @@ def _column_mismatch(event: object, org: str, stream: str, stream_version: int |
             ("org", org, getattr(event, "org", None)),
             ("stream", stream, getattr(event, "stream", None)),
             ("stream_version", stream_version, getattr(event, "stream_version", None)),
-            ("type", type_, _TAGS.get(type(event))),
+            ("type", type_, event_type(event) if isinstance(event, Event) else None),
             ("at", at, getattr(event, "at", None)),
         )
         if column != inside
@@ -180,15 +178,14 @@ def verify_org_records(records: Iterable[StoredRecord], org: str,
             return fail(r.seq, f"org_seq is {r.org_seq}, expected {org_seq + 1}")
         if r.prev_hash != prev:
             return fail(r.seq, "prev_hash does not link to the org's previous event")
-        if hashlib.sha256(_DOMAIN + org.encode() + b"\0" + r.org_seq.to_bytes(8, "big") + r.prev_hash
-                          + r.body).digest() != r.hash:
+        if chain_hash(org, r.org_seq, r.prev_hash, r.body) != r.hash:
             return fail(r.seq, "hash does not match the stored bytes")
         try:
             event = decode_event(r.body)
         except IntegrityError as exc:
             return fail(r.seq, str(exc))
         if (event.org != r.org or event.stream != r.stream or event.stream_version != r.stream_version
-                or event.at != r.at or _TAGS[type(event)] != r.type):
+                or event.at != r.at or event_type(event) != r.type):
             return fail(r.seq, _column_mismatch(event, r.org, r.stream, r.stream_version, r.type, r.at))
         if checkpoint is not None and checkpoint.org_seq == r.org_seq and checkpoint.head != r.hash:
             return fail(r.seq, f"differs from the signed checkpoint at org_seq {r.org_seq}")

@@ -15,10 +15,9 @@ from ledger.events import (
     Event,
     SecretCreated,
     SecretDeleted,
-    SecretRevealDenied,
-    SecretRevealed,
     SecretUpdated,
     event_type,
+    outcome_of,
     secret_name,
     secret_version,
 )
@@ -132,15 +131,6 @@ _AUDIT_INSERT = """INSERT INTO audit (seq, org, at, action, actor_key_id, actor_
     version, request_id, client_address, user_agent, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"""
 
 
-def audit_outcome(event: Event) -> tuple[str, str]:
-    """(outcome, detail) of an event for the audit view."""
-    if isinstance(event, SecretRevealDenied):
-        return "denied", event.reason
-    if isinstance(event, SecretRevealed):
-        return "granted", event.reason
-    return "ok", ""
-
-
 class AuditProjector:
     """A flat row per event: who did what to which secret, when, from where, and how it ended."""
 
@@ -163,7 +153,7 @@ class AuditProjector:
     def project(self, batch: Batch) -> list[Statement]:
         rows: list[tuple[object, ...]] = []
         for record, event in batch:
-            outcome, detail = audit_outcome(event)
+            outcome, detail = outcome_of(event)
             rows.append((
                 record.seq, event.org, event.at, event_type(event), event.actor.key_id, event.actor.label,
                 event.actor.kind, secret_name(event), secret_version(event), event.request_id,

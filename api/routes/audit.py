@@ -16,8 +16,8 @@ from api.params import decode_seq_cursor, encode_seq_cursor, parse_time
 from api.routes.docs import COMMON, problems
 from api.schemas import rfc3339
 from ledger.codec import decode_event
-from ledger.events import Event, secret_name
-from ledger.export import outcome_of, render
+from ledger.events import Event, outcome_of, secret_name
+from ledger.export import render
 from ledger.service import Ledger
 from projections.sqlite_reader import AuditFilter, SqliteProjections, query_audit
 from projections.views import AuditRow
