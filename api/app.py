@@ -12,7 +12,7 @@ from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse,
 
 from api.deps import DEPENDENCIES
 from api.errors import EXCEPTION_HANDLERS
-from api.middleware import before_send, request_id_middleware
+from api.middleware import before_send
 from api.routes.admin import AdminController
 from api.routes.audit import AuditController
 from api.routes.compliance import ComplianceController
@@ -59,6 +59,7 @@ def create_app(settings: Settings) -> Litestar:
         try:
             await check_master_key(ledger)
             projections.open()
+            projections.follow(ledger.writer)
             app.state.ledger = ledger
             app.state.projections = projections
             app.state.settings = settings
@@ -81,7 +82,6 @@ def create_app(settings: Settings) -> Litestar:
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
-        middleware=[request_id_middleware],
         before_send=[before_send],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

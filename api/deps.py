@@ -37,7 +37,7 @@ async def provide_principal(
     ledger: NamedDependency[Ledger],
     projections: NamedDependency[SqliteProjections],
 ) -> Principal:
-    return await authenticate(request, projections, ledger.writer.key_revocations)
+    return await authenticate(request, projections)
 
 
 DEPENDENCIES = {

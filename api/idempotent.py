@@ -10,6 +10,7 @@ import msgspec
 from litestar import Request, Response
 
 from api.errors import PROBLEM_JSON, status_for
+from api.middleware import request_id_of
 from api.schemas import Problem
 from ledger.errors import LedgerError
 from ledger.idempotency import StoredAnswer
@@ -33,7 +34,7 @@ def problem_answer(request: Request[Any, Any, Any], error: LedgerError) -> Store
         title=title,
         status=status,
         detail=str(error),
-        request_id=str(request.scope.get("state", {}).get("request_id", "")),
+        request_id=request_id_of(request.scope),
     )
     return StoredAnswer(status=status, headers={"content-type": PROBLEM_JSON}, body=msgspec.json.encode(problem))
 

@@ -1,13 +1,16 @@
-"""Request ids and response headers for every request, as a plain ASGI wrapper (cheapest)."""
+"""Request ids and response headers for every answer, in one `before_send` hook (cheapest).
+
+A hook rather than a middleware: Litestar calls it for every answer, routed or not (404 and 405
+from the router included), and it costs no extra ASGI layer per request.
+"""
 
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from typing import Any
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Scope
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
@@ -24,38 +27,24 @@ def request_id_of(scope: Scope) -> str:
                 if _VALID_REQUEST_ID.match(candidate):
                     request_id = candidate
                 break
-        state["request_id"] = request_id = request_id or uuid.uuid4().hex
+        state["request_id"] = request_id = request_id or secrets.token_hex(16)
     return str(request_id)
 
 
 async def before_send(message: Message, scope: Scope) -> None:
-    """Every answer, routed or not (404, 405 from the router), carries its request id."""
-    if message["type"] == "http.response.start":
-        headers = list(message.get("headers", []))
-        if not any(k.lower() == b"x-request-id" for k, _ in headers):
-            headers.append((b"x-request-id", request_id_of(scope).encode()))
-            message["headers"] = headers
-
-
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Take `X-Request-ID` when it is sane, else make one; echo it; mark API answers `no-store`."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        request_id = request_id_of(scope)
-        is_api = scope["path"].startswith("/v1/")
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                if is_api and not any(k.lower() == b"cache-control" for k, _ in headers):
-                    headers.append((b"cache-control", b"no-store"))
-                message["headers"] = headers
-            await send(message)
-
-        await app(scope, receive, send_with_headers)
-
-    return middleware
+    """Echo the request id on every answer; mark API answers `no-store` unless they say otherwise."""
+    if message["type"] != "http.response.start":
+        return
+    headers = list(message.get("headers", []))
+    has_request_id = has_cache_control = False
+    for name, _ in headers:
+        lowered = name.lower()
+        if lowered == b"x-request-id":
+            has_request_id = True
+        elif lowered == b"cache-control":
+            has_cache_control = True
+    if not has_request_id:
+        headers.append((b"x-request-id", request_id_of(scope).encode()))
+    if not has_cache_control and scope["path"].startswith("/v1/"):
+        headers.append((b"cache-control", b"no-store"))
+    message["headers"] = headers

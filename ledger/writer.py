@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
@@ -22,7 +22,7 @@ from ledger.checkpoint import sign_checkpoint
 from ledger.codec import decode_event, encode_event
 from ledger.crypto import Keyring, SigningKey, ValueOpener
 from ledger.errors import ConcurrencyError, LedgerError, StoreUnavailableError
-from ledger.events import ApiKeyRevoked, Event, event_type
+from ledger.events import Event, event_type
 from ledger.model import (
     KeyState,
     OrgState,
@@ -206,7 +206,10 @@ class Writer:
         self.committed_commands = 0
         self.before_commit: Callable[[], Awaitable[None]] | None = None  # test hook
         self.signing_key: SigningKey | None = None
-        self.key_revocations = 0  # grows when a revocation commits: readers drop cached keys
+        # Called on the event loop after every append attempt, before any caller is answered, with
+        # the batch's events (committed, or maybe not when the append failed): readers' caches
+        # forget what those events touch, so no one reads a stale answer after a write returns.
+        self.commit_listeners: list[Callable[[Sequence[Event]], None]] = []
         self.checkpoint_every = 1000  # events per org between automatic checkpoints
 
     @property
@@ -312,14 +315,12 @@ class Writer:
             stored = await self.recorder.append(
                 pending, events, data_keys=data_keys, drop_data_keys=drop_data_keys, idempotency=idempotency
             )
-        except ConcurrencyError:
-            raise
-        except LedgerError:
-            # Nothing committed: the batch's overlay is discarded; cached org heads stay valid.
-            raise
+        finally:
+            # On failure nothing committed (the batch's overlay is discarded; cached org heads stay
+            # valid), but readers forget these streams anyway: that costs one query each.
+            for listener in self.commit_listeners:
+                listener(events)
         self.cache.merge(view)
-        if any(type(event) is ApiKeyRevoked for event in events):
-            self.key_revocations += 1
         self.batches += 1
         self.committed_commands += len(decided)
         self._answer(decided)

@@ -9,11 +9,16 @@ can do real I/O behind the same interface.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
 
+from ledger.events import ApiKeyRevoked, Event
+from ledger.writer import Writer
 from projections.views import ApiKeyRow, AuditRow, SecretMeta
+
+_CACHE_LIMIT = 100_000  # entries per cache; a full cache starts again empty
 
 _SECRET_COLUMNS = (
     "org, name, scope, category, description, version, created_at, updated_at, created_by, updated_by, deleted"
@@ -48,10 +53,25 @@ class SqliteProjections:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
-        # Active keys by digest, so authentication costs no query; dropped whenever a revocation
-        # commits (the caller passes the writer's revocation count as `generation`).
+        # Caches of active keys (by digest) and live secrets' metadata, so that authentication and
+        # get cost no query. Only while following the writer (`follow`), which tells this reader
+        # what each commit touched before any caller hears of the commit.
+        self._following = False
         self._keys: dict[str, tuple[ApiKeyRow, str]] = {}
-        self._keys_generation = -1
+        self._secrets: dict[tuple[str, str], SecretMeta] = {}
+
+    def follow(self, writer: Writer) -> None:
+        """Cache reads, forgetting what each of `writer`'s commits touches (one process, one writer)."""
+        writer.commit_listeners.append(self._forget)
+        self._following = True
+
+    def _forget(self, events: Sequence[Event]) -> None:
+        for event in events:
+            name = getattr(event, "name", None)
+            if name is not None:
+                self._secrets.pop((event.org, name), None)
+            if type(event) is ApiKeyRevoked:
+                self._keys.clear()
 
     def open(self) -> None:
         self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
@@ -68,11 +88,11 @@ class SqliteProjections:
             raise RuntimeError("projections are not open")
         return self._conn
 
-    async def key_by_sha256(self, key_sha256: str, generation: int = -1) -> tuple[ApiKeyRow, str] | None:
-        """The key row with that digest, and the stored digest for a constant-time comparison."""
-        if generation != self._keys_generation or generation < 0:
-            self._keys.clear()
-            self._keys_generation = generation
+    async def key_by_sha256(self, key_sha256: str) -> tuple[ApiKeyRow, str] | None:
+        """The key row with that digest, and the stored digest for a constant-time comparison.
+
+        For authentication: from the cache, the row's `last_used_at` may be older than the table's.
+        """
         cached = self._keys.get(key_sha256)
         if cached is not None:
             return cached
@@ -82,8 +102,8 @@ class SqliteProjections:
         if row is None:
             return None
         found = (_key(row), str(row[8]))
-        if found[0].revoked_at is None and generation >= 0:
-            if len(self._keys) >= 10_000:
+        if found[0].revoked_at is None and self._following:
+            if len(self._keys) >= _CACHE_LIMIT:
                 self._keys.clear()
             self._keys[key_sha256] = found
         return found
@@ -101,10 +121,20 @@ class SqliteProjections:
         return [_key(r) for r in rows]
 
     async def get_secret(self, org: str, name: str) -> SecretMeta | None:
+        cached = self._secrets.get((org, name))
+        if cached is not None:
+            return cached
         row = self.conn.execute(
             f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE org = ? AND name = ? AND deleted = 0", (org, name)
         ).fetchone()
-        return None if row is None else _secret(row)
+        if row is None:
+            return None
+        meta = _secret(row)
+        if self._following:
+            if len(self._secrets) >= _CACHE_LIMIT:
+                self._secrets.clear()
+            self._secrets[(org, name)] = meta
+        return meta
 
     async def list_secrets(
         self,

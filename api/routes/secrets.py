@@ -110,7 +110,7 @@ async def _services(request: Request[object, object, State]) -> tuple[Ledger, Pr
     They skip dependency injection: measured, it is a fifth of a get's CPU; the other routes keep it.
     """
     ledger: Ledger = request.app.state.ledger
-    return ledger, await authenticate(request, request.app.state.projections, ledger.writer.key_revocations)
+    return ledger, await authenticate(request, request.app.state.projections)
 
 
 class SecretsController(Controller):
