@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,6 +61,9 @@ def create_app(settings: Settings) -> Litestar:
             await check_master_key(ledger)
             projections.open()
             projections.follow(ledger.writer)
+            if settings.freeze_gc_after_start:
+                gc.collect()
+                gc.freeze()
             app.state.ledger = ledger
             app.state.projections = projections
             app.state.settings = settings

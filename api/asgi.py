@@ -20,4 +20,4 @@ def _settings() -> Settings:
     return Settings.from_env(db=db, synchronous=extra.get("synchronous", "FULL"))
 
 
-app = create_app(_settings())
+app = create_app(msgspec.structs.replace(_settings(), freeze_gc_after_start=True))

@@ -103,7 +103,7 @@ def serve(settings: Settings, host: str, port: int, server: str = "uvicorn") -> 
             flush=True,
         )
     asyncio.run(preflight(settings))
-    app = create_app(settings)
+    app = create_app(msgspec.structs.replace(settings, freeze_gc_after_start=True))
     if server == "granian":
         run_granian(settings, host, port)
         return

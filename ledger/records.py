@@ -61,7 +61,7 @@ class IdempotencyRow(msgspec.Struct, frozen=True, kw_only=True):
     created_at: int
 
 
-class DataKeyRow(msgspec.Struct, frozen=True, kw_only=True):
+class DataKeyRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # cached by the writer: no GC walk
     """A wrapped data key: the only mutable state of the ledger."""
 
     id: str

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import msgspec
 
+# Rows are cached by the reader; with only atomic fields they need no cyclic GC (`gc=False`).
 
-class SecretMeta(msgspec.Struct, frozen=True, kw_only=True):
+
+class SecretMeta(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     org: str
     name: str
     scope: str
@@ -19,7 +21,7 @@ class SecretMeta(msgspec.Struct, frozen=True, kw_only=True):
     deleted: bool = False
 
 
-class ApiKeyRow(msgspec.Struct, frozen=True, kw_only=True):
+class ApiKeyRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     key_id: str
     org: str
     label: str
