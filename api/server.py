@@ -13,7 +13,7 @@ import msgspec
 from api.settings import Settings
 from ledger.commands import Context
 from ledger.crypto import MasterKey
-from ledger.errors import AlreadyExistsError, LedgerError
+from ledger.errors import AlreadyExistsError, IntegrityError, LedgerError
 from ledger.events import Actor
 
 log = logging.getLogger("keyledger")
@@ -70,13 +70,21 @@ async def ensure_dev_org(settings: Settings) -> str:
 
 async def preflight(settings: Settings) -> None:
     """Refuse to start, with one clear line, before the ASGI server is involved: the database is
-    held by another server, or the master key cannot open its data keys (both raise LedgerError)."""
+    held by another server, the master key cannot open its data keys, or a chain fails verification
+    since its org's last signed checkpoint (each raises LedgerError; nothing is written)."""
     from api.app import build_ledger, check_master_key  # noqa: PLC0415
+    from ledger.verify import verify_since_checkpoints  # noqa: PLC0415
 
     ledger = build_ledger(settings)
     await ledger.start()
     try:
         await check_master_key(ledger)
+        report = await verify_since_checkpoints(ledger.recorder, ledger.keyring.signing_public_keys)
+        if not report.ok:
+            raise IntegrityError(
+                f"{settings.db} fails verification since its last checkpoint, {report.summary()}; "
+                f"not starting (inspect it with: keyledger verify --db {settings.db})"
+            )
     finally:
         await ledger.stop()
 

@@ -162,6 +162,11 @@ class Keyring:
     def kek_ids(self) -> list[str]:
         return sorted(self._by_id)
 
+    @property
+    def signing_public_keys(self) -> set[str]:
+        """The checkpoint keys this keyring can vouch for: those of the current and previous master keys."""
+        return {key.signing_key().public_key for key in self._by_id.values()}
+
     def wrap(self, data_key_id: str, data_key: bytes) -> tuple[str, str]:
         """Wrap a data key under the current master key: (kek_id, wrapped text)."""
         kek = self.current

@@ -76,6 +76,11 @@ async def rewrap_all(
     await ledger.writer.submit(
         RecordRotation(ctx=ctx, old_kek_id=old.current.kek_id, new_kek_id=new_key.kek_id, data_keys=moved)
     )
+    # Checkpoints are signed by a key derived from the master key: re-sign every org's head under
+    # the new one, so that a server started without the old master key still trusts its checkpoints.
+    ledger.signing_key = ledger.writer.signing_key = new_key.signing_key()
+    for org in await ledger.recorder.orgs():
+        await ledger.checkpoint(org)
     return moved
 
 

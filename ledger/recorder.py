@@ -86,6 +86,10 @@ class Recorder(abc.ABC):
         """One org's records with org_seq > `after_org_seq`, in order."""
 
     @abc.abstractmethod
+    async def orgs(self) -> list[str]:
+        """Every org that has at least one record, in order."""
+
+    @abc.abstractmethod
     async def max_seq(self) -> int: ...
 
     @abc.abstractmethod

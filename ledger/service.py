@@ -80,7 +80,7 @@ class Ledger:
         if org_seq == 0:
             return None
         latest = await self.recorder.latest_checkpoint(org)
-        if latest is not None and latest.org_seq == org_seq:
+        if latest is not None and latest.org_seq == org_seq and latest.public_key == self.signing_key.public_key:
             return latest
         checkpoint = sign_checkpoint(self.signing_key, org, org_seq, head, self.clock())
         await self.recorder.put_checkpoint(checkpoint)

@@ -106,6 +106,9 @@ class SqliteRecorder(Recorder):
         self._heads: dict[str, tuple[int, bytes]] = {}
         self._seq = 0
         self.fail_next_commits = 0  # test hook: make the next N commits fail like a full disk
+        # Test hook: called with each step of an append's transaction (APPEND_STEPS) inside it; an
+        # exception it raises (sqlite3.Error for a storage fault) fails the append at that step.
+        self.inject_fault: Callable[[str], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -219,25 +222,32 @@ class SqliteRecorder(Recorder):
             row: Row = (seq, p.org, org_seq, p.stream, p.stream_version, p.type, p.at, p.body, p.sealed, prev, digest)
             rows.append(row)
             stored.append(_record(row))
+        fault = self.inject_fault or _no_fault
         try:
             with _transaction(conn):
+                fault("begin")
                 if rows:
                     conn.executemany(_INSERT_EVENT, rows)
+                fault("events")
                 if data_keys:
                     conn.executemany(
                         "INSERT INTO data_keys(id, kek_id, wrapped) VALUES (?,?,?)",
                         [(k.id, k.kek_id, k.wrapped) for k in data_keys],
                     )
+                fault("data_keys")
                 if drop_data_keys:
                     conn.executemany("DELETE FROM data_keys WHERE id = ?", [(i,) for i in drop_data_keys])
+                fault("drop_data_keys")
                 if idempotency:
                     conn.executemany(
                         "INSERT OR REPLACE INTO idempotency(scope, key, fingerprint, kek_id, sealed, created_at) "
                         "VALUES (?,?,?,?,?,?)",
                         [(i.scope, i.key, i.fingerprint, i.kek_id, i.sealed, i.created_at) for i in idempotency],
                     )
+                fault("idempotency")
                 if stored:
-                    self._project(conn, self.projectors, list(zip(stored, events, strict=True)))
+                    self._project(conn, self.projectors, list(zip(stored, events, strict=True)), fault)
+                fault("commit")
                 if self.fail_next_commits > 0:
                     self.fail_next_commits -= 1
                     raise sqlite3.OperationalError("database or disk is full (injected)")
@@ -254,13 +264,17 @@ class SqliteRecorder(Recorder):
 
     @staticmethod
     def _project(conn: sqlite3.Connection, projectors: Sequence[Projector],
-                 batch: Sequence[tuple[StoredRecord, Event]]) -> None:
+                 batch: Sequence[tuple[StoredRecord, Event]], fault: Callable[[str], None] | None = None) -> None:
         last = batch[-1][0].seq
         for projector in projectors:
             for statement in projector.project(batch):
                 if statement.rows:
                     conn.executemany(statement.sql, statement.rows)
+            if fault is not None:
+                fault(f"projection:{projector.name}")
             conn.execute("UPDATE projection_positions SET position = ? WHERE name = ?", (last, projector.name))
+            if fault is not None:
+                fault(f"position:{projector.name}")
 
     @staticmethod
     def _load_head(conn: sqlite3.Connection, org: str) -> tuple[int, bytes]:
@@ -377,6 +391,17 @@ class SqliteRecorder(Recorder):
             (org, after_org_seq, limit),
         )
 
+    async def orgs(self) -> list[str]:
+        # One index seek per org (a skip scan of events_org_seq), not a scan of every record.
+        found: list[str] = []
+        while True:
+            rows = list(await self.read_connection.execute_fetchall(
+                "SELECT org FROM events WHERE org > ? ORDER BY org LIMIT 1", (found[-1] if found else "",)
+            ))
+            if not rows:
+                return found
+            found.append(str(rows[0][0]))
+
     async def max_seq(self) -> int:
         rows = list(await self.read_connection.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events"))
         return int(rows[0][0])
@@ -416,6 +441,15 @@ class SqliteRecorder(Recorder):
             "SELECT id, kek_id, wrapped FROM data_keys WHERE id > ? ORDER BY id LIMIT ?", (data_key_id, limit)
         )
         return [DataKeyRow(id=r[0], kek_id=r[1], wrapped=r[2]) for r in rows]
+
+
+# The steps of an append's transaction, in order, as `inject_fault` sees them (projection steps are
+# `projection:<name>` then `position:<name>` for each projector, between "idempotency" and "commit").
+APPEND_STEPS = ("begin", "events", "data_keys", "drop_data_keys", "idempotency", "commit")
+
+
+def _no_fault(step: str) -> None:
+    return None
 
 
 @contextlib.contextmanager

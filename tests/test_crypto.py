@@ -31,6 +31,7 @@ from ledger.recorder import Recorder
 from ledger.records import DataKeyRow
 from ledger.service import Ledger
 from ledger.sqlite_store import SqliteRecorder
+from ledger.verify import verify_since_checkpoints
 from projections.sqlite_tables import all_projectors
 from tests.conftest import ADMIN, ctx_for
 
@@ -439,6 +440,13 @@ async def test_rewrap_moves_every_data_key_to_the_new_master_key(
         impostor._aead, impostor.kek_id = master_key._aead, new_key.kek_id
         with pytest.raises(IntegrityError):
             Keyring(impostor).unwrap(row.id, row.kek_id, row.wrapped)
+
+    # Every org's head is checkpointed under the new key, so a start with the new key alone trusts it.
+    for org in await ledger.recorder.orgs():
+        checkpoint = await ledger.recorder.latest_checkpoint(org)
+        assert checkpoint is not None and checkpoint.public_key == new_key.signing_key().public_key
+    assert (await verify_since_checkpoints(ledger.recorder, Keyring(new_key).signing_public_keys)).ok
+    assert not (await verify_since_checkpoints(ledger.recorder, Keyring(master_key).signing_public_keys)).ok
 
     # A server restarted with the new key alone reveals every value; with the old key alone, none,
     # and a reveal that cannot open records nothing.

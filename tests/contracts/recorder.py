@@ -118,6 +118,12 @@ class RecorderContract(abc.ABC):
         assert [r.org_seq for r in page] == [3, 4]
         assert all(r.org == "a" for r in page)
 
+    async def test_orgs_lists_each_org_with_records_once_in_order(self, recorder: Recorder) -> None:
+        assert await recorder.orgs() == []
+        await self.append(recorder, [org_event("b"), org_event("a")] + [reveal_event("b", "x") for _ in range(3)])
+        await self.append(recorder, [org_event("c"), reveal_event("a", "y")])
+        assert await recorder.orgs() == ["a", "b", "c"]
+
     async def test_stored_bytes_round_trip_exactly(self, recorder: Recorder) -> None:
         event = org_event("a")
         await recorder.append([pending(event, sealed=None)], [event])
