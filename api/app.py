@@ -14,6 +14,7 @@ from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse,
 from api.deps import DEPENDENCIES
 from api.errors import EXCEPTION_HANDLERS
 from api.middleware import before_send
+from api.ratelimit import RateLimiters
 from api.routes.admin import AdminController
 from api.routes.audit import AuditController
 from api.routes.compliance import ComplianceController
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> Litestar:
             app.state.ledger = ledger
             app.state.projections = projections
             app.state.settings = settings
+            app.state.rate_limiters = RateLimiters.of(settings.rate_limit_per_key, settings.rate_limit_per_address)
             yield
         finally:
             projections.close()

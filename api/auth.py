@@ -9,8 +9,10 @@ from typing import Any
 
 import msgspec
 from litestar import Request
+from litestar.exceptions import TooManyRequestsException
 
 from api.middleware import request_id_of
+from api.ratelimit import RateLimiter, RateLimiters, retry_after
 from ledger.commands import Context
 from ledger.errors import PermissionDeniedError, UnauthenticatedError
 from ledger.events import Actor, Source
@@ -72,9 +74,29 @@ def request_context(request: Request[Any, Any, Any], actor: Actor, user_agent: b
     )
 
 
+def _limit(limiter: RateLimiter | None, caller: str, per: str) -> None:
+    if limiter is None:
+        return
+    wait = limiter.acquire(caller)
+    if wait > 0:
+        raise TooManyRequestsException(
+            detail=f"rate limit of {limiter.limit} per {per} exceeded: retry after {retry_after(wait)} s",
+            headers={"Retry-After": retry_after(wait)},
+        )
+
+
+def _limit_address(request: Request[Any, Any, Any]) -> RateLimiters:
+    """Count the request against its client address (before the token is even looked at)."""
+    limiters: RateLimiters = request.app.state.rate_limiters
+    client = request.scope.get("client")
+    _limit(limiters.per_address, client[0] if client else "", "client address")
+    return limiters
+
+
 async def authenticate(
     request: Request[Any, Any, Any], projections: SqliteProjections
 ) -> Principal:
+    limiters = _limit_address(request)
     authorization, user_agent = _raw_headers(request)
     token = bearer_token(authorization)
     if not API_KEY_PATTERN.match(token):
@@ -86,6 +108,7 @@ async def authenticate(
     key, stored = found
     if not hmac.compare_digest(stored, digest) or key.revoked_at is not None:
         raise UnauthenticatedError("invalid API key")
+    _limit(limiters.per_key, key.key_id, "API key")
     actor = Actor(key_id=key.key_id, label=key.label, kind="api_key")
     return Principal(
         org=key.org,
@@ -98,6 +121,7 @@ async def authenticate(
 
 
 def authenticate_admin(request: Request[Any, Any, Any], admin_token: str | None) -> Context:
+    _limit_address(request)
     if admin_token is None:
         raise UnauthenticatedError("admin routes are off: set KEYLEDGER_ADMIN_TOKEN to enable them")
     token = bearer_token(_raw_headers(request)[0])

@@ -7,9 +7,14 @@ from pathlib import Path
 
 import msgspec
 
+from api.ratelimit import RateLimit
 from ledger.crypto import MasterKey
 
 MAX_BODY_BYTES = 1024 * 1024
+# Generous defaults: far above what an agent or a person needs, low enough to stop a runaway loop
+# or a key-guessing flood. A rested caller may burst the whole minute's requests at once.
+RATE_LIMIT_PER_KEY = RateLimit(requests=6000, period=60.0)
+RATE_LIMIT_PER_ADDRESS = RateLimit(requests=12000, period=60.0)
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -28,6 +33,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # which was the whole p99 of writes. The server sets it; tests, which build hundreds of apps in
     # one process, leave it off (frozen garbage is never freed).
     freeze_gc_after_start: bool = False
+    rate_limit_per_key: RateLimit | None = RATE_LIMIT_PER_KEY  # None: off
+    rate_limit_per_address: RateLimit | None = RATE_LIMIT_PER_ADDRESS
 
     def __repr__(self) -> str:
         return f"Settings(db={str(self.db)!r}, dev={self.dev}, master_key={self.master_key!r})"
@@ -45,6 +52,10 @@ class Settings(msgspec.Struct, kw_only=True):
             "admin_token": env.get("KEYLEDGER_ADMIN_TOKEN") or None,
             "previous_master_keys": previous,
         }
+        for field, variable in (("rate_limit_per_key", "KEYLEDGER_RATE_LIMIT_PER_KEY"),
+                                ("rate_limit_per_address", "KEYLEDGER_RATE_LIMIT_PER_ADDRESS")):
+            if env.get(variable):
+                values[field] = RateLimit.parse(env[variable], variable)
         values.update(overrides)
         if "master_key" not in values:
             values["master_key"] = MasterKey.parse(env.get("KEYLEDGER_MASTER_KEY"))

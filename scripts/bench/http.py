@@ -5,7 +5,8 @@ For each server (``--servers uvicorn,granian``) it starts a fresh server exactly
 
     .venv/bin/keyledger serve --host 127.0.0.1 --port P --db TMP/bench.db --server S
 
-with a throwaway KEYLEDGER_MASTER_KEY and KEYLEDGER_ADMIN_TOKEN in the environment, seeds it over HTTP
+with a throwaway KEYLEDGER_MASTER_KEY and KEYLEDGER_ADMIN_TOKEN in the environment (and rate limits
+that the loads never reach, so the limiters' cost is in the figures), seeds it over HTTP
 (an org through POST /v1/admin/orgs, a member key through POST /v1/keys, then ``--secrets`` secrets
 through POST /v1/secrets from ``--seed-concurrency`` concurrent clients), and loads it with wrk from a
 separate process on loopback (``wrk -t1 -cN -dD``, after a ``--warmup`` second run that is discarded,
@@ -221,6 +222,9 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
         env["KEYLEDGER_MASTER_KEY"] = base64.b64encode(os.urandom(32)).decode()
         env["KEYLEDGER_ADMIN_TOKEN"] = self.admin_token
+        # One key from one address drives thousands of requests a second: the limiters run (their
+        # cost is measured) but with limits no load here reaches.
+        env["KEYLEDGER_RATE_LIMIT_PER_KEY"] = env["KEYLEDGER_RATE_LIMIT_PER_ADDRESS"] = "1000000000/second"
         command = [str(self.keyledger), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--db", str(self.db), "--server", self.kind]
         log(f"[{self.kind}] starting: {' '.join(command)}")
