@@ -16,6 +16,9 @@ _DIGITS = re.compile(r"[0-9]+")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
+_LAST_NS = 2**63 - 1 - 999  # the last microsecond of signed 64-bit nanoseconds (2262-04-11)
+
+
 def parse_time(text: str | None, field: str, *, upper: bool = False) -> int | None:
     """An RFC 3339 time (e.g. 2026-11-28T18:00:00Z) as UTC nanoseconds.
 
@@ -34,6 +37,9 @@ def parse_time(text: str | None, field: str, *, upper: bool = False) -> int | No
         raise ValidationError(field, "must carry a time zone (Z or an offset)")
     moment = moment.astimezone(UTC)
     ns = int(moment.replace(microsecond=0).timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    # Times are stored as 64-bit nanoseconds: outside that range a query could not even be asked.
+    if not 0 <= ns <= _LAST_NS:
+        raise ValidationError(field, "must be between 1970-01-01T00:00:00Z and 2262-04-11T23:47:16Z")
     return ns + 999 if upper else ns
 
 

@@ -533,6 +533,19 @@ def test_bad_as_of_is_422(world: World, as_of: str) -> None:
         assert "as_of" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("moment", ["2999-01-01T00:00:00Z", "2262-04-12T00:00:00Z", "1969-12-31T23:59:59Z"])
+def test_bug_times_beyond_64_bit_nanoseconds_are_422_not_500(world: World, moment: str) -> None:
+    # Found by the canary suite: a year-2999 `as_of` reached SQLite as an integer it cannot hold.
+    for path, params in (
+        ("/v1/compliance/stale-secrets", {"as_of": moment}), ("/v1/secrets", {"as_of": moment}),
+        ("/v1/audit", {"until": moment}), ("/v1/audit", {"since": moment}),
+        ("/v1/compliance/reveal-counts", {"until": moment}),
+    ):
+        response = world.client.get(path, params=params, headers=world.acme.headers)
+        assert response.status_code == 422, (path, params, response.text)
+        assert "2262-04-11" in response.json()["detail"]
+
+
 def test_bug_as_of_with_a_unicode_digit_is_422_not_500(world: World) -> None:
     response = world.client.get("/v1/secrets", params={"as_of": "²"}, headers=world.acme.headers)
     assert response.status_code == 422, response.text

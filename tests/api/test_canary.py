@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -198,19 +199,35 @@ class Scenario:
         self.upsert(admin, "recreated", expect=201)
         assert client.delete(secret_path("recreated"), headers=admin.headers).status_code == 204
         self.upsert(admin, "recreated", expect=201)
-        # Every read path afterwards.
-        for name in self.accepted:
-            client.get(secret_path(name), headers=admin.headers)
-        client.get("/v1/secrets", headers=admin.headers)
+        # Every read path afterwards: every GET of the OpenAPI document (itself included), each
+        # export format, point-in-time reads, the audit, compliance and ledger routes.
         client.get("/v1/secrets", params={"limit": 1}, headers=member.headers)
-        client.get("/v1/keys", headers=admin.headers)
-        client.get("/readyz")
-        client.get("/healthz")
+        self.read_everything(admin, [name for name in self.accepted if name != "deleted"])
         # Every value that was stored last can be revealed: the positive control of the responses.
         for name, value in self.accepted.items():
             if name not in ("deleted",):
                 revealed = client.post(secret_path(name, "/reveal"), headers=admin.headers)
                 assert revealed.json()["value"] == value
+
+    def read_everything(self, admin: Key, names: list[str]) -> None:
+        document = self.client.get("/schema/openapi.json").json()
+        now = "2200-01-01T00:00:00Z"
+        for path, operations in document["paths"].items():
+            if "get" not in operations:
+                continue
+            queries: list[dict[str, Any]] = [{}]
+            names_in_query = {p["name"] for p in operations["get"].get("parameters", []) if p["in"] == "query"}
+            if "format" in names_in_query:
+                queries = [{"format": f} for f in ("jsonl", "csv", "ocsf")]
+            if "as_of" in names_in_query:
+                queries.append({"as_of": now})
+            for query in queries:
+                for name in names if "{name}" in path else [""]:
+                    extra = {"secret": name or names[0], "version": 1, "days": 0} if "/compliance/" in path else {}
+                    params = {k: v for k, v in {**query, **extra}.items() if k in names_in_query}
+                    url = path.replace("{name}", quote(name, safe="")).replace("{key_id}", admin.key_id)
+                    response = self.client.get(url, params=params, headers=admin.headers)
+                    assert response.status_code == 200, (url, params, response.text)
 
     def run_refusals(self, admin: Key) -> None:
         client = self.client
