@@ -14,6 +14,7 @@ from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse,
 from api.deps import DEPENDENCIES
 from api.errors import EXCEPTION_HANDLERS
 from api.middleware import before_send
+from api.openapi_links import add_links
 from api.ratelimit import RateLimiters
 from api.routes.admin import AdminController
 from api.routes.audit import AuditController
@@ -102,6 +103,7 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     document_streams(app)
+    add_links(app)
     return app
 
 

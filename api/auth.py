@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.exceptions import TooManyRequestsException
+from litestar.handlers import BaseRouteHandler
 
 from api.middleware import request_id_of
 from api.ratelimit import RateLimiter, RateLimiters, retry_after
@@ -128,3 +130,28 @@ def authenticate_admin(request: Request[Any, Any, Any], admin_token: str | None)
     if not hmac.compare_digest(token.encode(), admin_token.encode()):
         raise UnauthenticatedError("invalid admin token")
     return request_context(request, Actor(key_id="admin", label="admin token", kind="admin"))
+
+
+# -- guards: authentication runs before Litestar reads the body, so a bad key is a 401 whatever the body
+
+
+async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Authenticate the API key and keep the caller for the handler (`principal_of`)."""
+    request = cast("Request[Any, Any, Any]", connection)
+    connection.scope.setdefault("state", {})["principal"] = await authenticate(request, request.app.state.projections)
+
+
+def require_admin_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    request = cast("Request[Any, Any, Any]", connection)
+    ctx = authenticate_admin(request, request.app.state.settings.admin_token)
+    connection.scope.setdefault("state", {})["admin_ctx"] = ctx
+
+
+def principal_of(request: Request[Any, Any, Any]) -> Principal:
+    principal: Principal = request.scope["state"]["principal"]
+    return principal
+
+
+def admin_context_of(request: Request[Any, Any, Any]) -> Context:
+    ctx: Context = request.scope["state"]["admin_ctx"]
+    return ctx

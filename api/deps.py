@@ -1,8 +1,9 @@
 """Dependencies shared by the controllers: the ledger, the projections and the authenticated caller.
 
-They form a chain (ledger -> projections -> principal, ledger -> settings) on purpose: Litestar
-resolves dependencies of the same level concurrently in a task group, which costs more than the
-dependencies themselves; a chain resolves one by one, with no task group.
+They form a chain (ledger -> projections, ledger -> settings) on purpose: Litestar resolves
+dependencies of the same level concurrently in a task group, which costs more than the dependencies
+themselves; a chain resolves one by one, with no task group. The principal is authenticated by the
+controllers' guard, before the body is read, and only handed over here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
-from api.auth import Principal, authenticate
+from api.auth import Principal, principal_of
 from api.settings import Settings
 from ledger.service import Ledger
 from projections.sqlite_reader import SqliteProjections
@@ -32,17 +33,14 @@ def provide_settings(state: State, ledger: NamedDependency[Ledger]) -> Settings:
     return settings
 
 
-async def provide_principal(
-    request: Request[object, object, State],
-    ledger: NamedDependency[Ledger],
-    projections: NamedDependency[SqliteProjections],
-) -> Principal:
-    return await authenticate(request, projections)
+def provide_principal(request: Request[object, object, State]) -> Principal:
+    """The caller that the controller's guard (`require_api_key`) authenticated."""
+    return principal_of(request)
 
 
 DEPENDENCIES = {
     "ledger": Provide(provide_ledger, sync_to_thread=False),
     "projections": Provide(provide_projections, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
-    "principal": Provide(provide_principal),
+    "principal": Provide(provide_principal, sync_to_thread=False),
 }

@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
-from api.auth import authenticate_admin
+from api.auth import admin_context_of, require_admin_token
 from api.idempotent import json_answer, run_command
 from api.routes.docs import problems
 from api.schemas import CreatedOrg, CreateOrgBody
@@ -24,6 +24,7 @@ from ledger.service import Ledger
 class AdminController(Controller):
     path = "/v1/admin"
     tags = ["admin"]
+    guards = [require_admin_token]
 
     @post(
         "/orgs",
@@ -39,7 +40,7 @@ class AdminController(Controller):
         settings: NamedDependency[Settings],
         data: JSONBody[CreateOrgBody | None] = None,
     ) -> Response[CreatedOrg]:
-        ctx = authenticate_admin(request, settings.admin_token)
+        ctx = admin_context_of(request)
         org = None
         if data is not None:
             if data.org and data.name and data.org != data.name:

@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
-from api.auth import Principal
+from api.auth import Principal, require_api_key
 from api.params import decode_seq_cursor, encode_seq_cursor, parse_time
 from api.routes.docs import COMMON, problems
 from api.schemas import rfc3339
@@ -109,6 +109,7 @@ TimeParam = Annotated[str | None, QueryParameter(max_length=64, description="RFC
 class AuditController(Controller):
     path = "/v1/audit"
     tags = ["audit"]
+    guards = [require_api_key]
 
     @get(
         "/",

@@ -10,7 +10,7 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from api.auth import Principal
+from api.auth import Principal, require_api_key
 from api.params import parse_as_of, parse_time
 from api.routes.audit import AuditEvent, TimeParam, audit_event
 from api.routes.docs import COMMON, problems
@@ -52,6 +52,7 @@ class CountsAnswer(msgspec.Struct, kw_only=True):
 class ComplianceController(Controller):
     path = "/v1/compliance"
     tags = ["compliance"]
+    guards = [require_api_key]
 
     @get(
         "/stale-secrets",

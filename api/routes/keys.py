@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from api.auth import Principal
+from api.auth import Principal, require_api_key
 from api.idempotent import json_answer, run_command
 from api.routes.docs import COMMON, problems
 from api.schemas import ApiKeyInfo, ApiKeyList, CreatedApiKey, CreateKeyBody, rfc3339
@@ -23,6 +23,7 @@ from projections.sqlite_reader import SqliteProjections
 class KeysController(Controller):
     path = "/v1/keys"
     tags = ["keys"]
+    guards = [require_api_key]
 
     @get("/", operation_id="ListApiKeys", responses=problems(*COMMON), summary="List the org's active API keys")
     async def list_keys(

@@ -8,7 +8,7 @@ import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
 
-from api.auth import Principal
+from api.auth import Principal, require_api_key
 from api.routes.docs import COMMON, problems
 from api.schemas import rfc3339
 from ledger.errors import NotFoundError
@@ -51,6 +51,7 @@ class LedgerController(Controller):
     @get(
         "/checkpoint",
         operation_id="GetCheckpoint",
+        guards=[require_api_key],
         responses=problems(*COMMON, 404),
         summary="A signed checkpoint of the org's head (made now if the latest is behind)",
     )
@@ -75,6 +76,7 @@ class LedgerController(Controller):
     @get(
         "/verify",
         operation_id="VerifyChain",
+        guards=[require_api_key],
         responses=problems(*COMMON),
         summary="Verify the org's whole chain, and its latest signed checkpoint",
     )

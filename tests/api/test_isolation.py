@@ -8,7 +8,10 @@ same status, same headers and the same body, apart from the request id.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import csv
+import io
+import json
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ class World:
         self.globex = globex
 
 
-def open_world(db: Path, *, with_target: bool) -> Iterator[World]:
+def open_world(db: Path, *, with_target: bool, deleted: bool = False) -> Generator[World, None, None]:
     app = create_app(Settings(db=db, master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN))
     with make_client(app) as client:
         acme = create_org(client, "acme")
@@ -50,6 +53,9 @@ def open_world(db: Path, *, with_target: bool) -> Iterator[World]:
         if with_target:
             upsert(client, acme, "target", "acme-only-value", scope="tools", category="provider", expect=201)
             upsert(client, acme, "target", "acme-only-value-2", expect=200)
+            assert client.post(secret_path("target", "/reveal"), headers=acme.headers).status_code == 200
+            if deleted:
+                assert client.delete(secret_path("target"), headers=acme.headers).status_code == 204
         yield World(client, db, acme, globex)
 
 
@@ -57,6 +63,20 @@ def open_world(db: Path, *, with_target: bool) -> Iterator[World]:
 def foreign(tmp_path: Path) -> Iterator[World]:
     """`acme` holds `target` (version 2)."""
     yield from open_world(tmp_path / "foreign.db", with_target=True)
+
+
+@pytest.fixture(scope="module")
+def three_worlds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, World, World]]:
+    """Foreign, foreign-deleted and missing worlds, shared by the read-only questions (each asserts
+    that it changed nothing)."""
+    folder = tmp_path_factory.mktemp("worlds")
+    worlds = [open_world(folder / "foreign.db", with_target=True),
+              open_world(folder / "deleted.db", with_target=True, deleted=True),
+              open_world(folder / "missing.db", with_target=False)]
+    opened = [next(world) for world in worlds]
+    yield opened[0], opened[1], opened[2]
+    for world in worlds:
+        world.close()
 
 
 @pytest.fixture
@@ -84,24 +104,64 @@ QUESTIONS: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
     ("POST", "/v1/secrets", {"name": "target", "value": "globex-value"}, {"If-Match": '"2"'}),
     ("POST", "/v1/secrets", {"name": "target", "value": "globex-value"}, {"If-Match": '"1"'}),
     ("POST", "/v1/secrets", {"name": "target", "value": "globex-value"}, {"If-Match": "*"}),
+    ("GET", secret_path("target"), None, {"as_of": "1"}),
+    ("GET", secret_path("target"), None, {"as_of": "2200-01-01T00:00:00Z"}),
+    ("GET", "/v1/secrets", None, {"as_of": "2200-01-01T00:00:00Z"}),
+    ("GET", "/v1/audit", None, {"secret": "target"}),
+    ("GET", "/v1/audit/export", None, {"secret": "target", "format": "jsonl"}),
+    ("GET", "/v1/audit/export", None, {"secret": "target", "format": "csv"}),
+    ("GET", "/v1/compliance/reveals", None, {"secret": "target"}),
+    ("GET", "/v1/compliance/exposure", None, {"secret": "target", "version": "1"}),
+    ("GET", "/v1/compliance/never-revealed", None, {}),
+    ("GET", "/v1/compliance/stale-secrets", None, {"days": "0"}),
+    ("GET", "/v1/compliance/reveal-counts", None, {}),
+    ("GET", "/v1/compliance/denied-reveals", None, {}),
+    ("GET", "/v1/compliance/revoked-key-reveals", None, {}),
 ]
+# Parts of an answer that differ between two worlds built alike (ids, times, positions, hashes).
+VOLATILE = {"seq", "time", "at", "key_id", "actor", "request_id", "prev_hash", "hash", "next_cursor", "created_at",
+            "updated_at", "created_by", "updated_by", "org_seq", "client_address"}
+
+
+def normalized(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: normalized(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [normalized(v) for v in value]
+    return value
+
+
+def answer_of(response: httpx.Response) -> tuple[int, Any]:
+    """Status and body without what differs between worlds (JSON Lines and CSV parsed first)."""
+    kind = response.headers.get("content-type", "")
+    if kind.startswith("application/x-ndjson"):
+        return response.status_code, normalized([json.loads(line) for line in response.text.splitlines() if line])
+    if kind.startswith("text/csv"):
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        return response.status_code, normalized(rows)
+    return response.status_code, normalized(response.json()) if response.content else b""
 
 
 @pytest.mark.parametrize(
     ("method", "path", "body", "extra"), QUESTIONS, ids=[f"{m} {p} {h}" for m, p, _, h in QUESTIONS]
 )
 def test_a_foreign_name_answers_exactly_like_a_missing_one(
-    foreign: World, missing: World, method: str, path: str, body: dict[str, Any] | None, extra: dict[str, str]
+    three_worlds: tuple[World, World, World],
+    method: str, path: str, body: dict[str, Any] | None, extra: dict[str, str],
 ) -> None:
+    foreign, foreign_deleted, missing = three_worlds
+    headers = {k: v for k, v in extra.items() if k[0].isupper()}
+    params = {k: v for k, v in extra.items() if not k[0].isupper()}
     answers = []
-    for world in (foreign, missing):
+    for world in (foreign, foreign_deleted, missing):
         before = max_seq(world.db)
-        response = world.client.request(method, path, json=body, headers={**world.globex.headers, **extra})
-        assert response.status_code in (404, 412), response.text
-        assert max_seq(world.db) == before, "a refused request appended an event"
-        answers.append(comparable(response))
-    assert answers[0] == answers[1]
-    assert "acme-only-value" not in str(answers[0])
+        response = world.client.request(method, path, json=body, params=params,
+                                         headers={**world.globex.headers, **headers})
+        assert response.status_code in (200, 404, 412), response.text
+        assert max_seq(world.db) == before, "a refused request or a read appended an event"
+        assert "acme-only-value" not in response.text and "acme" not in response.text
+        answers.append(answer_of(response) if response.status_code == 200 else comparable(response))
+    assert answers[0] == answers[1] == answers[2]
     # acme's secret is untouched.
     assert foreign.client.get(secret_path("target"), headers=foreign.acme.headers).json()["version"] == 2
 
@@ -189,3 +249,38 @@ def test_another_orgs_key_never_lists_its_keys(foreign: World) -> None:
     assert ids == {foreign.globex.key_id}
     assert foreign.acme.key_id not in listed.text and acme_member.key_id not in listed.text
     assert "acme-member" not in listed.text
+
+
+MALFORMED = [
+    None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Token rt_live_" + "a" * 32, "bearer",
+    "Bearer rt_live_short", "Bearer rt_live_" + "a" * 32 + " extra", "Bearer rt_test_" + "a" * 32,
+    "Bearer " + "\u00e9" * 40, "Bearer rt_live_" + "a" * 129,
+]
+
+
+def every_operation(client: Client) -> list[tuple[str, str]]:
+    document = client.get("/schema/openapi.json").json()
+    return [(method.upper(), path) for path, operations in document["paths"].items() for method in operations
+            if path.startswith("/v1/") and path != "/v1/ledger/public-key"]
+
+
+def test_revoked_and_malformed_credentials_are_401_on_every_route_and_method(foreign: World) -> None:
+    client = foreign.client
+    revoked = create_key(client, foreign.acme, role="admin")
+    assert client.delete(f"/v1/keys/{revoked.key_id}", headers=foreign.acme.headers).status_code == 204
+    before = max_seq(foreign.db)
+    operations = every_operation(client)
+    assert len(operations) >= 20
+    credentials = [*MALFORMED, f"Bearer {revoked.api_key}", f"Bearer {foreign.acme.api_key}x"]
+    bodies: list[Any] = [None, {"name": "target", "value": "v"}, {"org": "x"}, "not json", {"name": 5}]
+    for method, path in operations:
+        url = path.replace("{name}", "target").replace("{key_id}", foreign.acme.key_id)
+        for i, credential in enumerate(credentials):
+            headers = {} if credential is None else {"Authorization": credential.encode("utf-8")}
+            body = bodies[i % len(bodies)] if method in ("POST", "PUT") else None
+            response = client.request(method, url, headers=headers, **(
+                {"content": body} if isinstance(body, str) else {"json": body}))
+            assert response.status_code == 401, (method, url, credential, response.text)
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    assert max_seq(foreign.db) == before

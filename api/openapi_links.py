@@ -1,0 +1,125 @@
+"""OpenAPI links: which value of an answer another operation takes (create -> get -> reveal -> delete).
+
+Litestar emits no links, so `add_links` adds them to the generated document after the fact, as
+`document_streams` does for the export's media types. Clients read them as documentation; the
+stateful fuzzing (schemathesis' state machine) follows them to chain real calls. Parameter names
+carry their location (`path.name`, `query.secret`, `header.If-Match`). A link's `requestBody`
+gives some fields of the next body; the caller provides the rest (the value to store, say).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+from litestar.openapi.spec import Link, OpenAPIResponse
+
+NAME = "$response.body#/name"
+VERSION = "$response.body#/version"
+ETAG = "$response.header.ETag"
+KEY_ID = "$response.body#/key_id"
+NEXT_CURSOR = "$response.body#/next_cursor"
+
+
+def _link(operation_id: str, description: str, parameters: dict[str, str], body: Any = None) -> Link:
+    return Link(operation_id=operation_id, description=description, parameters=parameters or None, request_body=body)
+
+
+def _secret_links(name: str) -> dict[str, Link]:
+    """Where a secret's name (and its ETag, when the answer has one) leads."""
+    return {
+        "GetSecret": _link("GetSecret", "The secret's metadata", {"path.name": name}),
+        "RevealSecret": _link("RevealSecret", "Reveal the secret's value", {"path.name": name}),
+        "DeleteSecret": _link(
+            "DeleteSecret",
+            "Delete the secret if it is still at this version",
+            {"path.name": name, "header.If-Match": ETAG},
+        ),
+        "UpdateSecret": _link(
+            "UpsertSecret",
+            "Give the secret a new value if it is still at this version",
+            {"header.If-Match": ETAG},
+            {"name": name},
+        ),
+        "SecretReveals": _link("SecretReveals", "Who revealed the secret", {"query.secret": name}),
+        "SecretEvents": _link("QueryAudit", "The secret's events", {"query.secret": name}),
+    }
+
+
+def _version_exposure(description: str) -> Link:
+    return _link("VersionExposure", description, {"query.secret": NAME, "query.version": VERSION})
+
+
+# operationId -> status -> link name -> link
+LINKS: dict[str, dict[str, dict[str, Link]]] = {
+    "UpsertSecret": {
+        status: {**_secret_links(NAME), "VersionExposure": _version_exposure("Every reveal of this version")}
+        for status in ("200", "201")
+    },
+    "GetSecret": {"200": _secret_links("$request.path.name")},
+    "RevealSecret": {
+        "200": {
+            "GetSecret": _link("GetSecret", "The revealed secret's metadata", {"path.name": NAME}),
+            "VersionExposure": _version_exposure("Every reveal of the revealed version"),
+        }
+    },
+    "DeleteSecret": {
+        "204": {
+            "GetSecret": _link("GetSecret", "The deleted secret: not found", {"path.name": "$request.path.name"}),
+            "RecreateSecret": _link("UpsertSecret", "Create the secret again", {}, {"name": "$request.path.name"}),
+        }
+    },
+    "ListSecrets": {
+        "200": {
+            "GetSecret": _link(
+                "GetSecret", "The first secret of the page", {"path.name": "$response.body#/secrets/0/name"}
+            ),
+            "NextPage": _link(
+                "ListSecrets", "The next page", {"query.cursor": NEXT_CURSOR, "query.limit": "$request.query.limit"}
+            ),
+        }
+    },
+    "CreateApiKey": {
+        "201": {
+            "RevokeApiKey": _link("RevokeApiKey", "Revoke the new key", {"path.key_id": KEY_ID}),
+            "KeyEvents": _link("QueryAudit", "The events made with the new key", {"query.actor": KEY_ID}),
+        }
+    },
+    "RevokeApiKey": {
+        "204": {
+            "RevokeAgain": _link("RevokeApiKey", "Revoke it again: not found", {"path.key_id": "$request.path.key_id"}),
+        }
+    },
+    "CreateOrg": {
+        "201": {
+            "CreateAgain": _link(
+                "CreateOrg", "Create the same org again: a conflict", {}, {"org": "$response.body#/org"}
+            ),
+            "RevokeFirstKey": _link("RevokeApiKey", "Revoke the org's first key", {"path.key_id": KEY_ID}),
+        }
+    },
+    "QueryAudit": {
+        "200": {
+            "NextPage": _link(
+                "QueryAudit", "The next page", {"query.cursor": NEXT_CURSOR, "query.order": "$request.query.order"}
+            ),
+        }
+    },
+}
+
+
+def add_links(app: Litestar) -> None:
+    """Add `LINKS` to the app's OpenAPI document; every operation they name must exist."""
+    operations = {
+        operation.operation_id: operation
+        for item in (app.openapi_schema.paths or {}).values()
+        for operation in (item.get, item.put, item.post, item.delete, item.patch)
+        if operation is not None
+    }
+    for source, by_status in LINKS.items():
+        responses = operations[source].responses or {}
+        for status, links in by_status.items():
+            answer = responses[status]
+            assert isinstance(answer, OpenAPIResponse), (source, status)
+            assert all(link.operation_id in operations for link in links.values()), (source, status)
+            answer.links = {**(answer.links or {}), **links}
