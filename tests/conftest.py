@@ -16,12 +16,14 @@ from ledger.service import Ledger
 from ledger.sqlite_store import SqliteRecorder
 from projections.sqlite_tables import all_projectors
 
-# CI size by default; KEYLEDGER_HYPOTHESIS_PROFILE=soak for a long run.
+# CI size by default; KEYLEDGER_HYPOTHESIS_PROFILE=soak for a long run (2,000 examples a test, or
+# KEYLEDGER_HYPOTHESIS_EXAMPLES; scripts/soak/suites.py sets both).
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 settings.register_profile(
-    "soak", max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck)
+    "soak", max_examples=int(os.environ.get("KEYLEDGER_HYPOTHESIS_EXAMPLES", "2000")), deadline=None,
+    suppress_health_check=list(HealthCheck),
 )
 settings.load_profile(os.environ.get("KEYLEDGER_HYPOTHESIS_PROFILE", "ci"))
 
