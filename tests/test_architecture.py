@@ -12,7 +12,10 @@ FORBIDDEN = {
     "api": {"scripts", "tests"},
 }
 SQL_WORDS = ("SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM", "CREATE TABLE")
-STORAGE_MODULES = {"ledger/sqlite_store.py", "projections/sqlite_tables.py", "projections/sqlite_reader.py"}
+STORAGE_MODULES = {
+    "ledger/sqlite_store.py", "projections/sqlite_tables.py", "projections/sqlite_reader.py",
+    "ledger/pg_store.py", "projections/pg_tables.py",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

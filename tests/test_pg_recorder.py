@@ -1,0 +1,37 @@
+"""The PostgreSQL recorder: the shared contract, plus what only a shared server has to prove."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ledger.pg_store import PostgresRecorder
+from ledger.recorder import Projector, Recorder
+from projections.pg_tables import all_projectors
+from tests.contracts.recorder import RecorderContract
+from tests.pg import fresh_database, needs_postgres
+
+
+@needs_postgres
+class TestPostgresRecorder(RecorderContract):
+    @pytest.fixture(autouse=True)
+    async def database(self) -> AsyncIterator[None]:
+        async for dsn in fresh_database():
+            self.dsn = dsn
+            yield
+
+    def make_recorder(self, tmp_path: Path, projectors: list[Projector]) -> Recorder:
+        return PostgresRecorder(self.dsn, projectors)
+
+    def projectors(self) -> list[Projector]:
+        return all_projectors()
+
+    async def projection_row_count(self, recorder: Recorder) -> int:
+        assert isinstance(recorder, PostgresRecorder)
+        return int(await recorder.pool.fetchval("SELECT COUNT(*) FROM audit"))
+
+    def fail_next_commit(self, recorder: Recorder) -> None:
+        assert isinstance(recorder, PostgresRecorder)
+        recorder.fail_next_commits = 1
