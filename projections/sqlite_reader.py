@@ -20,17 +20,17 @@ from projections.views import ApiKeyRow, AuditRow, SecretMeta
 
 _CACHE_LIMIT = 100_000  # entries per cache; a full cache starts again empty
 
-_SECRET_COLUMNS = (
+SECRET_COLUMNS = (
     "org, name, scope, category, description, version, created_at, updated_at, created_by, updated_by, deleted"
 )
-_KEY_COLUMNS = "key_id, org, label, role, scope, created_at, revoked_at, last_used_at"
+KEY_COLUMNS = "key_id, org, label, role, scope, created_at, revoked_at, last_used_at"
 _AUDIT_COLUMNS = (
     "seq, org, at, action, actor_key_id, actor_label, actor_kind, secret, version, request_id, "
     "client_address, user_agent, outcome, detail"
 )
 
 
-def _secret(row: tuple[object, ...]) -> SecretMeta:
+def secret_of_row(row: tuple[object, ...]) -> SecretMeta:
     return SecretMeta(
         org=str(row[0]), name=str(row[1]), scope=str(row[2]), category=str(row[3]), description=str(row[4]),
         version=int(row[5]), created_at=int(row[6]), updated_at=int(row[7]),  # type: ignore[call-overload]
@@ -38,7 +38,7 @@ def _secret(row: tuple[object, ...]) -> SecretMeta:
     )
 
 
-def _key(row: tuple[object, ...]) -> ApiKeyRow:
+def key_of_row(row: tuple[object, ...]) -> ApiKeyRow:
     return ApiKeyRow(
         key_id=str(row[0]), org=str(row[1]), label=str(row[2]), role=str(row[3]), scope=str(row[4]),
         created_at=int(row[5]),  # type: ignore[call-overload]
@@ -97,11 +97,11 @@ class SqliteProjections:
         if cached is not None:
             return cached
         row = self.conn.execute(
-            f"SELECT {_KEY_COLUMNS}, key_sha256 FROM api_keys WHERE key_sha256 = ?", (key_sha256,)
+            f"SELECT {KEY_COLUMNS}, key_sha256 FROM api_keys WHERE key_sha256 = ?", (key_sha256,)
         ).fetchone()
         if row is None:
             return None
-        found = (_key(row), str(row[8]))
+        found = (key_of_row(row), str(row[8]))
         if found[0].revoked_at is None and self._following:
             if len(self._keys) >= _CACHE_LIMIT:
                 self._keys.clear()
@@ -110,26 +110,26 @@ class SqliteProjections:
 
     async def get_key(self, org: str, key_id: str) -> ApiKeyRow | None:
         row = self.conn.execute(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ? AND org = ?", (key_id, org)
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ? AND org = ?", (key_id, org)
         ).fetchone()
-        return None if row is None else _key(row)
+        return None if row is None else key_of_row(row)
 
     async def list_keys(self, org: str) -> list[ApiKeyRow]:
         rows = self.conn.execute(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE org = ? ORDER BY created_at, key_id", (org,)
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE org = ? ORDER BY created_at, key_id", (org,)
         ).fetchall()
-        return [_key(r) for r in rows]
+        return [key_of_row(r) for r in rows]
 
     async def get_secret(self, org: str, name: str) -> SecretMeta | None:
         cached = self._secrets.get((org, name))
         if cached is not None:
             return cached
         row = self.conn.execute(
-            f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE org = ? AND name = ? AND deleted = 0", (org, name)
+            f"SELECT {SECRET_COLUMNS} FROM secrets WHERE org = ? AND name = ? AND deleted = 0", (org, name)
         ).fetchone()
         if row is None:
             return None
-        meta = _secret(row)
+        meta = secret_of_row(row)
         if self._following:
             if len(self._secrets) >= _CACHE_LIMIT:
                 self._secrets.clear()
@@ -159,9 +159,9 @@ class SqliteProjections:
             params.append(category)
         params.append(limit)
         rows = self.conn.execute(
-            f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE {' AND '.join(where)} ORDER BY name LIMIT ?", params
+            f"SELECT {SECRET_COLUMNS} FROM secrets WHERE {' AND '.join(where)} ORDER BY name LIMIT ?", params
         ).fetchall()
-        return [_secret(r) for r in rows]
+        return [secret_of_row(r) for r in rows]
 
     async def audit(self, org: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
         rows = self.conn.execute(
@@ -234,21 +234,21 @@ async def query_audit(projections: SqliteProjections, org: str, f: AuditFilter, 
 
 async def stale_secrets(projections: SqliteProjections, org: str, updated_before: int) -> list[SecretMeta]:
     rows = projections.conn.execute(
-        f"SELECT {_SECRET_COLUMNS} FROM secrets WHERE org = ? AND deleted = 0 AND updated_at < ? ORDER BY name",
+        f"SELECT {SECRET_COLUMNS} FROM secrets WHERE org = ? AND deleted = 0 AND updated_at < ? ORDER BY name",
         (org, updated_before),
     ).fetchall()
-    return [_secret(r) for r in rows]
+    return [secret_of_row(r) for r in rows]
 
 
 async def never_revealed(projections: SqliteProjections, org: str) -> list[SecretMeta]:
     rows = projections.conn.execute(
-        f"""SELECT {_SECRET_COLUMNS} FROM secrets s WHERE org = ? AND deleted = 0 AND NOT EXISTS (
+        f"""SELECT {SECRET_COLUMNS} FROM secrets s WHERE org = ? AND deleted = 0 AND NOT EXISTS (
             SELECT 1 FROM audit a WHERE a.org = s.org AND a.secret = s.name AND a.action = 'secret.revealed'
             AND a.seq > (SELECT MAX(c.seq) FROM audit c WHERE c.org = s.org AND c.secret = s.name
                          AND c.action = 'secret.created')) ORDER BY name""",
         (org,),
     ).fetchall()
-    return [_secret(r) for r in rows]
+    return [secret_of_row(r) for r in rows]
 
 
 async def reveals_by_revoked_keys(projections: SqliteProjections, org: str) -> list[AuditRow]:

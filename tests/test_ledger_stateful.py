@@ -12,7 +12,7 @@ import asyncio
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ from ledger.errors import (
 )
 from ledger.events import CATEGORIES, ROLES, SCOPES
 from ledger.model import KeyState, SecretState, key_stream, scope_covers, secret_stream
+from ledger.recorder import Recorder
+from ledger.records import StoredRecord
 from ledger.service import Ledger
 from ledger.sqlite_store import SqliteRecorder, iter_records
 from ledger.verify import verify_records
@@ -100,8 +102,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.keyring = Keyring(MasterKey.generate()[0])
         self.ledger = self._open_ledger()
-        self.projections = SqliteProjections(self.path)
-        self.projections.open()
+        self.projections = self._open_projections()
         self.orgs: set[str] = set()
         self.model_keys: dict[str, KeyModel] = {}
         self.secrets: dict[tuple[str, str], SecretModel] = {}
@@ -114,8 +115,35 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- plumbing --------------------------------------------------------------------------
 
+    # The storage backend: SQLite here; the PostgreSQL machine (tests/test_pg_ledger_stateful.py)
+    # overrides these five.
+    def _make_recorder(self) -> Recorder:
+        return SqliteRecorder(self.path, all_projectors())
+
+    def _open_projections(self) -> Any:
+        projections = SqliteProjections(self.path)
+        projections.open()
+        return projections
+
+    def _close_projections(self) -> None:
+        self.projections.close()
+
+    def count_events(self, kind: str | None = None) -> int:
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            if kind is None:
+                row = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+            else:
+                row = conn.execute("SELECT COUNT(*) FROM events WHERE type = ?", (kind,)).fetchone()
+            return int(row[0])
+        finally:
+            conn.close()
+
+    def all_records(self) -> Iterable[StoredRecord]:
+        return iter_records(self.path)
+
     def _open_ledger(self) -> Ledger:
-        ledger = Ledger(SqliteRecorder(self.path, all_projectors()), self.keyring)
+        ledger = Ledger(self._make_recorder(), self.keyring)
         self.loop.run_until_complete(ledger.start())
         return ledger
 
@@ -130,7 +158,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            self.projections.close()
+            self._close_projections()
             self.run(self.ledger.stop())
         finally:
             self.loop.close()
@@ -506,17 +534,6 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- invariants ------------------------------------------------------------------------
 
-    def count_events(self, kind: str | None = None) -> int:
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-        try:
-            if kind is None:
-                row = conn.execute("SELECT COUNT(*) FROM events").fetchone()
-            else:
-                row = conn.execute("SELECT COUNT(*) FROM events WHERE type = ?", (kind,)).fetchone()
-            return int(row[0])
-        finally:
-            conn.close()
-
     @invariant()
     def projections_equal_the_model(self) -> None:
         async def check() -> None:
@@ -559,7 +576,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def ledger_verifies(self) -> None:
-        report = verify_records(iter_records(self.path))
+        report = verify_records(self.all_records())
         assert report.ok, report.summary()
         assert report.checked == self.events
         assert set(report.orgs) == self.orgs
