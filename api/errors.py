@@ -148,7 +148,14 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return problem_response(request, HTTP_500_INTERNAL_SERVER_ERROR, "an internal error occurred")
 
 
+def handle_undecodable_body(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # msgspec raises UnicodeDecodeError (not its DecodeError) for invalid UTF-8 inside a JSON string,
+    # which Litestar does not turn into a 400 (msgspec#714).
+    return problem_response(request, 422, "the request body is not valid JSON (not UTF-8)")
+
+
 EXCEPTION_HANDLERS = {
+    UnicodeDecodeError: handle_undecodable_body,
     LedgerError: handle_ledger_error,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,

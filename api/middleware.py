@@ -24,7 +24,7 @@ def request_id_of(scope: Scope) -> str:
         for name, value in scope.get("headers", []):
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
-                if _VALID_REQUEST_ID.match(candidate):
+                if _VALID_REQUEST_ID.fullmatch(candidate):  # match() lets `$` pass a final newline
                     request_id = candidate
                 break
         state["request_id"] = request_id = request_id or secrets.token_hex(16)

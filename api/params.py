@@ -35,11 +35,16 @@ def parse_time(text: str | None, field: str, *, upper: bool = False) -> int | No
         raise ValidationError(field, "must be an RFC 3339 time such as 2026-11-28T18:00:00Z") from None
     if moment.tzinfo is None:
         raise ValidationError(field, "must carry a time zone (Z or an offset)")
-    moment = moment.astimezone(UTC)
+    # Times are stored as 64-bit nanoseconds: outside that range a query could not even be asked
+    # (and near year 1 or 9999, moving to UTC itself overflows).
+    out_of_range = ValidationError(field, "must be between 1970-01-01T00:00:00Z and 2262-04-11T23:47:16Z")
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise out_of_range from None
     ns = int(moment.replace(microsecond=0).timestamp()) * 1_000_000_000 + moment.microsecond * 1000
-    # Times are stored as 64-bit nanoseconds: outside that range a query could not even be asked.
     if not 0 <= ns <= _LAST_NS:
-        raise ValidationError(field, "must be between 1970-01-01T00:00:00Z and 2262-04-11T23:47:16Z")
+        raise out_of_range
     return ns + 999 if upper else ns
 
 

@@ -180,7 +180,10 @@ def verify_export(
 
     for raw in lines:
         line_no += 1
-        data = raw.encode() if isinstance(raw, str) else raw
+        try:
+            data = raw.encode() if isinstance(raw, str) else raw
+        except UnicodeEncodeError:  # text with a lone surrogate (read with errors="surrogateescape")
+            return fail("not UTF-8 text")
         if not data.strip():
             continue
         if len(data) > MAX_LINE:

@@ -137,7 +137,7 @@ def scope_covers(key_scope: str, secret_scope: str) -> bool:
 
 
 def validate_org(org: str) -> str:
-    if not isinstance(org, str) or not ORG_PATTERN.match(org):
+    if not isinstance(org, str) or not ORG_PATTERN.fullmatch(org):  # match() lets `$` pass a final "\n"
         raise ValidationError(
             "org", "must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
         )

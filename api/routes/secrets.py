@@ -69,7 +69,7 @@ def parse_if_match(header: str | None) -> int | str | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if text.isdigit() and len(text) < 19:
+    if text.isascii() and text.isdigit() and len(text) < 19:  # "²".isdigit() is True, int("²") fails
         return int(text)
     return -1
 
