@@ -24,7 +24,7 @@ from ledger.service import Ledger
 class AdminController(Controller):
     path = "/v1/admin"
     tags = ["admin"]
-    guards = [require_admin_token]
+    before_request = staticmethod(require_admin_token)  # Litestar calls it unbound
 
     @post(
         "/orgs",

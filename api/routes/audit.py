@@ -109,7 +109,7 @@ TimeParam = Annotated[str | None, QueryParameter(max_length=64, description="RFC
 class AuditController(Controller):
     path = "/v1/audit"
     tags = ["audit"]
-    guards = [require_api_key]
+    before_request = staticmethod(require_api_key)  # Litestar calls it unbound
 
     @get(
         "/",

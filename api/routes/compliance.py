@@ -52,7 +52,7 @@ class CountsAnswer(msgspec.Struct, kw_only=True):
 class ComplianceController(Controller):
     path = "/v1/compliance"
     tags = ["compliance"]
-    guards = [require_api_key]
+    before_request = staticmethod(require_api_key)  # Litestar calls it unbound
 
     @get(
         "/stale-secrets",

@@ -23,7 +23,7 @@ from projections.sqlite_reader import SqliteProjections
 class KeysController(Controller):
     path = "/v1/keys"
     tags = ["keys"]
-    guards = [require_api_key]
+    before_request = staticmethod(require_api_key)  # Litestar calls it unbound
 
     @get("/", operation_id="ListApiKeys", responses=problems(*COMMON), summary="List the org's active API keys")
     async def list_keys(

@@ -51,7 +51,7 @@ class LedgerController(Controller):
     @get(
         "/checkpoint",
         operation_id="GetCheckpoint",
-        guards=[require_api_key],
+        before_request=require_api_key,
         responses=problems(*COMMON, 404),
         summary="A signed checkpoint of the org's head (made now if the latest is behind)",
     )
@@ -76,7 +76,7 @@ class LedgerController(Controller):
     @get(
         "/verify",
         operation_id="VerifyChain",
-        guards=[require_api_key],
+        before_request=require_api_key,
         responses=problems(*COMMON),
         summary="Verify the org's whole chain, and its latest signed checkpoint",
     )

@@ -117,7 +117,7 @@ def _services(request: Request[object, object, State]) -> tuple[Ledger, Principa
 class SecretsController(Controller):
     path = "/v1/secrets"
     tags = ["secrets"]
-    guards = [require_api_key]
+    before_request = staticmethod(require_api_key)  # Litestar calls it unbound
 
     @get("/", operation_id="ListSecrets", responses=problems(*COMMON), summary="List secrets (metadata only)")
     async def list_secrets(
