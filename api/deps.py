@@ -3,7 +3,7 @@
 They form a chain (ledger -> projections, ledger -> settings) on purpose: Litestar resolves
 dependencies of the same level concurrently in a task group, which costs more than the dependencies
 themselves; a chain resolves one by one, with no task group. The principal is authenticated by the
-controllers' guard, before the body is read, and only handed over here.
+controllers' `before_request` hook, before the body is read, and only handed over here.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def provide_settings(state: State, ledger: NamedDependency[Ledger]) -> Settings:
 
 
 def provide_principal(request: Request[object, object, State]) -> Principal:
-    """The caller that the controller's guard (`require_api_key`) authenticated."""
+    """The caller that the controller's `before_request` hook (`require_api_key`) authenticated."""
     return principal_of(request)
 
 

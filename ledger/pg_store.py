@@ -19,7 +19,7 @@ from ledger.checkpoint import Checkpoint
 from ledger.codec import decode_event
 from ledger.errors import ConcurrencyError, StoreUnavailableError
 from ledger.events import Event
-from ledger.recorder import Progress, Projector, Recorder
+from ledger.recorder import Progress, Projector, Recorder, no_fault
 from ledger.records import GENESIS_HASH, DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord, chain_hash
 
 NOTIFY_CHANNEL = "keyledger_events"
@@ -132,7 +132,7 @@ class PostgresRecorder(Recorder):
     ) -> list[StoredRecord]:
         if len(pending) != len(events):
             raise ValueError("pending records and events must pair up")
-        fault = self.inject_fault or _no_fault
+        fault = self.inject_fault or no_fault
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 fault("begin")
@@ -278,7 +278,7 @@ class PostgresRecorder(Recorder):
                     seen = positions.get(projector.name, 0)
                     mine = [item for item in batch if item[0].seq > seen]
                     if mine:
-                        await self._project(conn, [projector], mine, _no_fault)
+                        await self._project(conn, [projector], mine, no_fault)
                         positions[projector.name] = mine[-1][0].seq
             position = records[-1].seq
             if progress is not None:
@@ -349,7 +349,3 @@ class PostgresRecorder(Recorder):
             "SELECT id, kek_id, wrapped FROM data_keys WHERE id > $1 ORDER BY id LIMIT $2", data_key_id, limit
         )
         return [DataKeyRow(id=r[0], kek_id=r[1], wrapped=r[2]) for r in rows]
-
-
-def _no_fault(step: str) -> None:
-    return None

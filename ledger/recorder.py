@@ -50,6 +50,16 @@ class Projector(Protocol):
 
 Progress = Callable[[int, int], None]
 
+# The steps of an append's transaction, in order, as a recorder's `inject_fault` test hook sees them
+# (projection steps are `projection:<name>` then `position:<name>` for each projector, between
+# "idempotency" and "commit").
+APPEND_STEPS = ("begin", "events", "data_keys", "drop_data_keys", "idempotency", "commit")
+
+
+def no_fault(step: str) -> None:
+    """The fault hook of a recorder that is not under test."""
+    return None
+
 
 class Recorder(abc.ABC):
     """Durable, append-only storage of records, data keys and projection positions."""

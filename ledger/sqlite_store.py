@@ -29,7 +29,7 @@ from ledger.checkpoint import Checkpoint
 from ledger.codec import decode_event
 from ledger.errors import ConcurrencyError, StoreLockedError, StoreUnavailableError
 from ledger.events import Event
-from ledger.recorder import Progress, Projector, Recorder
+from ledger.recorder import Progress, Projector, Recorder, no_fault
 from ledger.records import GENESIS_HASH, DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord, chain_hash
 
 SCHEMA_VERSION = "1"
@@ -222,7 +222,7 @@ class SqliteRecorder(Recorder):
             row: Row = (seq, p.org, org_seq, p.stream, p.stream_version, p.type, p.at, p.body, p.sealed, prev, digest)
             rows.append(row)
             stored.append(_record(row))
-        fault = self.inject_fault or _no_fault
+        fault = self.inject_fault or no_fault
         try:
             with _transaction(conn):
                 fault("begin")
@@ -441,15 +441,6 @@ class SqliteRecorder(Recorder):
             "SELECT id, kek_id, wrapped FROM data_keys WHERE id > ? ORDER BY id LIMIT ?", (data_key_id, limit)
         )
         return [DataKeyRow(id=r[0], kek_id=r[1], wrapped=r[2]) for r in rows]
-
-
-# The steps of an append's transaction, in order, as `inject_fault` sees them (projection steps are
-# `projection:<name>` then `position:<name>` for each projector, between "idempotency" and "commit").
-APPEND_STEPS = ("begin", "events", "data_keys", "drop_data_keys", "idempotency", "commit")
-
-
-def _no_fault(step: str) -> None:
-    return None
 
 
 @contextlib.contextmanager

@@ -108,7 +108,7 @@ def _services(request: Request[object, object, State]) -> tuple[Ledger, Principa
     """The ledger and the authenticated caller, for the hottest routes (get, upsert, reveal).
 
     They skip dependency injection: measured, it is a fifth of a get's CPU; the other routes keep it.
-    The caller was authenticated by the controller's guard.
+    The caller was authenticated by the controller's `before_request` hook.
     """
     ledger: Ledger = request.app.state.ledger
     return ledger, principal_of(request)

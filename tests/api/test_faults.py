@@ -31,7 +31,8 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api.settings import Settings
 from ledger.crypto import MasterKey
-from ledger.sqlite_store import APPEND_STEPS, SqliteRecorder, iter_rows
+from ledger.recorder import APPEND_STEPS
+from ledger.sqlite_store import SqliteRecorder, iter_rows
 from ledger.verify import verify_rows
 from projections.sqlite_tables import all_projectors
 from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, Key, assert_problem, create_key, upsert
