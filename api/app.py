@@ -26,10 +26,14 @@ from api.routes.secrets import SecretsController
 from api.settings import Settings
 from ledger.crypto import Keyring
 from ledger.errors import CryptoError, MasterKeyError
+from ledger.pg_store import PostgresRecorder
+from ledger.recorder import Recorder
 from ledger.service import Ledger
 from ledger.sqlite_store import SqliteRecorder
+from projections import pg_tables, sqlite_tables
+from projections.pg_reader import PostgresProjections
+from projections.reader import Projections
 from projections.sqlite_reader import SqliteProjections
-from projections.sqlite_tables import all_projectors
 
 log = logging.getLogger("keyledger")
 
@@ -37,8 +41,22 @@ VERSION = "0.1.0"
 
 
 def build_ledger(settings: Settings) -> Ledger:
-    recorder = SqliteRecorder(settings.db, all_projectors(), synchronous=settings.synchronous)
+    recorder: Recorder
+    if settings.db.dsn is not None:
+        recorder = PostgresRecorder(settings.db.dsn, pg_tables.all_projectors(), pool_size=settings.pool_size)
+    else:
+        recorder = SqliteRecorder(settings.db.path, sqlite_tables.all_projectors(), synchronous=settings.synchronous)
     return Ledger(recorder, Keyring(settings.master_key, settings.previous_master_keys))
+
+
+def build_projections(settings: Settings, ledger: Ledger) -> Projections:
+    """SQLite: one process writes, so the reader caches and follows that writer. PostgreSQL: other
+    processes write too, so reads go to the tables, which every append updates in its transaction."""
+    if settings.db.dsn is not None:
+        return PostgresProjections(settings.db.dsn, pool_size=settings.pool_size)
+    projections = SqliteProjections(settings.db.path)
+    projections.follow(ledger.writer)
+    return projections
 
 
 async def check_master_key(ledger: Ledger) -> None:
@@ -58,11 +76,10 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         ledger = build_ledger(settings)
         await ledger.start()
-        projections = SqliteProjections(settings.db)
+        projections = build_projections(settings, ledger)
         try:
             await check_master_key(ledger)
-            projections.open()
-            projections.follow(ledger.writer)
+            await projections.open()
             if settings.freeze_gc_after_start:
                 gc.collect()
                 gc.freeze()
@@ -72,7 +89,7 @@ def create_app(settings: Settings) -> Litestar:
             app.state.rate_limiters = RateLimiters.of(settings.rate_limit_per_key, settings.rate_limit_per_address)
             yield
         finally:
-            projections.close()
+            await projections.close()
             await ledger.stop()
 
     app = Litestar(

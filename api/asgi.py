@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import msgspec
 
 from api.app import create_app
 from api.server import dev_settings
-from api.settings import Settings
+from api.settings import Database, Settings
 
 
 def _settings() -> Settings:
     extra = msgspec.json.decode(os.environ.get("KEYLEDGER_SETTINGS_JSON", "{}").encode(), type=dict[str, str])
-    db = Path(extra.get("db") or os.environ.get("KEYLEDGER_DB", "keyledger.db"))
+    db = Database.parse(extra.get("db") or os.environ.get("KEYLEDGER_DB") or "keyledger.db")
     if extra.get("dev"):
         return dev_settings(db)
     return Settings.from_env(db=db, synchronous=extra.get("synchronous", "FULL"))

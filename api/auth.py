@@ -16,7 +16,7 @@ from api.ratelimit import RateLimiter, RateLimiters, retry_after
 from ledger.commands import Context
 from ledger.errors import PermissionDeniedError, UnauthenticatedError
 from ledger.events import Actor, Source
-from projections.sqlite_reader import SqliteProjections
+from projections.reader import Projections
 
 API_KEY_PATTERN = re.compile(r"^rt_live_[A-Za-z0-9]{32,128}$")
 _MAX_USER_AGENT = 512
@@ -94,7 +94,7 @@ def _limit_address(request: Request[Any, Any, Any]) -> RateLimiters:
 
 
 async def authenticate(
-    request: Request[Any, Any, Any], projections: SqliteProjections
+    request: Request[Any, Any, Any], projections: Projections
 ) -> Principal:
     limiters = _limit_address(request)
     authorization, user_agent = _raw_headers(request)

@@ -90,24 +90,31 @@ def main(ctx: click.Context, url: str, api_key: str | None) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--db", type=click.Path(path_type=Path), default=None, help="SQLite file [env KEYLEDGER_DB].")
+@click.option("--db", default=None, metavar="FILE|postgresql://...",
+              help="A SQLite file, or a PostgreSQL URL [env KEYLEDGER_DB; default keyledger.db].")
 @click.option("--dev", is_flag=True, help="Generate and keep a master key and a dev org's key beside the database.")
 @click.option("--server", type=click.Choice(["uvicorn", "granian"]), default="uvicorn", show_default=True)
-def serve(host: str, port: int, db: Path | None, dev: bool, server: str) -> None:
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Server processes (more than one needs PostgreSQL).")
+def serve(host: str, port: int, db: str | None, dev: bool, server: str, workers: int) -> None:
     """Run the API server."""
     from api.server import dev_settings
     from api.server import serve as run_server
-    from api.settings import Settings
+    from api.settings import Database, Settings
     from ledger.errors import LedgerError
 
-    path = db or Path(os.environ.get("KEYLEDGER_DB", "keyledger.db"))
     try:
-        settings = dev_settings(path) if dev else Settings.from_env(db=path)
+        database = Database.parse(db or os.environ.get("KEYLEDGER_DB") or "keyledger.db", "--db")
+    except ValueError as exc:
+        fail(str(exc), 2)
+        return
+    try:
+        settings = dev_settings(database) if dev else Settings.from_env(db=database)
     except LedgerError as exc:
         fail(f"{exc} (or run with --dev for a local trial)", 2)
         return
     try:
-        run_server(settings, host, port, server)
+        run_server(settings, host, port, server, workers)
     except LedgerError as exc:
         fail(str(exc), 2)
 
@@ -337,7 +344,7 @@ def load_checkpoint(path: Path | None) -> Any:
 
 
 @main.command()
-@click.option("--db", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
+@click.option("--db", required=True, metavar="FILE|postgresql://...", help="A SQLite file or a PostgreSQL URL.")
 @click.option(
     "--checkpoint",
     "checkpoint_file",
@@ -345,13 +352,38 @@ def load_checkpoint(path: Path | None) -> Any:
     default=None,
     help="A signed checkpoint kept outside the database (catches truncation, rollback).",
 )
-def verify(db: Path, checkpoint_file: Path | None) -> None:
-    """Verify a database file offline: every chain, every hash; names the first bad event."""
+def verify(db: str, checkpoint_file: Path | None) -> None:
+    """Verify a ledger offline: every chain, every hash; names the first bad event.
+
+    A SQLite file is read directly (a server may be running on it); a PostgreSQL database is read
+    through its tables, with each org's stored checkpoint checked too."""
+    from ledger.errors import LedgerError
     from ledger.sqlite_store import iter_rows
     from ledger.verify import verify_rows
 
+    kind, where = _storage_location(db, "--db")
     checkpoint = load_checkpoint(checkpoint_file)
-    report = verify_rows(iter_rows(db), checkpoints=[checkpoint] if checkpoint else ())
+    extra = [checkpoint] if checkpoint else []
+    if kind == "postgresql":
+        from ledger.pg_store import PostgresRecorder
+        from ledger.verify import verify_recorder
+
+        async def check() -> Any:
+            recorder = PostgresRecorder(where)
+            await recorder.open()
+            try:
+                return await verify_recorder(recorder, checkpoints=extra)
+            finally:
+                await recorder.close()
+
+        try:
+            report = asyncio.run(check())
+        except LedgerError as exc:
+            fail(str(exc), 2)
+    else:
+        if not Path(where).is_file():
+            fail(f"--db: no such SQLite file: {where}", 2)
+        report = verify_rows(iter_rows(where), checkpoints=extra)
     click.echo(report.summary())
     raise SystemExit(0 if report.ok else 1)
 
@@ -386,6 +418,107 @@ def replay(db: Path) -> None:
     except LedgerError as exc:
         fail(str(exc), 2)
     click.echo("projections rebuilt", err=True)
+
+
+def _storage_location(location: str, option: str) -> tuple[str, str]:
+    """("postgresql", DSN) or ("sqlite", path), parsed as KEYLEDGER_DB is."""
+    from api.settings import Database
+
+    try:
+        database = Database.parse(location, option)
+    except ValueError as exc:
+        fail(str(exc), 2)
+        raise
+    return ("postgresql", database.dsn) if database.dsn is not None else ("sqlite", str(database.path))
+
+
+@main.command()
+@click.option("--from", "source", required=True, metavar="sqlite:FILE|postgresql://...", help="The ledger to copy.")
+@click.option("--to", "target", required=True, metavar="sqlite:FILE|postgresql://...",
+              help="Where to copy it: empty, or holding an interrupted copy of the same ledger.")
+def migrate(source: str, target: str) -> None:
+    """Copy a whole ledger to another storage backend, every hash unchanged, then verify both sides.
+
+    Every event (with its seq and hashes), every wrapped data key and each org's latest checkpoint
+    move; the target's projections are built as the events arrive; idempotency records stay behind.
+    An interrupted migration resumes when run again. Refused while a server holds a SQLite file.
+    """
+    import contextlib
+    import sqlite3
+
+    from ledger.errors import LedgerError
+    from ledger.migrate import MigrationReport
+    from ledger.migrate import migrate as copy_ledger
+    from ledger.recorder import Recorder
+    from ledger.verify import VerifyReport, verify_recorder
+
+    from_kind, from_where = _storage_location(source, "--from")
+    to_kind, to_where = _storage_location(target, "--to")
+    if from_kind == "sqlite" and not Path(from_where).is_file():
+        fail(f"--from: no such SQLite file: {from_where}", 2)
+    if to_kind == "sqlite" and not Path(to_where).resolve().parent.is_dir():
+        fail(f"--to: no such folder: {Path(to_where).parent}", 2)
+    if from_kind == to_kind and (
+        Path(from_where).resolve() == Path(to_where).resolve() if from_kind == "sqlite"
+        else from_where.split("://", 1)[1].rstrip("/") == to_where.split("://", 1)[1].rstrip("/")
+    ):
+        fail("--from and --to name the same ledger", 2)
+
+    def open_recorder(kind: str, where: str) -> Recorder:
+        if kind == "postgresql":
+            from ledger.pg_store import PostgresRecorder
+            from projections.pg_tables import all_projectors as pg_projectors
+
+            return PostgresRecorder(where, pg_projectors())
+        from ledger.sqlite_store import SqliteRecorder
+        from projections.sqlite_tables import all_projectors
+
+        return SqliteRecorder(where, all_projectors())
+
+    async def run() -> tuple[MigrationReport, VerifyReport, VerifyReport]:
+        src = open_recorder(from_kind, from_where)
+        dst = open_recorder(to_kind, to_where)
+        await src.open()
+        try:
+            await dst.open()
+            try:
+                # The bar starts with the copy, once the target has been accepted (a refusal prints one line).
+                with contextlib.ExitStack() as stack:
+                    bars: list[Any] = []
+                    done = 0
+
+                    def progress(position: int, total: int) -> None:
+                        nonlocal done
+                        if not bars:
+                            bars.append(stack.enter_context(
+                                click.progressbar(length=total, label="migrating", file=sys.stderr)))
+                        bars[0].update(position - done)
+                        done = position
+
+                    report = await copy_ledger(src, dst, progress)
+                return report, await verify_recorder(src), await verify_recorder(dst)
+            finally:
+                await dst.close()
+        finally:
+            await src.close()
+
+    try:
+        report, checked_source, checked_target = asyncio.run(run())
+    except (LedgerError, OSError, sqlite3.Error) as exc:
+        fail(str(exc), 2)
+    click.echo(report.summary(), err=True)
+    ok = True
+    for side, checked in (("source", checked_source), ("target", checked_target)):
+        if not checked.ok:
+            ok = False
+            click.echo(f"{side}: {checked.summary()}")
+        elif side == "target" and checked.orgs != checked_source.orgs:
+            ok = False
+            click.echo(f"target: FAILED: its chains end elsewhere than the source's ({checked.checked} events "
+                       "checked); was the source written meanwhile? run migrate again to copy the rest")
+        else:
+            click.echo(f"{side}: ok, {checked.checked} events in {len(checked.orgs)} orgs verified")
+    raise SystemExit(0 if ok else 1)
 
 
 # -- audit and compliance ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from litestar.di import NamedDependency, Provide
 from api.auth import Principal, principal_of
 from api.settings import Settings
 from ledger.service import Ledger
-from projections.sqlite_reader import SqliteProjections
+from projections.reader import Projections
 
 
 def provide_ledger(state: State) -> Ledger:
@@ -23,8 +23,8 @@ def provide_ledger(state: State) -> Ledger:
     return ledger
 
 
-def provide_projections(state: State, ledger: NamedDependency[Ledger]) -> SqliteProjections:
-    projections: SqliteProjections = state.projections
+def provide_projections(state: State, ledger: NamedDependency[Ledger]) -> Projections:
+    projections: Projections = state.projections
     return projections
 
 

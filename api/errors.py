@@ -26,6 +26,7 @@ from ledger.errors import (
     NotFoundError,
     PermissionDeniedError,
     PreconditionFailedError,
+    StaleReadError,
     StoreUnavailableError,
     UnauthenticatedError,
     ValidationError,
@@ -48,6 +49,7 @@ STATUS_BY_ERROR: tuple[tuple[type[LedgerError], int, str], ...] = (
     (ConcurrencyError, 409, "Conflict"),
     (PreconditionFailedError, 412, "Precondition failed"),
     (StoreUnavailableError, 503, "Service unavailable"),
+    (StaleReadError, 503, "Service unavailable"),
     (IntegrityError, 500, "Integrity failure"),
     (CryptoError, 500, "Integrity failure"),
 )

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import msgspec
 
-from api.settings import Settings
+from api.settings import Database, Settings
 from ledger.commands import Context
 from ledger.crypto import MasterKey
-from ledger.errors import AlreadyExistsError, IntegrityError, LedgerError
+from ledger.errors import AlreadyExistsError, IntegrityError, LedgerError, ValidationError
 from ledger.events import Actor
 
 log = logging.getLogger("keyledger")
@@ -36,9 +36,10 @@ def _read_or_create(path: Path, make: str) -> str:
     return make
 
 
-def dev_settings(db: Path) -> Settings:
-    """Dev mode: a generated master key and admin token kept beside the database (files mode 0600)."""
-    folder = dev_folder(db)
+def dev_settings(db: Database) -> Settings:
+    """Dev mode: a generated master key and admin token kept beside the database (files mode 0600;
+    for PostgreSQL, in `.keyledger` under the working folder)."""
+    folder = dev_folder(db.path)
     master_text = os.environ.get("KEYLEDGER_MASTER_KEY") or _read_or_create(
         folder / "master.key", MasterKey.generate()[1]
     )
@@ -52,7 +53,7 @@ async def ensure_dev_org(settings: Settings) -> str:
     """Create the dev org and keep its admin key in `.keyledger/dev-api-key` (once)."""
     from api.app import build_ledger  # noqa: PLC0415  (keeps `keyledger --help` light)
 
-    key_file = dev_folder(settings.db) / "dev-api-key"
+    key_file = dev_folder(settings.db.path) / "dev-api-key"
     if key_file.exists():
         return key_file.read_text().strip()
     ledger = build_ledger(settings)
@@ -89,9 +90,14 @@ async def preflight(settings: Settings) -> None:
         await ledger.stop()
 
 
-def serve(settings: Settings, host: str, port: int, server: str = "uvicorn") -> None:
+def serve(settings: Settings, host: str, port: int, server: str = "uvicorn", workers: int = 1) -> None:
     from api.app import create_app  # noqa: PLC0415
 
+    if workers > 1 and not settings.db.is_postgres:
+        raise ValidationError(
+            "--workers", "more than one needs PostgreSQL (KEYLEDGER_DB=postgresql://...): one SQLite file "
+            "serves one process"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.dev:
         try:
@@ -106,28 +112,36 @@ def serve(settings: Settings, host: str, port: int, server: str = "uvicorn") -> 
             f"  org:        {DEV_ORG}\n"
             f"  API key:    {api_key}\n"
             f"  admin token: {settings.admin_token}\n"
-            f"  database:   {settings.db}  (keys in {dev_folder(settings.db)})\n"
+            f"  database:   {settings.db}  (keys in {dev_folder(settings.db.path)})\n"
             f"  try:        curl -s {url}/v1/secrets -H 'Authorization: Bearer {api_key}'",
             flush=True,
         )
     asyncio.run(preflight(settings))
-    app = create_app(msgspec.structs.replace(settings, freeze_gc_after_start=True))
     if server == "granian":
-        run_granian(settings, host, port)
+        run_granian(settings, host, port, workers)
         return
     import uvicorn  # noqa: PLC0415
 
+    if workers > 1:
+        # Worker processes import the app by name (api/asgi.py) and read the settings from here.
+        os.environ["KEYLEDGER_SETTINGS_JSON"] = msgspec.json.encode(settings_env(settings)).decode()
+        uvicorn.run("api.asgi:app", host=host, port=port, workers=workers, log_level="warning",
+                    access_log=False, lifespan="on")
+        return
+    app = create_app(msgspec.structs.replace(settings, freeze_gc_after_start=True))
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
 
 
-def run_granian(settings: Settings, host: str, port: int) -> None:
-    """Granian loads the app in its own worker: hand it the settings through the environment."""
+def run_granian(settings: Settings, host: str, port: int, workers: int = 1) -> None:
+    """Granian loads the app in its own workers: hand them the settings through the environment."""
     from granian import Granian  # noqa: PLC0415
     from granian.constants import Interfaces  # noqa: PLC0415
 
     os.environ["KEYLEDGER_SETTINGS_JSON"] = msgspec.json.encode(settings_env(settings)).decode()
-    Granian("api.asgi:app", address=host, port=port, interface=Interfaces.ASGI, workers=1, log_access=False).serve()
+    Granian("api.asgi:app", address=host, port=port, interface=Interfaces.ASGI, workers=workers,
+            log_access=False).serve()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    return {"db": str(settings.db), "dev": "1" if settings.dev else "", "synchronous": settings.synchronous}
+    """What a worker process needs beyond the environment it inherits (the master key stays there)."""
+    return {"db": settings.db.url(), "dev": "1" if settings.dev else "", "synchronous": settings.synchronous}

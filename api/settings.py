@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import msgspec
@@ -17,15 +18,49 @@ RATE_LIMIT_PER_KEY = RateLimit(requests=6000, period=60.0)
 RATE_LIMIT_PER_ADDRESS = RateLimit(requests=12000, period=60.0)
 
 
+class Database(msgspec.Struct, frozen=True):
+    """Where the ledger lives: a SQLite file (the default) or a PostgreSQL database."""
+
+    path: Path = Path("keyledger.db")
+    dsn: str | None = None  # postgresql://...: several processes may share it
+
+    @classmethod
+    def parse(cls, text: str, option: str = "KEYLEDGER_DB") -> Database:
+        """`postgresql://...` (or `postgres://...`), `sqlite:FILE`, `sqlite:///abs/FILE`, or a file path."""
+        if text.startswith(("postgresql://", "postgres://")):
+            return cls(dsn=text)
+        path = text.removeprefix("sqlite:")
+        if path.startswith("//"):
+            path = path[2:]
+        if not path.strip() or "://" in path:
+            raise ValueError(f"{option}: expected a SQLite file path, sqlite:FILE, or a postgresql:// URL")
+        return cls(path=Path(path))
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dsn is not None
+
+    def __str__(self) -> str:
+        """For messages: the file, or the URL without its password."""
+        if self.dsn is None:
+            return str(self.path)
+        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", self.dsn)
+
+    def url(self) -> str:
+        """The full location (with a PostgreSQL password: pass it to child processes only)."""
+        return self.dsn if self.dsn is not None else str(self.path)
+
+
 class Settings(msgspec.Struct, kw_only=True):
     """Everything the app needs; `master_key` is parsed already so a bad key fails before serving."""
 
-    db: Path = Path("keyledger.db")
+    db: Database = Database()
     master_key: MasterKey
     previous_master_keys: list[MasterKey] = msgspec.field(default_factory=list)
     admin_token: str | None = None
     dev: bool = False
-    synchronous: str = "FULL"
+    synchronous: str = "FULL"  # SQLite
+    pool_size: int = 8  # PostgreSQL connections per pool (the writer's, and the readers')
     max_body_bytes: int = MAX_BODY_BYTES
     dev_api_key: str | None = None  # printed at start in dev mode
     # After start, move everything built so far (the app, its OpenAPI models, the caches) out of the
@@ -36,8 +71,17 @@ class Settings(msgspec.Struct, kw_only=True):
     rate_limit_per_key: RateLimit | None = RATE_LIMIT_PER_KEY  # None: off
     rate_limit_per_address: RateLimit | None = RATE_LIMIT_PER_ADDRESS
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.db, Database):  # a bare path, as tests and scripts pass it
+            self.db = Database.parse(str(self.db))
+
     def __repr__(self) -> str:
         return f"Settings(db={str(self.db)!r}, dev={self.dev}, master_key={self.master_key!r})"
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file; for PostgreSQL, where dev mode keeps its files (beside the working folder)."""
+        return self.db.path
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -48,7 +92,7 @@ class Settings(msgspec.Struct, kw_only=True):
             if text.strip()
         ]
         values: dict[str, object] = {
-            "db": Path(env.get("KEYLEDGER_DB", "keyledger.db")),
+            "db": Database.parse(env.get("KEYLEDGER_DB") or "keyledger.db"),
             "admin_token": env.get("KEYLEDGER_ADMIN_TOKEN") or None,
             "previous_master_keys": previous,
         }

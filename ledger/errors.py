@@ -61,8 +61,20 @@ class ConcurrencyError(LedgerError):
         self.stream_version = stream_version
 
 
+class StaleReadError(LedgerError):
+    """Another process changed a stream a batch was decided on; decide again on fresh state."""
+
+    def __init__(self, streams: set[str]) -> None:
+        super().__init__(f"{len(streams)} stream(s) changed by another writer")
+        self.streams = streams
+
+
 class StoreUnavailableError(LedgerError):
     """The store could not commit (disk full, I/O error, closed); nothing was committed."""
+
+
+class SchemaVersionError(LedgerError):
+    """The database's schema is newer than this program knows: it was written by a later keyledger."""
 
 
 class StoreLockedError(LedgerError):

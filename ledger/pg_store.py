@@ -17,10 +17,18 @@ import asyncpg
 
 from ledger.checkpoint import Checkpoint
 from ledger.codec import decode_event
-from ledger.errors import ConcurrencyError, StoreUnavailableError
+from ledger.errors import ConcurrencyError, IntegrityError, StaleReadError, StoreUnavailableError
 from ledger.events import Event
-from ledger.recorder import Progress, Projector, Recorder, no_fault
-from ledger.records import GENESIS_HASH, DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord, chain_hash
+from ledger.recorder import Progress, Projector, ReadSet, Recorder, no_fault, pending_migrations
+from ledger.records import (
+    GENESIS_HASH,
+    DataKeyRow,
+    IdempotencyRow,
+    PendingRecord,
+    StoredRecord,
+    chain_hash,
+    check_continuation,
+)
 
 NOTIFY_CHANNEL = "keyledger_events"
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy  # what a pool hands out
@@ -53,7 +61,9 @@ LEDGER_SCHEMA = [
         scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, kek_id TEXT NOT NULL,
         sealed TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (scope, key))""",
 ]
-SCHEMA_VERSION = "1"
+# The ledger's schema by version: a new version appends an entry (never edits a released one); it
+# runs once per database, at the first start of a program that knows it.
+MIGRATIONS: dict[int, list[str]] = {1: LEDGER_SCHEMA}
 
 _COLUMNS = "seq, org, org_seq, stream, stream_version, type, at, body, sealed, prev_hash, hash"
 _INSERT_EVENT = f"INSERT INTO events ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
@@ -80,6 +90,10 @@ class PostgresRecorder(Recorder):
         # Test hook, as on SQLite: called with each step of an append's transaction inside it.
         self.inject_fault: Callable[[str], None] | None = None
         self.fail_next_commits = 0
+        # LISTEN connection: the highest seq any process announced. Only a wake-up: a writer that
+        # missed an announcement is still stopped by the ReadSet check under the append lock.
+        self._listener: asyncpg.Connection | None = None
+        self._heard = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -91,8 +105,12 @@ class PostgresRecorder(Recorder):
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-                for ddl in LEDGER_SCHEMA:
-                    await conn.execute(ddl)
+                await conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                current = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
+                pending = pending_migrations(MIGRATIONS, int(current or 0), "the PostgreSQL database")
+                for version in pending:
+                    for ddl in MIGRATIONS[version]:
+                        await conn.execute(ddl)
                 for projector in self.projectors:
                     for ddl in projector.schema():
                         await conn.execute(ddl)
@@ -100,15 +118,37 @@ class PostgresRecorder(Recorder):
                         "INSERT INTO projection_positions(name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
                         projector.name,
                     )
-                await conn.execute(
-                    "INSERT INTO meta(key, value) VALUES ('schema_version', $1) ON CONFLICT DO NOTHING", SCHEMA_VERSION
-                )
+                if pending:
+                    await conn.execute(
+                        "INSERT INTO meta(key, value) VALUES ('schema_version', $1) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", str(pending[-1]),
+                    )
             await self._catch_up(None)
+            await self._listen()
         except BaseException:
             await self.close()
             raise
 
+    async def _listen(self) -> None:
+        listener = await asyncpg.connect(self.dsn)
+        await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        listener.add_termination_listener(self._on_listener_lost)
+        self._listener = listener
+        self._heard = await self.max_seq()  # after LISTEN: nothing committed since goes unheard
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            self._heard = max(self._heard, int(str(payload)))
+        except ValueError:
+            pass
+
+    def _on_listener_lost(self, _conn: object) -> None:
+        self._listener = None  # changed_streams queries every time from now on
+
     async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            await listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -129,6 +169,7 @@ class PostgresRecorder(Recorder):
         data_keys: Sequence[DataKeyRow] = (),
         drop_data_keys: Sequence[str] = (),
         idempotency: Sequence[IdempotencyRow] = (),
+        read_set: ReadSet | None = None,
     ) -> list[StoredRecord]:
         if len(pending) != len(events):
             raise ValueError("pending records and events must pair up")
@@ -136,7 +177,7 @@ class PostgresRecorder(Recorder):
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 fault("begin")
-                stored = await self._insert_records(conn, pending)
+                stored = await self._insert_records(conn, pending, read_set)
                 fault("events")
                 if data_keys:
                     await conn.executemany("INSERT INTO data_keys(id, kek_id, wrapped) VALUES ($1,$2,$3)",
@@ -186,12 +227,21 @@ class PostgresRecorder(Recorder):
         return None
 
     @staticmethod
-    async def _insert_records(conn: Connection, pending: Sequence[PendingRecord]) -> list[StoredRecord]:
+    async def _insert_records(conn: Connection, pending: Sequence[PendingRecord],
+                              read_set: ReadSet | None) -> list[StoredRecord]:
         if not pending:
             return []
         # Serialise appenders (not readers) until COMMIT: the heads read below cannot move meanwhile.
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         seq = int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events"))
+        if read_set is not None and seq > read_set.as_of and read_set.streams:
+            # Another process appended since this batch's state was read: did it change that state?
+            changed = await conn.fetch(
+                "SELECT DISTINCT stream FROM events WHERE seq > $1 AND stream_version IS NOT NULL "
+                "AND stream = ANY($2::text[])", read_set.as_of, list(read_set.streams),
+            )
+            if changed:
+                raise StaleReadError({str(r[0]) for r in changed})
         heads: dict[str, tuple[int, bytes]] = {}
         for org in dict.fromkeys(p.org for p in pending):
             row = await conn.fetchrow(
@@ -325,6 +375,21 @@ class PostgresRecorder(Recorder):
     async def max_seq(self) -> int:
         return int(await self.pool.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events"))
 
+    async def schema_version(self) -> int:
+        return int(await self.pool.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") or 0)
+
+    async def changed_streams(self, after: int, upto: int | None = None) -> tuple[int, set[str]]:
+        if upto is None and self._listener is not None and self._heard <= after:
+            return after, set()  # no process announced anything newer
+        head = await self.max_seq() if upto is None else upto
+        if after >= head:
+            return head, set()
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT stream FROM events WHERE seq > $1 AND seq <= $2 AND stream_version IS NOT NULL",
+            after, head,
+        )
+        return head, {str(r[0]) for r in rows}
+
     async def org_head(self, org: str) -> tuple[int, bytes]:
         row = await self.pool.fetchrow(
             "SELECT org_seq, hash FROM events WHERE org = $1 ORDER BY org_seq DESC LIMIT 1", org
@@ -349,3 +414,44 @@ class PostgresRecorder(Recorder):
             "SELECT id, kek_id, wrapped FROM data_keys WHERE id > $1 ORDER BY id LIMIT $2", data_key_id, limit
         )
         return [DataKeyRow(id=r[0], kek_id=r[1], wrapped=r[2]) for r in rows]
+
+    # -- migration -------------------------------------------------------------------------
+
+    async def import_records(self, records: Sequence[StoredRecord], events: Sequence[Event]) -> None:
+        if len(records) != len(events):
+            raise ValueError("records and events must pair up")
+        if not records:
+            return
+        rows = [(r.seq, r.org, r.org_seq, r.stream, r.stream_version, r.type, r.at, r.body, r.sealed, r.prev_hash,
+                 r.hash) for r in records]
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # As in append: no other appender moves the heads read below until COMMIT.
+                await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+                seq = int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events"))
+                heads: dict[str, tuple[int, bytes]] = {}
+                for org in dict.fromkeys(r.org for r in records):
+                    row = await conn.fetchrow(
+                        "SELECT org_seq, hash FROM events WHERE org = $1 ORDER BY org_seq DESC LIMIT 1", org
+                    )
+                    heads[org] = (0, GENESIS_HASH) if row is None else (int(row[0]), bytes(row[1]))
+                check_continuation(seq, heads, records)
+                await conn.executemany(_INSERT_EVENT, rows)
+                await self._project(conn, self.projectors, list(zip(records, events, strict=True)), no_fault)
+                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(records[-1].seq))
+        except asyncpg.UniqueViolationError as exc:
+            raise IntegrityError(f"import refused by the database: {exc}") from None
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailableError(f"the ledger could not commit: {type(exc).__name__}: {exc}") from None
+
+    async def import_data_keys(self, rows: Sequence[DataKeyRow]) -> None:
+        if not rows:
+            return
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.executemany(
+                    "INSERT INTO data_keys(id, kek_id, wrapped) VALUES ($1,$2,$3) ON CONFLICT (id) DO NOTHING",
+                    [(r.id, r.kek_id, r.wrapped) for r in rows],
+                )
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailableError(f"could not import data keys: {exc}") from None

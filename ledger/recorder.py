@@ -10,6 +10,10 @@ Contract (tested once in tests/contracts/recorder.py, subclassed per backend):
    (reveals) never conflict.
 5. A projector's rows and its position are written in the same transaction as the records.
 6. Nothing is returned before COMMIT has returned.
+7. An append given a `ReadSet` commits only if no stream in it changed after `read_set.as_of`
+   (checked under the append's lock); otherwise it raises `StaleReadError` and commits nothing.
+   This is what keeps several processes' writers honest: each decides against its own cache,
+   and the store refuses a batch decided on state another process has since changed.
 """
 
 from __future__ import annotations
@@ -19,8 +23,16 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from ledger.checkpoint import Checkpoint
+from ledger.errors import SchemaVersionError
 from ledger.events import Event
 from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord
+
+
+class ReadSet(NamedTuple):
+    """The streams a batch was decided on, as they stood at seq `as_of`."""
+
+    as_of: int
+    streams: frozenset[str]
 
 
 class Statement(NamedTuple):
@@ -49,6 +61,21 @@ class Projector(Protocol):
 
 
 Progress = Callable[[int, int], None]
+
+
+def pending_migrations(migrations: dict[int, list[str]], current: int, where: str) -> list[int]:
+    """The schema versions still to apply to a database at `current` (0: a new one), in order.
+
+    Each backend keeps its DDL by version (`MIGRATIONS` in its store module); a store opens by
+    applying the pending ones in one transaction and recording the last. A database newer than the
+    program is refused rather than used: its data may mean what this code cannot know."""
+    latest = max(migrations)
+    if current > latest:
+        raise SchemaVersionError(
+            f"{where}: schema version {current} is newer than this keyledger's ({latest}); "
+            "upgrade keyledger before opening it"
+        )
+    return [version for version in sorted(migrations) if version > current]
 
 # The steps of an append's transaction, in order, as a recorder's `inject_fault` test hook sees them
 # (projection steps are `projection:<name>` then `position:<name>` for each projector, between
@@ -79,9 +106,16 @@ class Recorder(abc.ABC):
         data_keys: Sequence[DataKeyRow] = (),
         drop_data_keys: Sequence[str] = (),
         idempotency: Sequence[IdempotencyRow] = (),
+        read_set: ReadSet | None = None,
     ) -> list[StoredRecord]:
         """Append records (with their decoded events, for the projectors) in one transaction,
         with the batch's new data keys, dropped data keys and idempotency records."""
+
+    @abc.abstractmethod
+    async def changed_streams(self, after: int, upto: int | None = None) -> tuple[int, set[str]]:
+        """(the head seq, the streams whose state changed in (after, upto or head]).
+
+        State changes are records with a stream version; reveals change nothing."""
 
     @abc.abstractmethod
     async def read_after(self, seq: int, limit: int = 1000) -> list[StoredRecord]:
@@ -101,6 +135,10 @@ class Recorder(abc.ABC):
 
     @abc.abstractmethod
     async def max_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The version of the ledger schema the database is at (see `pending_migrations`)."""
 
     @abc.abstractmethod
     async def org_head(self, org: str) -> tuple[int, bytes]:
@@ -134,3 +172,16 @@ class Recorder(abc.ABC):
     @abc.abstractmethod
     async def rebuild_projections(self, progress: Progress | None = None) -> None:
         """Empty every projection and fold all records into it again from the first."""
+
+    @abc.abstractmethod
+    async def import_records(self, records: Sequence[StoredRecord], events: Sequence[Event]) -> None:
+        """Append already-hashed records exactly as given (seq, org_seq, prev_hash, hash, body, sealed),
+        with their decoded events for the projectors, in one transaction (a migration's copy).
+
+        Raises `IntegrityError` and commits nothing unless they continue this log: the first seq is
+        max_seq + 1 and seqs are gapless, each record's org_seq and prev_hash follow its org's head,
+        and each hash is `chain_hash` of its stored bytes (`records.check_continuation`)."""
+
+    @abc.abstractmethod
+    async def import_data_keys(self, rows: Sequence[DataKeyRow]) -> None:
+        """Insert wrapped data keys as given (a migration's copy), skipping ids already present."""

@@ -9,8 +9,11 @@ alone. An org's first event links to 32 zero bytes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 
 import msgspec
+
+from ledger.errors import IntegrityError
 
 GENESIS_HASH = bytes(32)
 _DOMAIN = b"keyledger/v1\0"
@@ -67,3 +70,31 @@ class DataKeyRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # cached
     id: str
     kek_id: str
     wrapped: str
+
+
+def check_continuation(
+    seq: int, heads: Mapping[str, tuple[int, bytes]], records: Sequence[StoredRecord]
+) -> dict[str, tuple[int, bytes]]:
+    """Check that already-hashed `records` continue a log whose last seq is `seq` and whose orgs' heads
+    are `heads` (org -> (org_seq, hash); an org missing from it starts at the genesis).
+
+    Returns the heads after the records (of the orgs they touch); raises IntegrityError naming the
+    first record that does not continue: a seq that is not the next one, an org_seq or prev_hash that
+    does not follow its org's head, or a hash that is not the chain hash of its stored bytes.
+    """
+    after: dict[str, tuple[int, bytes]] = {}
+    for record in records:
+        seq += 1
+        if record.seq != seq:
+            raise IntegrityError(f"record seq {record.seq} does not continue the log: expected seq {seq}")
+        org_seq, prev = after.get(record.org) or heads.get(record.org) or (0, GENESIS_HASH)
+        if record.org_seq != org_seq + 1:
+            raise IntegrityError(
+                f"record seq {record.seq}: org_seq of org {record.org!r} is {record.org_seq}, expected {org_seq + 1}"
+            )
+        if record.prev_hash != prev:
+            raise IntegrityError(f"record seq {record.seq}: prev_hash does not link to the org's previous event")
+        if chain_hash(record.org, record.org_seq, record.prev_hash, record.body) != record.hash:
+            raise IntegrityError(f"record seq {record.seq}: hash does not match the stored bytes")
+        after[record.org] = (record.org_seq, record.hash)
+    return after

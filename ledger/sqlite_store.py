@@ -27,12 +27,18 @@ import aiosqlite
 
 from ledger.checkpoint import Checkpoint
 from ledger.codec import decode_event
-from ledger.errors import ConcurrencyError, StoreLockedError, StoreUnavailableError
+from ledger.errors import ConcurrencyError, IntegrityError, StaleReadError, StoreLockedError, StoreUnavailableError
 from ledger.events import Event
-from ledger.recorder import Progress, Projector, Recorder, no_fault
-from ledger.records import GENESIS_HASH, DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord, chain_hash
-
-SCHEMA_VERSION = "1"
+from ledger.recorder import Progress, Projector, ReadSet, Recorder, no_fault, pending_migrations
+from ledger.records import (
+    GENESIS_HASH,
+    DataKeyRow,
+    IdempotencyRow,
+    PendingRecord,
+    StoredRecord,
+    chain_hash,
+    check_continuation,
+)
 
 LEDGER_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS events (
@@ -71,6 +77,10 @@ LEDGER_SCHEMA = [
         scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, kek_id TEXT NOT NULL,
         sealed TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (scope, key)) WITHOUT ROWID""",
 ]
+
+# The ledger's schema by version: a new version appends an entry (never edits a released one); it
+# runs once per database, at the first start of a program that knows it.
+MIGRATIONS: dict[int, list[str]] = {1: LEDGER_SCHEMA}
 
 _COLUMNS = "seq, org, org_seq, stream, stream_version, type, at, body, sealed, prev_hash, hash"
 _INSERT_EVENT = f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -133,15 +143,21 @@ class SqliteRecorder(Recorder):
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA busy_timeout = 5000")
         with _transaction(conn):
-            for ddl in LEDGER_SCHEMA:
-                conn.execute(ddl)
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            pending = pending_migrations(MIGRATIONS, int(row[0]) if row else 0, str(self.path))
+            for version in pending:
+                for ddl in MIGRATIONS[version]:
+                    conn.execute(ddl)
             for projector in self.projectors:
                 for ddl in projector.schema():
                     conn.execute(ddl)
                 conn.execute(
                     "INSERT OR IGNORE INTO projection_positions(name, position) VALUES (?, 0)", (projector.name,)
                 )
-            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            if pending:
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                             (str(pending[-1]),))
         row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         self._seq = int(row[0]) if row else 0
 
@@ -193,10 +209,11 @@ class SqliteRecorder(Recorder):
         data_keys: Sequence[DataKeyRow] = (),
         drop_data_keys: Sequence[str] = (),
         idempotency: Sequence[IdempotencyRow] = (),
+        read_set: ReadSet | None = None,
     ) -> list[StoredRecord]:
         if len(pending) != len(events):
             raise ValueError("pending records and events must pair up")
-        return await self._run(self._append_sync, pending, events, data_keys, drop_data_keys, idempotency)
+        return await self._run(self._append_sync, pending, events, data_keys, drop_data_keys, idempotency, read_set)
 
     def _append_sync(
         self,
@@ -205,8 +222,14 @@ class SqliteRecorder(Recorder):
         data_keys: Sequence[DataKeyRow],
         drop_data_keys: Sequence[str],
         idempotency: Sequence[IdempotencyRow],
+        read_set: ReadSet | None = None,
     ) -> list[StoredRecord]:
         conn = self.write_connection
+        if read_set is not None and self._seq > read_set.as_of:
+            # One process writes this file, so only a writer whose cache lags can get here.
+            changed = self._changed_sync(read_set.as_of, self._seq) & read_set.streams
+            if changed:
+                raise StaleReadError(changed)
         heads: dict[str, tuple[int, bytes]] = {}
         for org in {p.org for p in pending}:
             heads[org] = self._heads[org] if org in self._heads else self._load_head(conn, org)
@@ -275,6 +298,24 @@ class SqliteRecorder(Recorder):
             conn.execute("UPDATE projection_positions SET position = ? WHERE name = ?", (last, projector.name))
             if fault is not None:
                 fault(f"position:{projector.name}")
+
+    def _changed_sync(self, after: int, upto: int) -> set[str]:
+        rows = self.write_connection.execute(
+            "SELECT DISTINCT stream FROM events WHERE seq > ? AND seq <= ? AND stream_version IS NOT NULL",
+            (after, upto),
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    async def schema_version(self) -> int:
+        rows = list(await self.read_connection.execute_fetchall(
+            "SELECT value FROM meta WHERE key = 'schema_version'"))
+        return int(rows[0][0]) if rows else 0
+
+    async def changed_streams(self, after: int, upto: int | None = None) -> tuple[int, set[str]]:
+        head = self._seq if upto is None else min(upto, self._seq)
+        if after >= head:
+            return head, set()
+        return head, await self._run(self._changed_sync, after, head)
 
     @staticmethod
     def _load_head(conn: sqlite3.Connection, org: str) -> tuple[int, bytes]:
@@ -441,6 +482,48 @@ class SqliteRecorder(Recorder):
             "SELECT id, kek_id, wrapped FROM data_keys WHERE id > ? ORDER BY id LIMIT ?", (data_key_id, limit)
         )
         return [DataKeyRow(id=r[0], kek_id=r[1], wrapped=r[2]) for r in rows]
+
+    # -- migration -------------------------------------------------------------------------
+
+    async def import_records(self, records: Sequence[StoredRecord], events: Sequence[Event]) -> None:
+        if len(records) != len(events):
+            raise ValueError("records and events must pair up")
+        if records:
+            await self._run(self._import_sync, records, events)
+
+    def _import_sync(self, records: Sequence[StoredRecord], events: Sequence[Event]) -> None:
+        conn = self.write_connection
+        heads = {org: self._heads[org] if org in self._heads else self._load_head(conn, org)
+                 for org in dict.fromkeys(r.org for r in records)}
+        heads.update(check_continuation(self._seq, heads, records))
+        rows: list[Row] = [
+            (r.seq, r.org, r.org_seq, r.stream, r.stream_version, r.type, r.at, r.body, r.sealed, r.prev_hash, r.hash)
+            for r in records
+        ]
+        try:
+            with _transaction(conn):
+                conn.executemany(_INSERT_EVENT, rows)
+                self._project(conn, self.projectors, list(zip(records, events, strict=True)))
+        except sqlite3.IntegrityError as exc:
+            raise IntegrityError(f"import refused by the database: {exc}") from None
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"the ledger could not commit: {exc}") from None
+        self._seq = records[-1].seq
+        self._heads.update(heads)
+
+    async def import_data_keys(self, rows: Sequence[DataKeyRow]) -> None:
+        def insert() -> None:
+            try:
+                with _transaction(self.write_connection) as conn:
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO data_keys(id, kek_id, wrapped) VALUES (?,?,?)",
+                        [(r.id, r.kek_id, r.wrapped) for r in rows],
+                    )
+            except sqlite3.Error as exc:
+                raise StoreUnavailableError(f"could not import data keys: {exc}") from None
+
+        if rows:
+            await self._run(insert)
 
 
 @contextlib.contextmanager

@@ -11,9 +11,10 @@ hot path of every audit: a verify should cost little more than reading the rows 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import msgspec
 
@@ -249,3 +250,29 @@ async def verify_since_checkpoints(recorder: Recorder, trusted_keys: set[str]) -
             position = (page[-1].org_seq, page[-1].hash)
         orgs[org] = (position[0], position[1].hex())
     return VerifyReport(ok=True, checked=checked, orgs=orgs)
+
+
+async def verify_recorder(recorder: Recorder, trusted_keys: set[str] | None = None, *,
+                          checkpoints: Sequence[Checkpoint] = (), page: int = _PAGE) -> VerifyReport:
+    """Everything `keyledger verify` checks, over a recorder of any backend: every record from seq 1
+    (seq contiguity, each org's chain and hashes, bodies, columns, sealed values, times), and each
+    org's latest stored checkpoint (validly signed, by one of `trusted_keys` when given, and on the chain),
+    plus `checkpoints` kept elsewhere.
+
+    `verify_rows` runs on a worker thread that fetches one page at a time through the event loop, so
+    the ledger is never in memory at once.
+    """
+    checkpoints = list(checkpoints)
+    for org in await recorder.orgs():
+        checkpoint = await recorder.latest_checkpoint(org)
+        if checkpoint is not None:
+            checkpoints.append(checkpoint)
+    loop = asyncio.get_running_loop()
+
+    def rows() -> Iterator[Row]:
+        position = 0
+        while chunk := asyncio.run_coroutine_threadsafe(recorder.read_after(position, page), loop).result():
+            yield from record_rows(chunk)
+            position = chunk[-1].seq
+
+    return await asyncio.to_thread(verify_rows, rows(), checkpoints=checkpoints, trusted_keys=trusted_keys)

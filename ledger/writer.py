@@ -21,7 +21,7 @@ import msgspec
 from ledger.checkpoint import sign_checkpoint
 from ledger.codec import decode_event, encode_event
 from ledger.crypto import Keyring, SigningKey, ValueOpener
-from ledger.errors import ConcurrencyError, LedgerError, StoreUnavailableError
+from ledger.errors import ConcurrencyError, LedgerError, StaleReadError, StoreUnavailableError
 from ledger.events import Event, event_type
 from ledger.model import (
     KeyState,
@@ -34,13 +34,14 @@ from ledger.model import (
     org_stream,
     secret_stream,
 )
-from ledger.recorder import Recorder
+from ledger.recorder import ReadSet, Recorder
 from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord
 
 T = TypeVar("T")
 log = logging.getLogger("keyledger.writer")
 MAX_BATCH = 512
 MAX_OPENERS = 10_000
+MAX_STALE_RETRIES = 8  # decisions made again after another process changed what they read
 
 
 class Decision(msgspec.Struct, Generic[T], kw_only=True):
@@ -173,6 +174,11 @@ class WriteCache:
             if row is None:
                 self.openers.pop(data_key_id, None)  # destroyed: forget the key at once
 
+    def forget_streams(self, streams: set[str]) -> None:
+        """After another process changed these streams."""
+        for stream in streams:
+            self.streams.pop(stream, None)
+
     def forget_data_keys(self) -> None:
         """After data keys were rewrapped or removed outside the writer."""
         self.wrapped.clear()
@@ -211,6 +217,10 @@ class Writer:
         # forget what those events touch, so no one reads a stale answer after a write returns.
         self.commit_listeners: list[Callable[[Sequence[Event]], None]] = []
         self.checkpoint_every = 1000  # events per org between automatic checkpoints
+        # The cache holds every state change up to this seq. Other processes sharing the store move
+        # the head past it: before each batch the writer forgets the streams they changed, and the
+        # store refuses a batch whose read streams changed after it anyway (a ReadSet).
+        self.known_seq = 0
 
     @property
     def running(self) -> bool:
@@ -244,12 +254,13 @@ class Writer:
         return self._last_at
 
     async def _run(self) -> None:
+        self.known_seq = await self.recorder.max_seq()  # the cache starts empty: current at any seq
         while True:
             jobs = [await self._queue.get()]
             while len(jobs) < MAX_BATCH and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
             try:
-                await self._commit_batch(jobs)
+                await self._commit_fresh(jobs)
             except ConcurrencyError:
                 # Another writer took a stream version (cannot happen with one writer per store):
                 # forget cached state and decide each command again, alone.
@@ -257,7 +268,7 @@ class Writer:
                 for job in jobs:
                     if not job.future.done():
                         try:
-                            await self._commit_batch([job])
+                            await self._commit_fresh([job])
                         except LedgerError as exc:
                             _fail(job, exc)
             except LedgerError as exc:
@@ -272,7 +283,26 @@ class Writer:
                 for job in jobs:
                     _fail(job, StoreUnavailableError(f"internal error while committing: {type(exc).__name__}"))
 
+    async def _commit_fresh(self, jobs: list[_Job]) -> None:
+        """Commit a batch decided on current state, deciding again while another process races it."""
+        for _ in range(MAX_STALE_RETRIES):
+            try:
+                await self._commit_batch(jobs)
+                return
+            except StaleReadError as exc:
+                self.cache.forget_streams(exc.streams)
+                await self._catch_up(await self.recorder.max_seq())
+        raise StoreUnavailableError("the ledger is too busy: other writers kept changing the same secrets")
+
+    async def _catch_up(self, upto: int | None = None) -> None:
+        """Forget what other processes changed since `known_seq` (a no-op for a store of its own)."""
+        head, changed = await self.recorder.changed_streams(self.known_seq, upto)
+        if changed:
+            self.cache.forget_streams(changed)
+        self.known_seq = max(self.known_seq, head)
+
     async def _commit_batch(self, jobs: list[_Job]) -> None:
+        await self._catch_up()
         view = WriteView(self.recorder, self.keyring, self._now())
         view._committed = self.cache
         decided: list[tuple[_Job, Decision[Any]]] = []
@@ -312,8 +342,10 @@ class Writer:
         if self.before_commit is not None:
             await self.before_commit()
         try:
+            read_set = ReadSet(self.known_seq, frozenset((*view.orgs, *view.keys, *view.secrets)))
             stored = await self.recorder.append(
-                pending, events, data_keys=data_keys, drop_data_keys=drop_data_keys, idempotency=idempotency
+                pending, events, data_keys=data_keys, drop_data_keys=drop_data_keys, idempotency=idempotency,
+                read_set=read_set,
             )
         finally:
             # On failure nothing committed (the batch's overlay is discarded; cached org heads stay
@@ -324,6 +356,12 @@ class Writer:
         self.batches += 1
         self.committed_commands += len(decided)
         self._answer(decided)
+        if stored:
+            if stored[0].seq > self.known_seq + 1:
+                # Others appended just before this batch: none changed what it read (the store
+                # checked), but they may have changed other cached streams.
+                await self._catch_up(stored[0].seq - 1)
+            self.known_seq = stored[-1].seq
         await self._checkpoint_if_due(stored)
 
     async def _checkpoint_if_due(self, stored: list[StoredRecord]) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from projections.sqlite_reader import (
+from projections.reader import (
     AuditFilter,
-    SqliteProjections,
+    Projections,
     never_revealed,
     query_audit,
     reveal_counts,
@@ -36,19 +36,19 @@ class VersionExposure(msgspec.Struct, frozen=True, kw_only=True):
     reveals: list[AuditRow]
 
 
-async def secrets_not_updated(reader: SqliteProjections, org: str, days: int, now: int) -> list[SecretMeta]:
+async def secrets_not_updated(reader: Projections, org: str, days: int, now: int) -> list[SecretMeta]:
     """Live secrets whose value has not changed for `days` days (as of `now`)."""
     return await stale_secrets(reader, org, now - days * DAY_NS)
 
 
-async def who_revealed(reader: SqliteProjections, org: str, secret: str, since: int | None,
+async def who_revealed(reader: Projections, org: str, secret: str, since: int | None,
                        until: int | None) -> list[AuditRow]:
     """Every granted reveal of `secret` in the window, with the version each caller saw."""
     return await query_audit(reader, org, AuditFilter(action="secret.revealed", secret=secret, since=since,
                                                        until=until), limit=MAX_ROWS, newest_first=False)
 
 
-async def version_exposure(reader: SqliteProjections, org: str, secret: str, version: int) -> VersionExposure:
+async def version_exposure(reader: Projections, org: str, secret: str, version: int) -> VersionExposure:
     """Every reveal of one version, between its creation and its replacement or deletion."""
     history = await query_audit(reader, org, AuditFilter(secret=secret), limit=MAX_ROWS, newest_first=False)
     created_at = replaced_at = None
@@ -68,22 +68,22 @@ async def version_exposure(reader: SqliteProjections, org: str, secret: str, ver
                            reveals=reveals)
 
 
-async def secrets_never_revealed(reader: SqliteProjections, org: str) -> list[SecretMeta]:
+async def secrets_never_revealed(reader: Projections, org: str) -> list[SecretMeta]:
     """Live secrets no one has revealed since they were (re-)created."""
     return await never_revealed(reader, org)
 
 
-async def reveals_with_revoked_keys(reader: SqliteProjections, org: str) -> list[AuditRow]:
+async def reveals_with_revoked_keys(reader: Projections, org: str) -> list[AuditRow]:
     """Reveals made with keys that have since been revoked."""
     return await reveals_by_revoked_keys(reader, org)
 
 
-async def denied_reveals(reader: SqliteProjections, org: str, since: int | None, until: int | None) -> list[AuditRow]:
+async def denied_reveals(reader: Projections, org: str, since: int | None, until: int | None) -> list[AuditRow]:
     return await query_audit(reader, org, AuditFilter(action="secret.reveal_denied", since=since, until=until),
                              limit=MAX_ROWS, newest_first=False)
 
 
-async def reveals_per_actor(reader: SqliteProjections, org: str, since: int | None,
+async def reveals_per_actor(reader: Projections, org: str, since: int | None,
                             until: int | None) -> list[ActorCount]:
     return [ActorCount(actor_key_id=key_id, actor_label=label, reveals=count)
             for key_id, label, count in await reveal_counts(reader, org, since, until)]

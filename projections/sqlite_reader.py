@@ -1,9 +1,7 @@
-"""Queries on the SQLite projections.
+"""The projections of one SQLite file, read through their own read-only connection.
 
-Reads use their own read-only connection. Point lookups and pages are a few microseconds of
-SQLite work, cheaper than a hop to a worker thread, so they run on the event loop's thread;
-WAL lets them proceed while the writer commits. The methods are async so that another backend
-can do real I/O behind the same interface.
+Point lookups and pages are a few microseconds of SQLite work, cheaper than a hop to a worker
+thread, so they run on the event loop's thread; WAL lets them proceed while the writer commits.
 """
 
 from __future__ import annotations
@@ -12,75 +10,28 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-import msgspec
-
-from ledger.events import ApiKeyRevoked, Event
-from ledger.writer import Writer
-from projections.views import ApiKeyRow, AuditRow, SecretMeta
-
-_CACHE_LIMIT = 100_000  # entries per cache; a full cache starts again empty
-
-SECRET_COLUMNS = (
-    "org, name, scope, category, description, version, created_at, updated_at, created_by, updated_by, deleted"
-)
-KEY_COLUMNS = "key_id, org, label, role, scope, created_at, revoked_at, last_used_at"
-_AUDIT_COLUMNS = (
-    "seq, org, at, action, actor_key_id, actor_label, actor_kind, secret, version, request_id, "
-    "client_address, user_agent, outcome, detail"
-)
+from projections.reader import Projections, Row
 
 
-def secret_of_row(row: tuple[object, ...]) -> SecretMeta:
-    return SecretMeta(
-        org=str(row[0]), name=str(row[1]), scope=str(row[2]), category=str(row[3]), description=str(row[4]),
-        version=int(row[5]), created_at=int(row[6]), updated_at=int(row[7]),  # type: ignore[call-overload]
-        created_by=str(row[8]), updated_by=str(row[9]), deleted=bool(row[10]),
-    )
-
-
-def key_of_row(row: tuple[object, ...]) -> ApiKeyRow:
-    return ApiKeyRow(
-        key_id=str(row[0]), org=str(row[1]), label=str(row[2]), role=str(row[3]), scope=str(row[4]),
-        created_at=int(row[5]),  # type: ignore[call-overload]
-        revoked_at=None if row[6] is None else int(row[6]),  # type: ignore[call-overload]
-        last_used_at=None if row[7] is None else int(row[7]),  # type: ignore[call-overload]
-    )
-
-
-class SqliteProjections:
-    """Read-only access to the projection tables of one database file."""
-
+class SqliteReadDatabase:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
-        # Caches of active keys (by digest) and live secrets' metadata, so that authentication and
-        # get cost no query. Only while following the writer (`follow`), which tells this reader
-        # what each commit touched before any caller hears of the commit.
-        self._following = False
-        self._keys: dict[str, tuple[ApiKeyRow, str]] = {}
-        self._secrets: dict[tuple[str, str], SecretMeta] = {}
 
-    def follow(self, writer: Writer) -> None:
-        """Cache reads, forgetting what each of `writer`'s commits touches (one process, one writer)."""
-        writer.commit_listeners.append(self._forget)
-        self._following = True
-
-    def _forget(self, events: Sequence[Event]) -> None:
-        for event in events:
-            name = getattr(event, "name", None)
-            if name is not None:
-                self._secrets.pop((event.org, name), None)
-            if type(event) is ApiKeyRevoked:
-                self._keys.clear()
-
-    def open(self) -> None:
+    def connect(self) -> None:
         self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
         self._conn.execute("PRAGMA query_only = ON")
 
-    def close(self) -> None:
+    def disconnect(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    async def open(self) -> None:
+        self.connect()
+
+    async def close(self) -> None:
+        self.disconnect()
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -88,184 +39,25 @@ class SqliteProjections:
             raise RuntimeError("projections are not open")
         return self._conn
 
-    async def key_by_sha256(self, key_sha256: str) -> tuple[ApiKeyRow, str] | None:
-        """The key row with that digest, and the stored digest for a constant-time comparison.
+    async def one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        row: Row | None = self.conn.execute(sql, params).fetchone()
+        return row
 
-        For authentication: from the cache, the row's `last_used_at` may be older than the table's.
-        """
-        cached = self._keys.get(key_sha256)
-        if cached is not None:
-            return cached
-        row = self.conn.execute(
-            f"SELECT {KEY_COLUMNS}, key_sha256 FROM api_keys WHERE key_sha256 = ?", (key_sha256,)
-        ).fetchone()
-        if row is None:
-            return None
-        found = (key_of_row(row), str(row[8]))
-        if found[0].revoked_at is None and self._following:
-            if len(self._keys) >= _CACHE_LIMIT:
-                self._keys.clear()
-            self._keys[key_sha256] = found
-        return found
-
-    async def get_key(self, org: str, key_id: str) -> ApiKeyRow | None:
-        row = self.conn.execute(
-            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ? AND org = ?", (key_id, org)
-        ).fetchone()
-        return None if row is None else key_of_row(row)
-
-    async def list_keys(self, org: str) -> list[ApiKeyRow]:
-        rows = self.conn.execute(
-            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE org = ? ORDER BY created_at, key_id", (org,)
-        ).fetchall()
-        return [key_of_row(r) for r in rows]
-
-    async def get_secret(self, org: str, name: str) -> SecretMeta | None:
-        cached = self._secrets.get((org, name))
-        if cached is not None:
-            return cached
-        row = self.conn.execute(
-            f"SELECT {SECRET_COLUMNS} FROM secrets WHERE org = ? AND name = ? AND deleted = 0", (org, name)
-        ).fetchone()
-        if row is None:
-            return None
-        meta = secret_of_row(row)
-        if self._following:
-            if len(self._secrets) >= _CACHE_LIMIT:
-                self._secrets.clear()
-            self._secrets[(org, name)] = meta
-        return meta
-
-    async def list_secrets(
-        self,
-        org: str,
-        *,
-        after: str | None = None,
-        limit: int = 100,
-        scope: str | None = None,
-        category: str | None = None,
-    ) -> list[SecretMeta]:
-        """A page of live secrets ordered by name (binary order), strictly after `after`."""
-        where = ["org = ?", "deleted = 0"]
-        params: list[object] = [org]
-        if after is not None:
-            where.append("name > ?")
-            params.append(after)
-        if scope is not None:
-            where.append("scope = ?")
-            params.append(scope)
-        if category is not None:
-            where.append("category = ?")
-            params.append(category)
-        params.append(limit)
-        rows = self.conn.execute(
-            f"SELECT {SECRET_COLUMNS} FROM secrets WHERE {' AND '.join(where)} ORDER BY name LIMIT ?", params
-        ).fetchall()
-        return [secret_of_row(r) for r in rows]
-
-    async def audit(self, org: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
-        rows = self.conn.execute(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (org, after_seq, limit),
-        ).fetchall()
-        return [
-            AuditRow(
-                seq=r[0], org=r[1], at=r[2], action=r[3], actor_key_id=r[4], actor_label=r[5], actor_kind=r[6],
-                secret=r[7], version=r[8], request_id=r[9], client_address=r[10], user_agent=r[11],
-                outcome=r[12], detail=r[13],
-            )
-            for r in rows
-        ]
-
-    async def positions(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT name, position FROM projection_positions").fetchall()
-        return {str(n): int(p) for n, p in rows}
-
-    async def ledger_head(self) -> int:
-        row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-        return int(row[0]) if row else 0
+    async def all(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        return self.conn.execute(sql, params).fetchall()
 
 
-class AuditFilter(msgspec.Struct, frozen=True, kw_only=True):
-    """Filters of the audit query; all optional."""
+class SqliteProjections(Projections):
+    """The projections of the SQLite file at `path`."""
 
-    action: str | None = None
-    secret: str | None = None
-    actor: str | None = None
-    outcome: str | None = None
-    since: int | None = None
-    until: int | None = None
-    after_seq: int | None = None
-    before_seq: int | None = None
+    def __init__(self, path: str | Path) -> None:
+        self.file = SqliteReadDatabase(path)
+        super().__init__(self.file)
 
+    def open_now(self) -> SqliteProjections:
+        """Open without an event loop (opening a file needs none)."""
+        self.file.connect()
+        return self
 
-def _audit_where(org: str, f: AuditFilter) -> tuple[str, list[object]]:
-    where = ["org = ?"]
-    params: list[object] = [org]
-    conditions: tuple[tuple[str, object], ...] = (
-        ("action = ?", f.action), ("secret = ?", f.secret), ("actor_key_id = ?", f.actor),
-        ("outcome = ?", f.outcome), ("at >= ?", f.since), ("at <= ?", f.until), ("seq > ?", f.after_seq),
-        ("seq < ?", f.before_seq),
-    )
-    for clause, value in conditions:
-        if value is not None:
-            where.append(clause)
-            params.append(value)
-    return " AND ".join(where), params
-
-
-def _audit_row(r: tuple[object, ...]) -> AuditRow:
-    return AuditRow(
-        seq=r[0], org=r[1], at=r[2], action=r[3], actor_key_id=r[4], actor_label=r[5],  # type: ignore[arg-type]
-        actor_kind=r[6], secret=r[7], version=r[8], request_id=r[9], client_address=r[10],  # type: ignore[arg-type]
-        user_agent=r[11], outcome=r[12], detail=r[13],  # type: ignore[arg-type]
-    )
-
-
-async def query_audit(projections: SqliteProjections, org: str, f: AuditFilter, *, limit: int,
-                      newest_first: bool) -> list[AuditRow]:
-    where, params = _audit_where(org, f)
-    order = "DESC" if newest_first else "ASC"
-    rows = projections.conn.execute(
-        f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {where} ORDER BY seq {order} LIMIT ?", [*params, limit]
-    ).fetchall()
-    return [_audit_row(r) for r in rows]
-
-
-async def stale_secrets(projections: SqliteProjections, org: str, updated_before: int) -> list[SecretMeta]:
-    rows = projections.conn.execute(
-        f"SELECT {SECRET_COLUMNS} FROM secrets WHERE org = ? AND deleted = 0 AND updated_at < ? ORDER BY name",
-        (org, updated_before),
-    ).fetchall()
-    return [secret_of_row(r) for r in rows]
-
-
-async def never_revealed(projections: SqliteProjections, org: str) -> list[SecretMeta]:
-    rows = projections.conn.execute(
-        f"""SELECT {SECRET_COLUMNS} FROM secrets s WHERE org = ? AND deleted = 0 AND NOT EXISTS (
-            SELECT 1 FROM audit a WHERE a.org = s.org AND a.secret = s.name AND a.action = 'secret.revealed'
-            AND a.seq > (SELECT MAX(c.seq) FROM audit c WHERE c.org = s.org AND c.secret = s.name
-                         AND c.action = 'secret.created')) ORDER BY name""",
-        (org,),
-    ).fetchall()
-    return [secret_of_row(r) for r in rows]
-
-
-async def reveals_by_revoked_keys(projections: SqliteProjections, org: str) -> list[AuditRow]:
-    rows = projections.conn.execute(
-        f"""SELECT {', '.join('a.' + c.strip() for c in _AUDIT_COLUMNS.split(','))} FROM audit a
-            JOIN api_keys k ON k.key_id = a.actor_key_id
-            WHERE a.org = ? AND a.action = 'secret.revealed' AND k.revoked_at IS NOT NULL ORDER BY a.seq""",
-        (org,),
-    ).fetchall()
-    return [_audit_row(r) for r in rows]
-
-
-async def reveal_counts(projections: SqliteProjections, org: str, since: int | None,
-                        until: int | None) -> list[tuple[str, str, int]]:
-    where, params = _audit_where(org, AuditFilter(action="secret.revealed", since=since, until=until))
-    rows = projections.conn.execute(
-        f"SELECT actor_key_id, MAX(actor_label), COUNT(*) FROM audit WHERE {where} "
-        "GROUP BY actor_key_id ORDER BY COUNT(*) DESC, actor_key_id", params
-    ).fetchall()
-    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+    def close_now(self) -> None:
+        self.file.disconnect()

@@ -14,7 +14,7 @@ FORBIDDEN = {
 SQL_WORDS = ("SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM", "CREATE TABLE")
 STORAGE_MODULES = {
     "ledger/sqlite_store.py", "projections/sqlite_tables.py", "projections/sqlite_reader.py",
-    "ledger/pg_store.py", "projections/pg_tables.py", "projections/pg_reader.py",
+    "ledger/pg_store.py", "projections/pg_tables.py", "projections/pg_reader.py", "projections/reader.py",
 }
 
 

@@ -10,6 +10,7 @@ tamper with the file or restart the app build their own.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -30,6 +31,8 @@ from api.settings import Settings
 from ledger.checkpoint import CheckpointError, check_signature, parse_checkpoint
 from ledger.crypto import MasterKey
 from ledger.export import CSV_COLUMNS, verify_export
+from tests.api.conftest import BACKENDS
+from tests.pg import PgDsn, pg_database, pg_query
 
 pytestmark = [
     # Building the app under Litestar 2.x warns (pinned elsewhere); pyproject turns warnings into errors.
@@ -75,7 +78,7 @@ class World:
     """The module's history: what was done, the answers given, and the global seq after each step."""
 
     client: Client
-    db: Path
+    db: Path | PgDsn
     acme: Key
     globex: Key
     member: Key  # acme, role member, scope agents
@@ -89,7 +92,7 @@ class World:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def make_settings(db: Path, master_key: MasterKey | None = None) -> Settings:
+def make_settings(db: Path | PgDsn, master_key: MasterKey | None = None) -> Settings:
     return Settings(db=db, master_key=master_key or MasterKey.generate()[0], admin_token=ADMIN_TOKEN)
 
 
@@ -117,7 +120,9 @@ def secret_path(name: str) -> str:
     return f"/v1/secrets/{quote(name, safe='')}"
 
 
-def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def rows(db: Path | PgDsn, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(db, PgDsn):
+        return pg_query(db, sql, params)
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return conn.execute(sql, params).fetchall()
@@ -125,7 +130,7 @@ def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ..
         conn.close()
 
 
-def max_seq(db: Path) -> int:
+def max_seq(db: Path | PgDsn) -> int:
     return int(rows(db, "SELECT COALESCE(MAX(seq), 0) FROM events")[0][0])
 
 
@@ -144,7 +149,7 @@ class Raw:
     hash: bytes
 
 
-def raw_events(db: Path, org: str) -> list[Raw]:
+def raw_events(db: Path | PgDsn, org: str) -> list[Raw]:
     found = []
     for seq, org_seq, type_, at, body, digest in rows(
         db, "SELECT seq, org_seq, type, at, body, hash FROM events WHERE org = ? ORDER BY seq", (org,)
@@ -215,9 +220,15 @@ def export_seqs(fmt: str, data: bytes) -> list[int]:
     return [line["seq"] for line in lines]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    db = tmp_path_factory.mktemp("audit-api") / "k.db"
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with contextlib.ExitStack() as stack:
+        db: Path | PgDsn = (tmp_path_factory.mktemp("audit-api") / "k.db" if request.param == "sqlite"
+                            else stack.enter_context(pg_database()))
+        yield from _build_world(db)
+
+
+def _build_world(db: Path | PgDsn) -> Iterator[World]:
     with TestClient(create_app(make_settings(db))) as client:
         points: dict[str, int] = {}
         acme = create_org(client, "acme")
@@ -737,8 +748,8 @@ def test_verify_fails_after_one_byte_of_the_file_is_changed(tmp_path: Path) -> N
     with TestClient(create_app(settings)) as client:
         acme, globex = small_history(client)
         assert verify_answer(client, acme)["ok"] is True
-    target = next(r for r in raw_events(settings.db, "acme") if r.type == "secret.created" and r.secret == "s1")
-    conn = sqlite3.connect(settings.db)
+    target = next(r for r in raw_events(settings.db.path, "acme") if r.type == "secret.created" and r.secret == "s1")
+    conn = sqlite3.connect(settings.db.path)
     try:
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             conn.execute("UPDATE events SET body = ? WHERE seq = ?", (target.body, target.seq))
@@ -765,8 +776,8 @@ def test_verify_catches_a_truncated_tail_with_the_stored_checkpoint(tmp_path: Pa
         checkpoint = client.get("/v1/ledger/checkpoint", headers=acme.headers).json()
         answer = verify_answer(client, acme)
         assert answer["ok"] is True and answer["checkpoint_org_seq"] == checkpoint["org_seq"]
-    last = raw_events(settings.db, "acme")[-1]
-    conn = sqlite3.connect(settings.db)
+    last = raw_events(settings.db.path, "acme")[-1]
+    conn = sqlite3.connect(settings.db.path)
     try:
         conn.execute("DROP TRIGGER events_no_delete")
         conn.execute("DELETE FROM events WHERE seq = ?", (last.seq,))

@@ -129,11 +129,11 @@ def bf_per_actor(events: Events, org: str, window: Window) -> list[tuple[str, st
 def projections(path: Path) -> Iterator[SqliteProjections]:
     """The projections of the file, opened after the history (the ledger is stopped)."""
     reader = SqliteProjections(path)
-    reader.open()
+    reader.open_now()
     try:
         yield reader
     finally:
-        reader.close()
+        reader.close_now()
 
 
 def history_and_events(history: list[Any], path: Path, **kwargs: Any) -> tuple[Run, Events]:

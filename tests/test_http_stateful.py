@@ -13,8 +13,8 @@ dot segments. tests/test_cli_e2e.py takes both to a real server.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-import sqlite3
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -32,6 +32,8 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api.settings import Settings
 from ledger.crypto import MasterKey
+from tests.api.conftest import query
+from tests.pg import PgDsn, needs_postgres, pg_database
 
 # The api declares parameters, dependencies and bodies in styles Litestar 2.25 deprecates; the suite turns
 # warnings into errors, so building the app would fail here. See test_bug_create_app_emits_deprecation_warnings.
@@ -113,14 +115,16 @@ class HttpMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.folder = Path(tempfile.mkdtemp(prefix="keyledger-stateful-"))
-        self.db = self.folder / "k.db"
+        self.cleanup = contextlib.ExitStack()
         try:
+            self.db = self._database()
             # synchronous=NORMAL: what is under test here is the API's answers, not durability (fsync per commit).
             app = create_app(Settings(db=self.db, master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN,
                                       synchronous="NORMAL"))
             self.client = TestClient(app)
             self.client.__enter__()
         except BaseException:
+            self.cleanup.close()
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
         self.keys: dict[str, list[KeyModel]] = {org: [] for org in ORGS}
@@ -134,7 +138,12 @@ class HttpMachine(RuleBasedStateMachine):
         try:
             self.client.__exit__(None, None, None)
         finally:
+            self.cleanup.close()
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _database(self) -> Path | PgDsn:
+        """The storage backend: a SQLite file here; PostgresHttpMachine overrides it."""
+        return self.folder / "k.db"
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -516,13 +525,9 @@ class HttpMachine(RuleBasedStateMachine):
 
     @invariant()
     def events_match_model(self) -> None:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            rows = conn.execute("SELECT type, COUNT(*) FROM events GROUP BY type").fetchall()
-            revealed = conn.execute("SELECT COUNT(*) FROM events WHERE type='secret.revealed'").fetchone()[0]
-            denied = conn.execute("SELECT COUNT(*) FROM events WHERE type='secret.reveal_denied'").fetchone()[0]
-        finally:
-            conn.close()
+        rows = query(self.db, "SELECT type, COUNT(*) FROM events GROUP BY type")
+        revealed = query(self.db, "SELECT COUNT(*) FROM events WHERE type='secret.revealed'")[0][0]
+        denied = query(self.db, "SELECT COUNT(*) FROM events WHERE type='secret.reveal_denied'")[0][0]
         assert revealed == self.events["secret.revealed"]
         assert denied == self.events["secret.reveal_denied"]
         counted = {t: n for t, n in rows}
@@ -532,6 +537,20 @@ class HttpMachine(RuleBasedStateMachine):
 
 HttpMachine.TestCase.settings = settings(stateful_step_count=25)
 TestHttpStateful = HttpMachine.TestCase
+
+
+class PostgresHttpMachine(HttpMachine):
+    """The same model, with the API on a fresh PostgreSQL database per run."""
+
+    def _database(self) -> Path | PgDsn:
+        return self.cleanup.enter_context(pg_database())
+
+
+# A third of the runs: each starts a database, and the SQLite machine covers the API's rules at full size.
+PostgresHttpMachine.TestCase.settings = settings(
+    stateful_step_count=25, max_examples=max(10, (settings.default.max_examples or 60) // 3)
+)
+TestPostgresHttpStateful = needs_postgres(PostgresHttpMachine.TestCase)
 
 
 

@@ -413,7 +413,7 @@ async def test_invariant_4_no_plaintext_at_rest(
         texts += [str(failure), repr(failure), "".join(traceback.format_exception(failure))]
 
     projections = SqliteProjections(db_path)
-    projections.open()
+    await projections.open()
     try:
         texts += [
             msgspec.json.encode(await projections.list_secrets("acme")).decode(),
@@ -422,7 +422,7 @@ async def test_invariant_4_no_plaintext_at_rest(
             msgspec.json.encode(await projections.list_keys("acme")).decode(),
         ]
     finally:
-        projections.close()
+        await projections.close()
     assert '"version":2' in texts[-4] and "planted" in texts[-4]  # the answers are real, not empty
 
     assert_absent(canaries, "\n".join(texts).encode(), "an answer or an exception")
@@ -761,11 +761,11 @@ async def test_32_concurrent_upserts_of_one_name_lose_nothing(ledger: Ledger, db
     assert (revealed.version, revealed.value) == (32, last)
     assert count(db_path, "secret.created") + count(db_path, "secret.updated") == 32
     projections = SqliteProjections(db_path)
-    projections.open()
+    await projections.open()
     try:
         meta = await projections.get_secret("acme", "hot")
     finally:
-        projections.close()
+        await projections.close()
     assert meta is not None and meta.version == 32
 
 

@@ -122,11 +122,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _open_projections(self) -> Any:
         projections = SqliteProjections(self.path)
-        projections.open()
+        projections.open_now()
         return projections
 
     def _close_projections(self) -> None:
-        self.projections.close()
+        self.projections.close_now()
 
     def count_events(self, kind: str | None = None) -> int:
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)

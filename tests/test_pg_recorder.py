@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from ledger import pg_store
 from ledger.pg_store import PostgresRecorder
 from ledger.recorder import Projector, Recorder
 from projections.pg_tables import all_projectors
+from projections.sqlite_tables import PROJECTION_TABLES
 from tests.contracts.recorder import RecorderContract
 from tests.pg import fresh_database, needs_postgres
 
@@ -32,6 +36,24 @@ class TestPostgresRecorder(RecorderContract):
         assert isinstance(recorder, PostgresRecorder)
         return int(await recorder.pool.fetchval("SELECT COUNT(*) FROM audit"))
 
+    def store_module(self) -> types.ModuleType:
+        return pg_store
+
     def fail_next_commit(self, recorder: Recorder) -> None:
         assert isinstance(recorder, PostgresRecorder)
         recorder.fail_next_commits = 1
+
+    @contextlib.asynccontextmanager
+    async def other_recorder(self, tmp_path: Path, projectors: list[Projector]) -> AsyncIterator[Recorder]:
+        async for dsn in fresh_database():
+            recorder = PostgresRecorder(dsn, projectors)
+            await recorder.open()
+            try:
+                yield recorder
+            finally:
+                await recorder.close()
+
+    async def projection_rows(self, recorder: Recorder) -> dict[str, list[tuple[object, ...]]]:
+        assert isinstance(recorder, PostgresRecorder)
+        return {table: [tuple(row) for row in await recorder.pool.fetch(f"SELECT * FROM {table} ORDER BY 1, 2")]
+                for table in PROJECTION_TABLES}

@@ -96,7 +96,7 @@ def test_folding_up_to_the_head_gives_the_secrets_projection(history: list[Any])
     with temp_db("keyledger-as-of-") as path:
         run = run_history(path, history, after=fold_heads)
         reader = SqliteProjections(path)
-        reader.open()
+        reader.open_now()
         try:
             for org in ORGS:
                 fold = folds[org]
@@ -115,7 +115,7 @@ def test_folding_up_to_the_head_gives_the_secrets_projection(history: list[Any])
                     assert async_run(reader.get_secret(org, meta.name)) == (None if meta.deleted else meta)
                 assert projection_rows(path, org) == sorted(fold.values(), key=lambda m: m.name.encode())
         finally:
-            reader.close()
+            reader.close_now()
 
 
 def async_run(awaitable: Any) -> Any:

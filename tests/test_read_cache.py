@@ -31,16 +31,16 @@ async def check_history(path: Path, history: list[tuple[Any, ...]]) -> None:
     scenario = Scenario(path, Keyring(MasterKey.generate()[0]))
     await scenario.start()
     cached, fresh = SqliteProjections(path), SqliteProjections(path)
-    cached.open()
-    fresh.open()
+    cached.open_now()
+    fresh.open_now()
     cached.follow(scenario.ledger.writer)
     try:
         for op in history:
             if op[0] == "restart":  # a new ledger (and writer): the server builds a new reader too
                 await scenario.run([op])
-                cached.close()
+                cached.close_now()
                 cached = SqliteProjections(path)
-                cached.open()
+                cached.open_now()
                 cached.follow(scenario.ledger.writer)
             else:
                 # Warm the cache first, so that a stale entry would survive into the comparison.
@@ -57,8 +57,8 @@ async def check_history(path: Path, history: list[tuple[Any, ...]]) -> None:
                     await fresh.key_by_sha256(digest)
                 )
     finally:
-        cached.close()
-        fresh.close()
+        cached.close_now()
+        fresh.close_now()
         await scenario.ledger.stop()
 
 
@@ -75,7 +75,7 @@ def test_a_reader_that_does_not_follow_a_writer_caches_nothing(tmp_path: Path) -
         scenario = Scenario(path, Keyring(MasterKey.generate()[0]))
         await scenario.start()
         reader = SqliteProjections(path)
-        reader.open()
+        reader.open_now()
         try:
             ctx, org = scenario.actor(0)
             await scenario.ledger.upsert_secret(ctx, org, "db", b"one")
@@ -84,7 +84,7 @@ def test_a_reader_that_does_not_follow_a_writer_caches_nothing(tmp_path: Path) -
             await scenario.ledger.upsert_secret(ctx, org, "db", b"two")
             assert (await reader.get_secret(org, "db")).version == 2  # type: ignore[union-attr]
         finally:
-            reader.close()
+            reader.close_now()
             await scenario.ledger.stop()
 
     asyncio.run(run())

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import subprocess
 import sys
+import types
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from ledger import sqlite_store
 from ledger.errors import StoreLockedError
 from ledger.recorder import Projector, Recorder
 from ledger.sqlite_store import SqliteRecorder
-from projections.sqlite_tables import all_projectors
+from projections.sqlite_tables import PROJECTION_TABLES, all_projectors
 from tests.contracts.recorder import RecorderContract, org_event
 
 
@@ -29,9 +33,27 @@ class TestSqliteRecorder(RecorderContract):
         rows = await recorder.read_connection.execute_fetchall("SELECT COUNT(*) FROM audit")
         return int(next(iter(rows))[0])
 
+    def store_module(self) -> types.ModuleType:
+        return sqlite_store
+
     def fail_next_commit(self, recorder: Recorder) -> None:
         assert isinstance(recorder, SqliteRecorder)
         recorder.fail_next_commits = 1
+
+    @contextlib.asynccontextmanager
+    async def other_recorder(self, tmp_path: Path, projectors: list[Projector]) -> AsyncIterator[Recorder]:
+        recorder = SqliteRecorder(tmp_path / "other.db", projectors)
+        await recorder.open()
+        try:
+            yield recorder
+        finally:
+            await recorder.close()
+
+    async def projection_rows(self, recorder: Recorder) -> dict[str, list[tuple[object, ...]]]:
+        assert isinstance(recorder, SqliteRecorder)
+        conn = recorder.read_connection
+        return {table: [tuple(row) for row in await conn.execute_fetchall(f"SELECT * FROM {table} ORDER BY 1, 2")]
+                for table in PROJECTION_TABLES}
 
 
 async def test_wal_and_full_synchronous(tmp_path: Path) -> None:

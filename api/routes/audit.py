@@ -19,7 +19,7 @@ from ledger.codec import decode_event
 from ledger.events import Event, outcome_of, secret_name
 from ledger.export import render
 from ledger.service import Ledger
-from projections.sqlite_reader import AuditFilter, SqliteProjections, query_audit
+from projections.reader import AuditFilter, Projections, query_audit
 from projections.views import AuditRow
 
 Action = Literal[
@@ -120,7 +120,7 @@ class AuditController(Controller):
     async def query(
         self,
         principal: NamedDependency[Principal],
-        projections: NamedDependency[SqliteProjections],
+        projections: NamedDependency[Projections],
         action: FromQuery[Action | None] = None,
         secret: Annotated[str | None, QueryParameter(max_length=256)] = None,
         actor: Annotated[str | None, QueryParameter(max_length=64, description="key id")] = None,

@@ -18,7 +18,7 @@ from api.routes.secrets import metadata_of
 from api.schemas import SecretMetadata, rfc3339
 from ledger.errors import ValidationError
 from projections import compliance
-from projections.sqlite_reader import SqliteProjections
+from projections.reader import Projections
 
 SecretParam = Annotated[str, QueryParameter(min_length=1, max_length=256)]
 
@@ -63,7 +63,7 @@ class ComplianceController(Controller):
     async def stale(
         self,
         principal: NamedDependency[Principal],
-        projections: NamedDependency[SqliteProjections],
+        projections: NamedDependency[Projections],
         days: Annotated[int, QueryParameter(ge=0, le=36500)] = 90,
         as_of: TimeParam = None,
     ) -> SecretsAnswer:
@@ -84,7 +84,7 @@ class ComplianceController(Controller):
     async def reveals(
         self,
         principal: NamedDependency[Principal],
-        projections: NamedDependency[SqliteProjections],
+        projections: NamedDependency[Projections],
         secret: SecretParam,
         since: TimeParam = None,
         until: TimeParam = None,
@@ -104,7 +104,7 @@ class ComplianceController(Controller):
     async def exposure(
         self,
         principal: NamedDependency[Principal],
-        projections: NamedDependency[SqliteProjections],
+        projections: NamedDependency[Projections],
         secret: SecretParam,
         version: Annotated[int, QueryParameter(ge=1, le=2**62)],
     ) -> ExposureAnswer:
@@ -125,7 +125,7 @@ class ComplianceController(Controller):
         summary="Live secrets no one has revealed since they were created",
     )
     async def never_revealed(
-        self, principal: NamedDependency[Principal], projections: NamedDependency[SqliteProjections]
+        self, principal: NamedDependency[Principal], projections: NamedDependency[Projections]
     ) -> SecretsAnswer:
         principal.require_admin()
         rows = await compliance.secrets_never_revealed(projections, principal.org)
@@ -138,7 +138,7 @@ class ComplianceController(Controller):
         summary="Reveals made with keys that were later revoked",
     )
     async def revoked_key_reveals(
-        self, principal: NamedDependency[Principal], projections: NamedDependency[SqliteProjections]
+        self, principal: NamedDependency[Principal], projections: NamedDependency[Projections]
     ) -> EventsAnswer:
         principal.require_admin()
         rows = await compliance.reveals_with_revoked_keys(projections, principal.org)
@@ -153,7 +153,7 @@ class ComplianceController(Controller):
     async def denied(
         self,
         principal: NamedDependency[Principal],
-        projections: NamedDependency[SqliteProjections],
+        projections: NamedDependency[Projections],
         since: TimeParam = None,
         until: TimeParam = None,
     ) -> EventsAnswer:
@@ -172,7 +172,7 @@ class ComplianceController(Controller):
     async def counts(
         self,
         principal: NamedDependency[Principal],
-        projections: NamedDependency[SqliteProjections],
+        projections: NamedDependency[Projections],
         since: TimeParam = None,
         until: TimeParam = None,
     ) -> CountsAnswer:

@@ -8,7 +8,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from api.schemas import Health
 from ledger.service import Ledger
-from projections.sqlite_reader import SqliteProjections
+from projections.reader import Projections
 
 
 @get("/healthz", operation_id="Health", tags=["health"], summary="The process is alive")
@@ -23,7 +23,7 @@ async def healthz() -> Health:
     summary="The store is open and projections are current",
     responses={503: ResponseSpec(data_container=Health, description="Not ready")},
 )
-async def readyz(ledger: NamedDependency[Ledger], projections: NamedDependency[SqliteProjections]) -> Response[Health]:
+async def readyz(ledger: NamedDependency[Ledger], projections: NamedDependency[Projections]) -> Response[Health]:
     if not ledger.writer.running:
         return Response(Health(status="store closed"), status_code=503)
     head = await projections.ledger_head()

@@ -17,7 +17,7 @@ from ledger.commands import CreatedKey
 from ledger.errors import NotFoundError
 from ledger.idempotency import StoredAnswer
 from ledger.service import Ledger
-from projections.sqlite_reader import SqliteProjections
+from projections.reader import Projections
 
 
 class KeysController(Controller):
@@ -27,7 +27,7 @@ class KeysController(Controller):
 
     @get("/", operation_id="ListApiKeys", responses=problems(*COMMON), summary="List the org's active API keys")
     async def list_keys(
-        self, principal: NamedDependency[Principal], projections: NamedDependency[SqliteProjections]
+        self, principal: NamedDependency[Principal], projections: NamedDependency[Projections]
     ) -> ApiKeyList:
         rows = await projections.list_keys(principal.org)
         return ApiKeyList(
@@ -88,7 +88,7 @@ class KeysController(Controller):
         key_id: FromPath[str],
         principal: NamedDependency[Principal],
         ledger: NamedDependency[Ledger],
-        projections: NamedDependency[SqliteProjections],
+        projections: NamedDependency[Projections],
     ) -> None:
         principal.require_admin()
         if await projections.get_key(principal.org, key_id) is None:

@@ -32,7 +32,7 @@ from ledger.events import Category, Scope
 from ledger.idempotency import StoredAnswer
 from ledger.service import Ledger
 from projections.point_in_time import live, secrets_as_of
-from projections.sqlite_reader import SqliteProjections
+from projections.reader import Projections
 from projections.views import SecretMeta
 
 AsOfParam = Annotated[
@@ -90,7 +90,7 @@ def decode_cursor(cursor: str) -> str:
 
 
 async def _expected_version(
-    projections: SqliteProjections, principal: Principal, name: str, if_match: str | None
+    projections: Projections, principal: Principal, name: str, if_match: str | None
 ) -> int | None:
     wanted = parse_if_match(if_match)
     if wanted is None:
@@ -123,7 +123,7 @@ class SecretsController(Controller):
     async def list_secrets(
         self,
         principal: NamedDependency[Principal],
-        projections: NamedDependency[SqliteProjections],
+        projections: NamedDependency[Projections],
         ledger: NamedDependency[Ledger],
         limit: Annotated[int, QueryParameter(ge=1, le=1000, description="Page size")] = 100,
         cursor: Annotated[
@@ -173,7 +173,7 @@ class SecretsController(Controller):
         if_match: Annotated[str | None, HeaderParameter(name="If-Match", required=False)] = None,
     ) -> Response[SecretMetadata]:
         ledger, principal = _services(request)
-        projections: SqliteProjections = request.app.state.projections
+        projections: Projections = request.app.state.projections
         expected = await _expected_version(projections, principal, data.name, if_match)
         command = ledger.upsert_secret_command(
             principal.ctx,
@@ -204,7 +204,7 @@ class SecretsController(Controller):
         as_of: AsOfParam = None,
     ) -> Response[SecretMetadata]:
         ledger, principal = _services(request)
-        projections: SqliteProjections = request.app.state.projections
+        projections: Projections = request.app.state.projections
         point = parse_as_of(as_of)
         if point is not None:
             found = (await secrets_as_of(ledger.recorder, principal.org, point.includes)).get(name)
@@ -228,7 +228,7 @@ class SecretsController(Controller):
         name: FromPath[str],
         principal: NamedDependency[Principal],
         ledger: NamedDependency[Ledger],
-        projections: NamedDependency[SqliteProjections],
+        projections: NamedDependency[Projections],
         if_match: Annotated[str | None, HeaderParameter(name="If-Match", required=False)] = None,
     ) -> None:
         expected = await _expected_version(projections, principal, name, if_match)

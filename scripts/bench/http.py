@@ -32,6 +32,14 @@ connections. ``--check`` exits 1 if one is missed. ``--profile ROUTE,...`` (or `
 (``pip install py-spy``) on the server while wrk loads that route at the first concurrency and prints
 where the time goes, plus the CPU of each server thread.
 
+On PostgreSQL (issue 6): ``--db postgresql://user@host:port/postgres`` gives each configuration a
+fresh database on that server (dropped at the end), and ``--workers 1,2`` runs each server with 1 and
+with 2 processes (``keyledger serve --workers N``); ratios are still to the same configuration's
+baseline in the same run. The ``db cores`` column is the CPU of every PostgreSQL process on the
+machine during the run (the database's share; it is left out of ``other``).
+
+    .venv/bin/python scripts/bench/http.py --db "$KEYLEDGER_TEST_PG_DSN" --workers 1,2 --servers uvicorn
+
 Loopback only; every load is bounded in time; the servers are always killed at the end (process groups).
 The JSON (``--out``) also records the git commit the servers ran, and says if the sources changed mid-run.
 
@@ -172,6 +180,7 @@ class CpuMeter:
         self.server_pid = server_pid
         self.wall = time.perf_counter()
         self.server = sum(_proc_ticks(p) for p in descendants(server_pid))
+        self.database = postgres_ticks()
         self.machine = machine_ticks()
         self.children = rusage_seconds(resource.RUSAGE_CHILDREN)
         self.me = rusage_seconds(resource.RUSAGE_SELF)
@@ -179,12 +188,13 @@ class CpuMeter:
     def stop(self) -> dict[str, float]:
         wall = time.perf_counter() - self.wall
         server = (sum(_proc_ticks(p) for p in descendants(self.server_pid)) - self.server) / CLK_TCK
+        database = (postgres_ticks() - self.database) / CLK_TCK
         busy, _total, steal = machine_ticks()
         busy_s = (busy - self.machine[0]) / CLK_TCK
         steal_s = (steal - self.machine[2]) / CLK_TCK
         wrk = rusage_seconds(resource.RUSAGE_CHILDREN) - self.children
         me = rusage_seconds(resource.RUSAGE_SELF) - self.me
-        other = max(0.0, busy_s - steal_s - server - wrk - me)
+        other = max(0.0, busy_s - steal_s - server - database - wrk - me)
         return {
             "wall_s": wall,
             "server_cores": server / wall,
@@ -192,6 +202,7 @@ class CpuMeter:
             "other_cores": other / wall,
             "steal_cores": steal_s / wall,
             "server_cpu_s": server,
+            "database_cores": database / wall,
         }
 
 
@@ -207,13 +218,16 @@ def free_port() -> int:
 class Server:
     """`keyledger serve` in its own process group, killed (the whole group) on stop()."""
 
-    def __init__(self, kind: str, keyledger: Path, workdir: Path, port: int) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, keyledger: Path, workdir: Path, port: int, *, workers: int = 1,
+                 db: str | None = None) -> None:
+        self.kind = kind if workers == 1 else f"{kind}-w{workers}"  # the configuration's name
+        self.server = kind
+        self.workers = workers
         self.keyledger = keyledger
         self.workdir = workdir
         self.port = port
-        self.db = workdir / "bench.db"
-        self.log_path = workdir / f"server-{kind}.log"
+        self.db = db or str(workdir / "bench.db")  # a SQLite file, or a PostgreSQL database's URL
+        self.log_path = workdir / f"server-{self.kind}.log"
         self.admin_token = "adm_" + secrets.token_urlsafe(24)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{port}"
@@ -226,8 +240,8 @@ class Server:
         # cost is measured) but with limits no load here reaches.
         env["KEYLEDGER_RATE_LIMIT_PER_KEY"] = env["KEYLEDGER_RATE_LIMIT_PER_ADDRESS"] = "1000000000/second"
         command = [str(self.keyledger), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--db", str(self.db), "--server", self.kind]
-        log(f"[{self.kind}] starting: {' '.join(command)}")
+                   "--db", self.db, "--server", self.server, "--workers", str(self.workers)]
+        log(f"[{self.kind}] starting: {' '.join(command).replace(self.db, redact(self.db))}")
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          env=env, cwd=self.workdir, start_new_session=True)
@@ -277,6 +291,55 @@ class Server:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)  # stragglers of the group (granian's worker)
         log(f"[{self.kind}] stopped (exit {proc.returncode})")
+
+
+def redact(url: str) -> str:
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def database_url(server_url: str, name: str) -> str:
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def create_database(server_url: str, name: str) -> str:
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    return database_url(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def postgres_ticks() -> int:
+    """CPU ticks of every PostgreSQL process on the machine (the database server's share of a run)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if text[text.index("(") + 1 : text.rindex(")")].startswith("postgres"):
+            fields = text.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total
 
 
 # -- seeding ---------------------------------------------------------------------------------------
@@ -442,10 +505,12 @@ class Bench:
             "server_us_per_req": cpu["server_cpu_s"] / requests * 1e6 if requests else None,
             "server_cores": cpu["server_cores"], "wrk_cores": cpu["wrk_cores"],
             "other_cores": cpu["other_cores"], "steal_cores": cpu["steal_cores"],
+            "database_cores": cpu["database_cores"],
         }
         log(f"  [{self.server.kind} c{connections}] {route:8s} {sample['rps']:9.0f} req/s  "
             f"p50 {sample['p50_ms']:6.2f} ms  p99 {sample['p99_ms']:6.2f} ms  "
-            f"server {sample['server_us_per_req'] or 0:5.0f} µs/req  other {cpu['other_cores']:.2f} cores"
+            f"server {sample['server_us_per_req'] or 0:5.0f} µs/req  database {cpu['database_cores']:.2f} "
+            f"cores  other {cpu['other_cores']:.2f} cores"
             + (f"  ERRORS {raw['errors']}" if errors else ""))
         return sample
 
@@ -462,7 +527,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         key: median_of(samples, key)
         for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "server_us_per_req", "server_cores", "other_cores",
-                    "steal_cores", "wrk_cores")
+                    "steal_cores", "wrk_cores", "database_cores")
     }
     rps = [s["rps"] for s in samples]
     out["rps_min"] = min(rps)
@@ -491,7 +556,7 @@ def print_tables(results: dict[str, Any], args: argparse.Namespace) -> None:
                   f"{args.warmup:g} s warm-up; medians of {args.runs} runs)")
             header = (f"{'route':8s} {'req/s':>9s} {'(min-max)':>17s} {'p50 ms':>7s} {'p99 ms':>7s} "
                       f"{'ratio':>6s} {'target':>7s} {'p99<50':>6s} {'µs/req':>7s} {'srv cores':>9s} "
-                      f"{'other':>6s} {'err':>4s}  paired ratios")
+                      f"{'db cores':>8s} {'other':>6s} {'err':>4s}  paired ratios")
             print(header)
             print("-" * len(header))
             rows = [(BASELINE, block["baseline"], None)]
@@ -511,7 +576,8 @@ def print_tables(results: dict[str, Any], args: argparse.Namespace) -> None:
                 print(f"{route:8s} {med['rps']:9.0f} {spread:>17s} {fmt(med['p50_ms'], '.2f'):>7s} "
                       f"{fmt(med['p99_ms'], '.2f'):>7s} {ratio:6.3f} {target:>7s} {p99_ok:>6s} "
                       f"{fmt(med['server_us_per_req'], '.0f'):>7s} {fmt(med['server_cores'], '.2f'):>9s} "
-                      f"{fmt(med['other_cores'], '.2f'):>6s} {med['errors']:4d}  "
+                      f"{fmt(med.get('database_cores'), '.2f'):>8s} {fmt(med['other_cores'], '.2f'):>6s} "
+                      f"{med['errors']:4d}  "
                       + ("/".join(f"{r:.2f}" for r in entry["paired_ratios"]) if entry else ""))
     winners = results.get("reveal_winner") or {}
     if winners:
@@ -776,6 +842,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", default="uvicorn,granian", help="comma-separated: uvicorn, granian")
     parser.add_argument("--connections", default="32,128", help="comma-separated wrk concurrencies")
+    parser.add_argument("--db", default="", help="a PostgreSQL server URL (postgresql://user@host:port/db): each "
+                        "configuration gets a fresh database there, dropped at the end; default: SQLite files")
+    parser.add_argument("--workers", default="1", help="comma-separated server process counts (above 1: --db)")
     parser.add_argument("--routes", default=",".join(ROUTES), help=f"comma-separated among {', '.join(ROUTES)}")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of every (baseline, route) pair")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of every measured wrk run")
@@ -795,6 +864,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the keyledger command")
     args = parser.parse_args(argv)
     args.server_list = csv(args.servers)
+    args.worker_list = [int(w) for w in csv(args.workers)]
+    args.configs = [(kind, workers) for workers in args.worker_list for kind in args.server_list]
+    args.created_databases = []
+    if args.db and not is_postgres(args.db):
+        parser.error("--db takes a PostgreSQL server URL (postgresql://...); leave it out for SQLite")
+    if not args.db and any(w > 1 for w in args.worker_list):
+        parser.error("--workers above 1 needs --db postgresql://... (one SQLite file serves one process)")
     args.connection_list = [int(c) for c in csv(args.connections)]
     args.route_list = csv(args.routes)
     for kind in args.server_list:
@@ -847,11 +923,19 @@ def terminate_on_signals() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def start_and_seed(args: argparse.Namespace, wrk: str, kind: str, workdir: Path, results: dict[str, Any],
-                   servers: dict[str, Server]) -> Bench:
+def start_and_seed(args: argparse.Namespace, wrk: str, config: tuple[str, int], workdir: Path,
+                   results: dict[str, Any], servers: dict[str, Server]) -> Bench:
+    server_kind, workers = config
+    kind = server_kind if workers == 1 else f"{server_kind}-w{workers}"
     serverdir = workdir / kind
     serverdir.mkdir()
-    server = Server(kind, args.keyledger, serverdir, args.port + len(servers) if args.port else free_port())
+    db = None
+    if args.db:  # a fresh database on the given PostgreSQL server for each configuration
+        name = f"kl_bench_{args.stamp.replace('-', '_')}_{kind.replace('-', '_')}"
+        db = create_database(args.db, name)
+        args.created_databases.append(name)
+    server = Server(server_kind, args.keyledger, serverdir, args.port + len(servers) if args.port else free_port(),
+                    workers=workers, db=db)
     servers[kind] = server
     per_server: dict[str, Any] = {"connections": {}, "log": str(server.log_path)}
     results["servers"][kind] = per_server
@@ -907,7 +991,10 @@ def run_all(args: argparse.Namespace, wrk: str, workdir: Path, results: dict[str
     """Start and seed every server (side by side, same code), measure, profile; always stop them all."""
     servers: dict[str, Server] = {}
     try:
-        benches = {kind: start_and_seed(args, wrk, kind, workdir, results, servers) for kind in args.server_list}
+        benches: dict[str, Bench] = {}
+        for config in args.configs:
+            bench = start_and_seed(args, wrk, config, workdir, results, servers)
+            benches[bench.server.kind] = bench
         measure_all(args, benches, results)
         if args.profile:
             for kind, bench in benches.items():
@@ -915,6 +1002,11 @@ def run_all(args: argparse.Namespace, wrk: str, workdir: Path, results: dict[str
     finally:
         for server in servers.values():
             server.stop()
+        for name in args.created_databases:
+            try:
+                drop_database(args.db, name)
+            except Exception as exc:  # report, and go on dropping the others
+                log(f"could not drop database {name}: {exc}")
 
 
 def code_fingerprint() -> dict[str, Any]:
@@ -978,8 +1070,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     py_spy = find_py_spy() if args.profile else None
     per_pair = 2 * (args.duration + args.warmup + 0.3)
-    estimate = (len(args.server_list) * len(args.connection_list) * args.runs * len(args.route_list) * per_pair
-                + len(args.server_list) * (args.secrets / 200 + 5))
+    estimate = (len(args.configs) * len(args.connection_list) * args.runs * len(args.route_list) * per_pair
+                + len(args.configs) * (args.secrets / 200 + 5))
     log(f"HTTP benchmark: servers {args.server_list}, connections {args.connection_list}, routes "
         f"{args.route_list}, {args.runs} runs of {args.duration:g} s (+{args.warmup:g} s warm-up); "
         f"about {estimate / 60:.0f} min. Load average {loadavg()}, {os.cpu_count()} CPUs.")
@@ -988,7 +1080,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "servers": args.server_list, "connections": args.connection_list, "routes": args.route_list,
             "runs": args.runs, "duration_s": args.duration, "warmup_s": args.warmup, "secrets": args.secrets,
-            "seed_concurrency": args.seed_concurrency, "wrk_threads": 1, "synchronous": "FULL", "workers": 1,
+            "seed_concurrency": args.seed_concurrency, "wrk_threads": 1, "synchronous": "FULL",
+            "workers": args.worker_list, "database": redact(args.db) if args.db else "sqlite",
             "targets": TARGETS, "p99_limit_ms": P99_LIMIT_MS, "p99_at_connections": P99_AT_CONNECTIONS,
         },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "versions": versions()},

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+import asyncpg
 import httpx
 import pytest
 from litestar import Litestar
@@ -27,6 +28,12 @@ from litestar.testing.transport import TestClientTransport
 from api.app import create_app
 from api.settings import Settings
 from ledger.crypto import MasterKey
+from ledger.pg_store import PostgresRecorder
+from ledger.recorder import Recorder
+from ledger.sqlite_store import SqliteRecorder, iter_rows
+from ledger.verify import VerifyReport, verify_recorder, verify_rows
+from projections import pg_tables, sqlite_tables
+from tests.pg import PgDsn, needs_postgres, pg_database, pg_query, run_sync
 
 ADMIN_TOKEN = "test-admin-token"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -64,13 +71,23 @@ class Key:
         return {"Authorization": f"Bearer {self.api_key}"}
 
 
-@pytest.fixture
-def db_file(tmp_path: Path) -> Path:
-    return tmp_path / "keyledger.db"
+# Every API test runs on both storage backends (PostgreSQL when KEYLEDGER_TEST_PG_DSN is set).
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=needs_postgres)]
+sqlite_only = pytest.mark.parametrize("db_file", ["sqlite"], indirect=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_file(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | PgDsn]:
+    """The test's database: a SQLite file, or a fresh PostgreSQL database (its DSN)."""
+    if request.param == "sqlite":
+        yield tmp_path / "keyledger.db"
+        return
+    with pg_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture
-def settings(db_file: Path) -> Settings:
+def settings(db_file: Path | PgDsn) -> Settings:
     return Settings(db=db_file, master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN)
 
 
@@ -123,8 +140,11 @@ def globex(client: TestClient[Litestar]) -> Key:
     return create_org(client, "globex")
 
 
-def query(db_file: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read the database file directly, on a connection of its own (WAL lets it read while the app runs)."""
+def query(db_file: Path | PgDsn, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read the database directly, on a connection of its own (SQLite's WAL lets it read while the app
+    runs); SQL in SQLite's dialect, translated for PostgreSQL."""
+    if isinstance(db_file, PgDsn):
+        return pg_query(db_file, sql, params)
     conn = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)
     try:
         return conn.execute(sql, params).fetchall()
@@ -132,7 +152,7 @@ def query(db_file: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[A
         conn.close()
 
 
-def max_seq(db_file: Path) -> int:
+def max_seq(db_file: Path | PgDsn) -> int:
     return int(query(db_file, "SELECT COALESCE(MAX(seq), 0) FROM events")[0][0])
 
 
@@ -151,14 +171,14 @@ def assert_problem(response: httpx.Response, status: int, *detail_parts: str) ->
     return body
 
 
-def events_after(db_file: Path, seq: int) -> list[dict[str, Any]]:
+def events_after(db_file: Path | PgDsn, seq: int) -> list[dict[str, Any]]:
     """The decoded bodies of the events after `seq`, in order (each has its `type` tag)."""
     return [
         json.loads(body) for (body,) in query(db_file, "SELECT body FROM events WHERE seq > ? ORDER BY seq", (seq,))
     ]
 
 
-def audit_after(db_file: Path, seq: int) -> list[dict[str, Any]]:
+def audit_after(db_file: Path | PgDsn, seq: int) -> list[dict[str, Any]]:
     """The audit projection's rows after `seq`, as dicts."""
     columns = (
         "seq",
@@ -176,3 +196,75 @@ def audit_after(db_file: Path, seq: int) -> list[dict[str, Any]]:
     )
     rows = query(db_file, f"SELECT {', '.join(columns)} FROM audit WHERE seq > ? ORDER BY seq", (seq,))
     return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+# -- the same checks on either backend -------------------------------------------------------------
+
+TABLES = ("events", "data_keys", "checkpoints", "idempotency", "secrets", "api_keys", "audit", "projection_positions")
+PROJECTION_TABLES = ("secrets", "api_keys", "audit", "projection_positions")
+
+
+def table_dump(db: Path | PgDsn, tables: tuple[str, ...] = TABLES) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the tables, in a stable order."""
+    return {table: query(db, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}
+
+
+def stored_bytes(db: Path | PgDsn) -> dict[str, bytes]:
+    """What the database keeps, as bytes to search: SQLite's files (main, -wal, -shm), or each
+    PostgreSQL table's rows as text (BYTEA shows as hex, which the canary search covers)."""
+    if isinstance(db, PgDsn):
+        tables = [name for (name,) in query(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return {
+            table: "\n".join(str(row[0]) for row in query(db, f"SELECT t::text FROM {table} t")).encode()
+            for table in tables
+        }
+    return {path.name: path.read_bytes() for path in sorted(db.parent.glob(db.name + "*")) if path.is_file()}
+
+
+def storage_fault(recorder: Recorder, message: str) -> Exception:
+    """The error the recorder's database driver raises for a failing disk."""
+    if isinstance(recorder, PostgresRecorder):
+        return asyncpg.DiskFullError(message)
+    return sqlite3.OperationalError(message)
+
+
+def verify_database(db: Path | PgDsn) -> VerifyReport:
+    """Verify the whole ledger, as `keyledger verify` does, on either backend."""
+    if isinstance(db, PgDsn):
+        return run_sync(_verify_postgres(db))
+    return verify_rows(iter_rows(db))
+
+
+async def _verify_postgres(dsn: str) -> VerifyReport:
+    recorder = PostgresRecorder(dsn)
+    await recorder.open()
+    try:
+        return await verify_recorder(recorder)
+    finally:
+        await recorder.close()
+
+
+def rebuilt_projections(db: Path | PgDsn, scratch: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """The projection tables as a rebuild from the first event gives them (on a copy for SQLite;
+    in place for PostgreSQL, whose tables the caller has dumped already)."""
+    if isinstance(db, PgDsn):
+        run_sync(_rebuild(PostgresRecorder(db, pg_tables.all_projectors())))
+        return table_dump(db, PROJECTION_TABLES)
+    copy = scratch / "rebuilt.db"
+    source = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    target = sqlite3.connect(copy)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    run_sync(_rebuild(SqliteRecorder(copy, sqlite_tables.all_projectors())))
+    return table_dump(copy, PROJECTION_TABLES)
+
+
+async def _rebuild(recorder: Recorder) -> None:
+    await recorder.open()
+    try:
+        await recorder.rebuild_projections()
+    finally:
+        await recorder.close()

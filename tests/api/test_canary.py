@@ -35,7 +35,9 @@ from tests.api.conftest import (
     create_org,
     make_client,
     secret_path,
+    stored_bytes,
 )
+from tests.pg import PgDsn
 
 Client = TestClient[Litestar]
 MIB = 1024 * 1024
@@ -58,13 +60,13 @@ def encodings(text: str) -> list[bytes]:
     return forms
 
 
-def database_bytes(db: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(db.parent.glob(db.name + "*")) if path.is_file()}
+def database_bytes(db: Path | PgDsn) -> dict[str, bytes]:
+    return stored_bytes(db)
 
 
-def assert_nowhere_in_files(db: Path, values: list[str]) -> None:
+def assert_nowhere_in_files(db: Path | PgDsn, values: list[str]) -> None:
     files = database_bytes(db)
-    assert db.name in files
+    assert "events" in files if isinstance(db, PgDsn) else db.name in files
     for value in values:
         for form in encodings(value):
             for name, data in files.items():
@@ -117,7 +119,7 @@ class Recorded:
 
 
 class Scenario:
-    def __init__(self, client: Client, db: Path) -> None:
+    def __init__(self, client: Client, db: Path | PgDsn) -> None:
         self.client = client
         self.db = db
         self.recorded = Recorded(client)
@@ -405,7 +407,7 @@ def test_the_file_scan_finds_every_encoding_at_every_offset(offset: int) -> None
 
 
 @pytest.fixture
-def scenario(client: Client, db_file: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Scenario]:
+def scenario(client: Client, db_file: Path | PgDsn, caplog: pytest.LogCaptureFixture) -> Iterator[Scenario]:
     with every_logger_at_debug(caplog.handler):
         yield Scenario(client, db_file)
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,41 +29,42 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api.settings import Settings
 from ledger.crypto import MasterKey
-from ledger.recorder import APPEND_STEPS
-from ledger.sqlite_store import SqliteRecorder, iter_rows
-from ledger.verify import verify_rows
+from ledger.recorder import APPEND_STEPS, Recorder
 from projections.sqlite_tables import all_projectors
-from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, Key, assert_problem, create_key, upsert
-from tests.test_projections import dump as projection_dump
+from tests.api.conftest import (
+    ADMIN_HEADERS,
+    ADMIN_TOKEN,
+    PROJECTION_TABLES,
+    Key,
+    assert_problem,
+    create_key,
+    query,
+    rebuilt_projections,
+    storage_fault,
+    table_dump,
+    upsert,
+    verify_database,
+)
 
 STEPS = [
     *APPEND_STEPS[:-1],
     *(f"{kind}:{projector.name}" for projector in all_projectors() for kind in ("projection", "position")),
     APPEND_STEPS[-1],
 ]
-TABLES = ("events", "data_keys", "checkpoints", "idempotency", "secrets", "api_keys", "audit", "projection_positions")
 VALUE = "fault-test-value-7f3a"  # the value of EXISTING, looked for in every failed answer
 
 
-def table_dump(db: Path) -> dict[str, list[tuple[Any, ...]]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in TABLES}
-    finally:
-        conn.close()
-
-
-def recorder_of(app: Litestar) -> SqliteRecorder:
-    recorder = app.state.ledger.recorder
-    assert isinstance(recorder, SqliteRecorder)
+def recorder_of(app: Litestar) -> Recorder:
+    recorder: Recorder = app.state.ledger.recorder
     return recorder
 
 
 class Fault:
-    """Raise a storage error once, at one step of the next append."""
+    """Raise a storage error (the backend driver's own) once, at one step of the next append."""
 
-    def __init__(self, step: str) -> None:
+    def __init__(self, step: str, app: Litestar) -> None:
         self.step = step
+        self.recorder = recorder_of(app)
         self.armed = True
         self.fired = 0
 
@@ -73,7 +72,7 @@ class Fault:
         if self.armed and step == self.step:
             self.armed = False
             self.fired += 1
-            raise sqlite3.OperationalError(f"disk I/O error (injected at {step})")
+            raise storage_fault(self.recorder, f"disk I/O error (injected at {step})")
 
 
 Write = Callable[[TestClient[Litestar], Key, Key], httpx.Response]
@@ -99,8 +98,8 @@ def test_a_fault_at_any_step_leaves_nothing_and_the_retry_succeeds(
     member = create_key(client, acme)
     upsert(client, acme, "EXISTING", VALUE, expect=201)
     before = table_dump(db_file)
-    fault = Fault(step)
-    recorder_of(app).inject_fault = fault
+    fault = Fault(step, app)
+    recorder_of(app).inject_fault = fault  # type: ignore[attr-defined]
 
     failed = WRITES[write](client, acme, member)
     assert fault.fired == 1
@@ -116,7 +115,7 @@ def test_a_fault_at_any_step_leaves_nothing_and_the_retry_succeeds(
     assert table_dump(db_file) != before
     if write == "reveal":
         assert retried.json()["value"] == VALUE
-    report = verify_rows(iter_rows(db_file))
+    report = verify_database(db_file)
     assert report.ok, report.summary()
 
 
@@ -127,23 +126,11 @@ def test_projections_equal_a_rebuild_after_faults_at_every_step(
     upsert(client, acme, "EXISTING", VALUE, expect=201)
     for step in STEPS:
         for write in ("update-secret", "reveal", "create-key"):
-            recorder_of(app).inject_fault = Fault(step)
+            recorder_of(app).inject_fault = Fault(step, app)  # type: ignore[attr-defined]
             assert WRITES[write](client, acme, member).status_code == 503
             assert WRITES[write](client, acme, member).status_code in (200, 201)
-    copy = tmp_path / "copy.db"
-    recorder_of(app).write_connection.execute("PRAGMA wal_checkpoint(FULL)")
-    shutil.copyfile(db_file, copy)
-
-    async def rebuild() -> None:
-        recorder = SqliteRecorder(copy, all_projectors())
-        await recorder.open()
-        try:
-            await recorder.rebuild_projections()
-        finally:
-            await recorder.close()
-
-    asyncio.run(rebuild())
-    assert projection_dump(copy) == projection_dump(db_file)
+    incremental = table_dump(db_file, PROJECTION_TABLES)
+    assert rebuilt_projections(db_file, tmp_path) == incremental
 
 
 # -- fail closed under random faults -----------------------------------------------------------------
@@ -171,8 +158,8 @@ async def running(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
         await lifespan
 
 
-def test_no_value_is_ever_sent_for_a_reveal_whose_event_did_not_commit(tmp_path: Path) -> None:
-    db = tmp_path / "keyledger.db"
+def test_no_value_is_ever_sent_for_a_reveal_whose_event_did_not_commit(db_file: Path) -> None:
+    db = db_file
     # Rate limits off: 10,000 reveals in seconds from one key is the point here, not abuse.
     app = create_app(Settings(db=db, master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN,
                               rate_limit_per_key=None, rate_limit_per_address=None))
@@ -210,13 +197,11 @@ def test_no_value_is_ever_sent_for_a_reveal_whose_event_did_not_commit(tmp_path:
             recorder_of(app).inject_fault = None
 
     asyncio.run(run())
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     committed = {
         event["request_id"]: event
-        for (body,) in conn.execute("SELECT body FROM events WHERE type = 'secret.revealed'")
+        for (body,) in query(db, "SELECT body FROM events WHERE type = 'secret.revealed'")
         for event in [msgspec.json.decode(body)]
     }
-    conn.close()
     ok = {rid for rid, (status, _, _) in answers.items() if status == 200}
     failed = {rid for rid, (status, _, _) in answers.items() if status != 200}
     assert len(answers) == REVEALS
@@ -229,7 +214,7 @@ def test_no_value_is_ever_sent_for_a_reveal_whose_event_did_not_commit(tmp_path:
         assert status == 503 and "value" not in body and values[name] not in str(body), (status, body)
     # Batches fail as a whole, so the share of failed requests is near, not exactly, 20%.
     assert 0.08 * REVEALS < len(failed) < 0.4 * REVEALS, len(failed)
-    report = verify_rows(iter_rows(db))
+    report = verify_database(db)
     assert report.ok, report.summary()
 
 
@@ -237,4 +222,4 @@ def _fail_at(step: str, target: str, rearm: Callable[[str], None], app: Litestar
     """Raise at `target` (this append only), then put the random fault back for the next append."""
     if step == target:
         recorder_of(app).inject_fault = rearm
-        raise sqlite3.OperationalError(f"database or disk is full (injected at {step})")
+        raise storage_fault(recorder_of(app), f"database or disk is full (injected at {step})")

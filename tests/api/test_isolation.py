@@ -8,6 +8,7 @@ same status, same headers and the same body, apart from the request id.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -25,6 +26,7 @@ from api.settings import Settings
 from ledger.crypto import MasterKey
 from tests.api.conftest import (
     ADMIN_TOKEN,
+    BACKENDS,
     Key,
     create_key,
     create_org,
@@ -33,19 +35,20 @@ from tests.api.conftest import (
     secret_path,
     upsert,
 )
+from tests.pg import PgDsn, pg_database
 
 Client = TestClient[Litestar]
 
 
 class World:
-    def __init__(self, client: Client, db: Path, acme: Key, globex: Key) -> None:
+    def __init__(self, client: Client, db: Path | PgDsn, acme: Key, globex: Key) -> None:
         self.client = client
         self.db = db
         self.acme = acme
         self.globex = globex
 
 
-def open_world(db: Path, *, with_target: bool, deleted: bool = False) -> Generator[World, None, None]:
+def open_world(db: Path | PgDsn, *, with_target: bool, deleted: bool = False) -> Generator[World, None, None]:
     app = create_app(Settings(db=db, master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN))
     with make_client(app) as client:
         acme = create_org(client, "acme")
@@ -60,29 +63,39 @@ def open_world(db: Path, *, with_target: bool, deleted: bool = False) -> Generat
 
 
 @pytest.fixture
-def foreign(tmp_path: Path) -> Iterator[World]:
+def foreign(db_file: Path | PgDsn) -> Iterator[World]:
     """`acme` holds `target` (version 2)."""
-    yield from open_world(tmp_path / "foreign.db", with_target=True)
+    yield from open_world(db_file, with_target=True)
 
 
-@pytest.fixture(scope="module")
-def three_worlds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, World, World]]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def three_worlds(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, World, World]]:
     """Foreign, foreign-deleted and missing worlds, shared by the read-only questions (each asserts
-    that it changed nothing)."""
-    folder = tmp_path_factory.mktemp("worlds")
-    worlds = [open_world(folder / "foreign.db", with_target=True),
-              open_world(folder / "deleted.db", with_target=True, deleted=True),
-              open_world(folder / "missing.db", with_target=False)]
-    opened = [next(world) for world in worlds]
-    yield opened[0], opened[1], opened[2]
-    for world in worlds:
-        world.close()
+    that it changed nothing), on each backend."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            folder = tmp_path_factory.mktemp("worlds")
+            dbs: list[Path | PgDsn] = [folder / "foreign.db", folder / "deleted.db", folder / "missing.db"]
+        else:
+            dbs = [stack.enter_context(pg_database()) for _ in range(3)]
+        worlds = [open_world(dbs[0], with_target=True),
+                  open_world(dbs[1], with_target=True, deleted=True),
+                  open_world(dbs[2], with_target=False)]
+        opened = [next(world) for world in worlds]
+        yield opened[0], opened[1], opened[2]
+        for world in worlds:
+            world.close()
 
 
 @pytest.fixture
-def missing(tmp_path: Path) -> Iterator[World]:
-    """Nobody holds `target`."""
-    yield from open_world(tmp_path / "missing.db", with_target=False)
+def missing(db_file: Path | PgDsn, tmp_path: Path) -> Iterator[World]:
+    """Nobody holds `target` (a database of its own, on the test's backend)."""
+    if isinstance(db_file, PgDsn):
+        with pg_database() as other:
+            yield from open_world(other, with_target=False)
+    else:
+        yield from open_world(tmp_path / "missing.db", with_target=False)
 
 
 def comparable(response: httpx.Response) -> tuple[int, dict[str, str], Any]:

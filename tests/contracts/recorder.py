@@ -7,16 +7,20 @@ nothing: every test here must pass on every backend.
 from __future__ import annotations
 
 import abc
+import contextlib
+import hashlib
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from ledger.codec import encode_event
-from ledger.errors import ConcurrencyError, StoreUnavailableError
-from ledger.events import Actor, Event, OrgCreated, SecretRevealed
-from ledger.recorder import Projector, Recorder
-from ledger.records import GENESIS_HASH, DataKeyRow, PendingRecord, chain_hash
+from ledger.codec import decode_event, encode_event
+from ledger.errors import ConcurrencyError, IntegrityError, SchemaVersionError, StaleReadError, StoreUnavailableError
+from ledger.events import Actor, Event, OrgCreated, SecretCreated, SecretRevealed
+from ledger.recorder import Projector, ReadSet, Recorder
+from ledger.records import GENESIS_HASH, DataKeyRow, PendingRecord, StoredRecord, chain_hash
 
 ACTOR = Actor(key_id="key_test", label="test")
 
@@ -47,6 +51,10 @@ class RecorderContract(abc.ABC):
     @abc.abstractmethod
     async def projection_row_count(self, recorder: Recorder) -> int:
         """Rows in the backend's audit projection (one per record)."""
+
+    @abc.abstractmethod
+    def store_module(self) -> types.ModuleType:
+        """The backend's store module (its `MIGRATIONS`)."""
 
     @abc.abstractmethod
     def fail_next_commit(self, recorder: Recorder) -> None:
@@ -105,6 +113,67 @@ class RecorderContract(abc.ABC):
     async def test_records_without_stream_version_never_conflict(self, recorder: Recorder) -> None:
         await self.append(recorder, [reveal_event("a", "x") for _ in range(50)])
         assert await recorder.max_seq() == 50
+
+    async def test_a_batch_decided_on_a_stream_changed_since_is_refused_and_nothing_commits(
+        self, recorder: Recorder
+    ) -> None:
+        await self.append(recorder, [org_event("a")])  # seq 1 changes org:a
+        batch = [reveal_event("a", "x")]
+        with pytest.raises(StaleReadError) as refused:
+            await recorder.append([pending(e) for e in batch], batch, read_set=ReadSet(0, frozenset({"org:a"})))
+        assert refused.value.streams == {"org:a"}
+        assert await recorder.max_seq() == 1
+        assert await self.projection_row_count(recorder) == 1
+
+    async def test_a_batch_whose_streams_did_not_change_commits(self, recorder: Recorder) -> None:
+        await self.append(recorder, [org_event("a"), reveal_event("b", "y")])  # reveals change no state
+        batch = [reveal_event("b", "y")]
+        read_set = ReadSet(0, frozenset({"org:b", "secret:b/y"}))
+        await recorder.append([pending(e) for e in batch], batch, read_set=read_set)
+        assert await recorder.max_seq() == 3
+
+    async def test_changed_streams_names_the_state_changes_in_a_range(self, recorder: Recorder) -> None:
+        await self.append(recorder, [org_event("a"), reveal_event("a", "x"), org_event("b")])
+        assert await recorder.changed_streams(0) == (3, {"org:a", "org:b"})
+        assert await recorder.changed_streams(1) == (3, {"org:b"})
+        assert await recorder.changed_streams(0, 2) == (2, {"org:a"})
+        assert await recorder.changed_streams(3) == (3, set())
+
+    async def test_schema_migrations_run_once_in_order_at_start(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        migrations = self.store_module().MIGRATIONS
+        first = self.make_recorder(tmp_path, self.projectors())
+        await first.open()
+        await self.append(first, [org_event("a")])
+        assert await first.schema_version() == max(migrations)
+        await first.close()
+        # A newer program brings version N+1: it runs at the next start, once (a plain CREATE TABLE
+        # would fail if it ran twice), and the ledger is untouched.
+        newer = max(migrations) + 1
+        monkeypatch.setitem(migrations, newer, ["CREATE TABLE migration_marker (note TEXT)"])
+        for _ in range(2):
+            again = self.make_recorder(tmp_path, self.projectors())
+            await again.open()
+            try:
+                assert await again.schema_version() == newer
+                assert [r.seq for r in await again.read_after(0)] == [1]
+            finally:
+                await again.close()
+
+    async def test_a_database_newer_than_the_program_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        migrations = self.store_module().MIGRATIONS
+        future = max(migrations) + 5
+        with monkeypatch.context() as patch:
+            patch.setitem(migrations, future, [])
+            newer = self.make_recorder(tmp_path, self.projectors())
+            await newer.open()
+            await newer.close()
+        older = self.make_recorder(tmp_path, self.projectors())
+        with pytest.raises(SchemaVersionError, match=f"schema version {future} is newer"):
+            await older.open()
 
     async def test_read_stream_returns_only_state_changes_in_order(self, recorder: Recorder) -> None:
         await self.append(recorder, [org_event("a"), reveal_event("a", "x")])
@@ -181,3 +250,93 @@ class RecorderContract(abc.ABC):
         await recorder.rebuild_projections()
         assert set((await recorder.projection_positions()).values()) == {3}
         assert await self.projection_row_count(recorder) == 3
+
+    # -- import: a migration's copy of already-hashed records ------------------------------------
+
+    @abc.abstractmethod
+    def other_recorder(
+        self, tmp_path: Path, projectors: list[Projector]
+    ) -> contextlib.AbstractAsyncContextManager[Recorder]:
+        """A second recorder of the backend, empty and opened; closed (and its storage dropped) on exit."""
+
+    @abc.abstractmethod
+    async def projection_rows(self, recorder: Recorder) -> dict[str, list[tuple[object, ...]]]:
+        """Every row of every projection table, in a stable order."""
+
+    async def history(self, recorder: Recorder) -> list[StoredRecord]:
+        """Three orgs, a sealed value with its data key, reveals: every record of `recorder`."""
+        await self.append(recorder, [org_event("a", at=1), org_event("b", at=1)])
+        sealed = "aXZpdml2aXZpdml2:Y2lwaGVydGV4dA==:dGFndGFndGFndGFndGFn"
+        created = SecretCreated(org="a", stream="secret:a/x", stream_version=1, at=2, actor=ACTOR, name="x",
+                                version=1, scope="all", category="custom", data_key_id="dek_x",
+                                sealed_sha256=hashlib.sha256(sealed.encode()).hexdigest())
+        await recorder.append([pending(created, sealed=sealed)], [created],
+                              data_keys=[DataKeyRow(id="dek_x", kek_id="kek_a", wrapped="w")])
+        await self.append(recorder, [reveal_event("a", "x", at=3), reveal_event("b", "y", at=3), org_event("c", at=4)])
+        await self.append(recorder, [reveal_event("c", "z", at=5), reveal_event("a", "x", at=5)])
+        return await recorder.read_after(0)
+
+    @staticmethod
+    def events_of(records: list[StoredRecord]) -> list[Event]:
+        return [decode_event(r.body) for r in records]
+
+    async def snapshot(self, recorder: Recorder) -> object:
+        return (await recorder.read_after(0), await self.projection_rows(recorder),
+                await recorder.projection_positions(), await recorder.max_seq())
+
+    async def test_imported_records_are_stored_exactly_and_projected_alike(
+        self, recorder: Recorder, tmp_path: Path
+    ) -> None:
+        records = await self.history(recorder)
+        assert any(r.sealed is not None for r in records)
+        async with self.other_recorder(tmp_path, self.projectors()) as copy:
+            for part in (records[:3], records[3:5], records[5:]):  # in pieces, as a migration does
+                await copy.import_records(part, self.events_of(part))
+            assert await copy.read_after(0) == records
+            assert await copy.max_seq() == await recorder.max_seq()
+            assert await copy.orgs() == await recorder.orgs() == ["a", "b", "c"]
+            for org in ("a", "b", "c"):
+                assert await copy.org_head(org) == await recorder.org_head(org)
+            assert await self.projection_rows(copy) == await self.projection_rows(recorder)
+            assert await copy.projection_positions() == await recorder.projection_positions()
+            # The copy's chain goes on exactly where the original's does.
+            more = [reveal_event("b", "y", at=6), org_event("d", at=6)]
+            assert await self.append(copy, more) == await self.append(recorder, more)
+            assert await self.projection_rows(copy) == await self.projection_rows(recorder)
+
+    async def test_import_refuses_records_that_do_not_continue_the_log_and_changes_nothing(
+        self, recorder: Recorder, tmp_path: Path
+    ) -> None:
+        records = await self.history(recorder)
+        replace = msgspec.structs.replace
+        third = records[2]  # seq 3: org a's org_seq 2, after records[0]
+        relinked = replace(third, prev_hash=bytes([1]) * 32,
+                           hash=chain_hash(third.org, third.org_seq, bytes([1]) * 32, third.body))
+        renumbered = replace(third, org_seq=3, hash=chain_hash(third.org, 3, third.prev_hash, third.body))
+        refused = {
+            "a tampered hash": [replace(third, hash=bytes(32))],
+            "a tampered body": [replace(third, body=third.body.replace(b'"x"', b'"X"'))],
+            "a wrong prev_hash": [relinked],
+            "a wrong org_seq": [renumbered],
+            "a gap before the batch": records[3:],
+            "a gap inside the batch": [records[2], records[4]],
+            "a seq already taken": records[1:3],
+            "a good record, then a bad one": [records[2], replace(records[3], hash=bytes(32))],
+        }
+        async with self.other_recorder(tmp_path, self.projectors()) as copy:
+            await copy.import_records(records[:2], self.events_of(records[:2]))
+            before = await self.snapshot(copy)
+            for case, batch in refused.items():
+                with pytest.raises(IntegrityError):
+                    await copy.import_records(batch, self.events_of(batch))
+                assert await self.snapshot(copy) == before, case
+            # Still whole and still open for the right continuation.
+            await copy.import_records(records[2:], self.events_of(records[2:]))
+            assert await copy.read_after(0) == records
+
+    async def test_import_data_keys_inserts_and_skips_ids_present(self, recorder: Recorder) -> None:
+        rows = [DataKeyRow(id=f"dek_{i}", kek_id="kek_a", wrapped=f"w{i}") for i in range(3)]
+        await recorder.import_data_keys(rows[:2])
+        await recorder.import_data_keys([DataKeyRow(id="dek_1", kek_id="kek_b", wrapped="other"), rows[2]])
+        await recorder.import_data_keys([])
+        assert await recorder.data_keys_after("", limit=10) == rows
