@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import secrets
 import traceback
 from pathlib import Path
@@ -232,23 +233,27 @@ def test_a_value_does_not_open_with_another_data_key() -> None:
         open_value(new_data_key(), sealed, "acme", "X", 1)
 
 
+# Fixed bytes, not os.urandom: the test ids must be the same in every collecting process (pytest-xdist).
+fixed_bytes = random.Random(20261128).randbytes
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("", "expected three base64 parts"),
-        (join(os.urandom(12), os.urandom(5)), "expected three base64 parts"),  # a part missing
-        (join(os.urandom(12), os.urandom(5), os.urandom(16), os.urandom(4)), "expected three base64 parts"),
-        (join(os.urandom(12), os.urandom(5), os.urandom(16)).replace(":", ";"), "expected three base64 parts"),
-        ("!!!!:" + join(os.urandom(5), os.urandom(16)), "iv is not valid base64"),
-        (join(os.urandom(12)) + ":AA*A:" + join(os.urandom(16)), "ciphertext is not valid base64"),
-        (join(os.urandom(12), os.urandom(6)) + ":" + b64(os.urandom(16))[:-2], "tag is not valid base64"),
-        (join(os.urandom(12)) + ": AAA:" + join(os.urandom(16)), "ciphertext is not valid base64"),
-        (join(os.urandom(12)) + ":AAF=:" + join(os.urandom(16)), "ciphertext is not canonical base64"),
-        (join(os.urandom(16), os.urandom(5), os.urandom(16)), "iv must be 12 bytes, got 16"),
-        (join(os.urandom(11), os.urandom(5), os.urandom(16)), "iv must be 12 bytes, got 11"),
-        (join(b"", os.urandom(5), os.urandom(16)), "iv must be 12 bytes, got 0"),
-        (join(os.urandom(12), os.urandom(5), os.urandom(12)), "tag must be 16 bytes, got 12"),
-        (join(os.urandom(12), os.urandom(5), os.urandom(17)), "tag must be 16 bytes, got 17"),
+        (join(fixed_bytes(12), fixed_bytes(5)), "expected three base64 parts"),  # a part missing
+        (join(fixed_bytes(12), fixed_bytes(5), fixed_bytes(16), fixed_bytes(4)), "expected three base64 parts"),
+        (join(fixed_bytes(12), fixed_bytes(5), fixed_bytes(16)).replace(":", ";"), "expected three base64 parts"),
+        ("!!!!:" + join(fixed_bytes(5), fixed_bytes(16)), "iv is not valid base64"),
+        (join(fixed_bytes(12)) + ":AA*A:" + join(fixed_bytes(16)), "ciphertext is not valid base64"),
+        (join(fixed_bytes(12), fixed_bytes(6)) + ":" + b64(fixed_bytes(16))[:-2], "tag is not valid base64"),
+        (join(fixed_bytes(12)) + ": AAA:" + join(fixed_bytes(16)), "ciphertext is not valid base64"),
+        (join(fixed_bytes(12)) + ":AAF=:" + join(fixed_bytes(16)), "ciphertext is not canonical base64"),
+        (join(fixed_bytes(16), fixed_bytes(5), fixed_bytes(16)), "iv must be 12 bytes, got 16"),
+        (join(fixed_bytes(11), fixed_bytes(5), fixed_bytes(16)), "iv must be 12 bytes, got 11"),
+        (join(b"", fixed_bytes(5), fixed_bytes(16)), "iv must be 12 bytes, got 0"),
+        (join(fixed_bytes(12), fixed_bytes(5), fixed_bytes(12)), "tag must be 16 bytes, got 12"),
+        (join(fixed_bytes(12), fixed_bytes(5), fixed_bytes(17)), "tag must be 16 bytes, got 17"),
         ("::", "iv must be 12 bytes, got 0"),
     ],
 )
