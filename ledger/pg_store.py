@@ -61,9 +61,32 @@ LEDGER_SCHEMA = [
         scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, kek_id TEXT NOT NULL,
         sealed TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (scope, key))""",
 ]
+# Version 2: an append's whole critical section in one round trip. Under the table lock: the global
+# head, every stream other writers changed since the caller's cache was current (`as_of`; NULL: do
+# not look), and the head of each of the batch's orgs. One row per org.
+LOCK_FOR_APPEND = """CREATE OR REPLACE FUNCTION keyledger_lock_for_append(as_of BIGINT, batch_orgs TEXT[])
+    RETURNS TABLE (head BIGINT, changed TEXT[], org TEXT, org_seq BIGINT, hash BYTEA)
+    LANGUAGE plpgsql AS $$
+    #variable_conflict use_column
+    DECLARE
+      current_head BIGINT;
+      changed_streams TEXT[] := '{}';
+    BEGIN
+      LOCK TABLE events IN EXCLUSIVE MODE;
+      SELECT COALESCE(MAX(e.seq), 0) INTO current_head FROM events e;
+      IF as_of IS NOT NULL AND current_head > as_of THEN
+        SELECT COALESCE(array_agg(DISTINCT e.stream), '{}') INTO changed_streams FROM events e
+          WHERE e.seq > as_of AND e.stream_version IS NOT NULL;
+      END IF;
+      RETURN QUERY SELECT current_head, changed_streams, o.name, h.org_seq, h.hash
+        FROM unnest(batch_orgs) AS o(name)
+        LEFT JOIN LATERAL (SELECT e.org_seq, e.hash FROM events e WHERE e.org = o.name
+                           ORDER BY e.org_seq DESC LIMIT 1) h ON true;
+    END $$"""
+
 # The ledger's schema by version: a new version appends an entry (never edits a released one); it
 # runs once per database, at the first start of a program that knows it.
-MIGRATIONS: dict[int, list[str]] = {1: LEDGER_SCHEMA}
+MIGRATIONS: dict[int, list[str]] = {1: LEDGER_SCHEMA, 2: [LOCK_FOR_APPEND]}
 
 _COLUMNS = "seq, org, org_seq, stream, stream_version, type, at, body, sealed, prev_hash, hash"
 _INSERT_EVENT = f"INSERT INTO events ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
@@ -196,8 +219,20 @@ class PostgresRecorder(Recorder):
                     )
                 fault("idempotency")
                 if stored:
-                    await self._project(conn, self.projectors, list(zip(stored, events, strict=True)), fault)
-                    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(stored[-1].seq))
+                    batch = list(zip(stored, events, strict=True))
+                    for projector in self.projectors:
+                        for statement in projector.project(batch):
+                            if statement.rows:
+                                await conn.executemany(statement.sql, statement.rows)
+                        fault(f"projection:{projector.name}")
+                    # Every position and the announcement in one round trip (the lock is held).
+                    await conn.execute(
+                        "WITH moved AS (UPDATE projection_positions SET position = $1 WHERE name = ANY($2::text[]) "
+                        "RETURNING 1) SELECT pg_notify($3, $4)",
+                        stored[-1].seq, [p.name for p in self.projectors], NOTIFY_CHANNEL, str(stored[-1].seq),
+                    )
+                    for projector in self.projectors:
+                        fault(f"position:{projector.name}")
                 fault("commit")
                 if self.fail_next_commits > 0:
                     self.fail_next_commits -= 1
@@ -231,23 +266,20 @@ class PostgresRecorder(Recorder):
                               read_set: ReadSet | None) -> list[StoredRecord]:
         if not pending:
             return []
-        # Serialise appenders (not readers) until COMMIT: the heads read below cannot move meanwhile.
-        await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-        seq = int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events"))
-        if read_set is not None and seq > read_set.as_of and read_set.streams:
-            # Another process appended since this batch's state was read: did it change that state?
-            changed = await conn.fetch(
-                "SELECT DISTINCT stream FROM events WHERE seq > $1 AND stream_version IS NOT NULL "
-                "AND stream = ANY($2::text[])", read_set.as_of, list(read_set.streams),
-            )
-            if changed:
-                raise StaleReadError({str(r[0]) for r in changed})
-        heads: dict[str, tuple[int, bytes]] = {}
-        for org in dict.fromkeys(p.org for p in pending):
-            row = await conn.fetchrow(
-                "SELECT org_seq, hash FROM events WHERE org = $1 ORDER BY org_seq DESC LIMIT 1", org
-            )
-            heads[org] = (0, GENESIS_HASH) if row is None else (int(row[0]), bytes(row[1]))
+        # Serialise appenders (not readers) until COMMIT: the heads read under the lock cannot move
+        # meanwhile. One round trip: the lock, the head, what others changed, each org's head.
+        orgs = list(dict.fromkeys(p.org for p in pending))
+        locked = await conn.fetch("SELECT head, changed, org, org_seq, hash FROM keyledger_lock_for_append($1, $2)",
+                                  None if read_set is None else read_set.as_of, orgs)
+        seq = int(locked[0][0])
+        if read_set is not None:
+            changed = set(locked[0][1])
+            if changed & read_set.streams:
+                raise StaleReadError(changed & read_set.streams)
+            read_set.changed_by_others = changed
+        heads: dict[str, tuple[int, bytes]] = {
+            str(row[2]): (0, GENESIS_HASH) if row[3] is None else (int(row[3]), bytes(row[4])) for row in locked
+        }
         rows: list[tuple[object, ...]] = []
         stored: list[StoredRecord] = []
         for p in pending:

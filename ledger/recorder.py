@@ -12,6 +12,7 @@ Contract (tested once in tests/contracts/recorder.py, subclassed per backend):
 6. Nothing is returned before COMMIT has returned.
 7. An append given a `ReadSet` commits only if no stream in it changed after `read_set.as_of`
    (checked under the append's lock); otherwise it raises `StaleReadError` and commits nothing.
+   On success it reports in `read_set.changed_by_others` what other writers changed meanwhile.
    This is what keeps several processes' writers honest: each decides against its own cache,
    and the store refuses a batch decided on state another process has since changed.
 """
@@ -28,11 +29,17 @@ from ledger.events import Event
 from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord
 
 
-class ReadSet(NamedTuple):
-    """The streams a batch was decided on, as they stood at seq `as_of`."""
+class ReadSet:
+    """The streams a batch was decided on, as they stood at seq `as_of`; after a successful append,
+    `changed_by_others` holds the streams other writers changed between `as_of` and the batch (none
+    of them in `streams`), so that the writer can forget them without asking again."""
 
-    as_of: int
-    streams: frozenset[str]
+    __slots__ = ("as_of", "changed_by_others", "streams")
+
+    def __init__(self, as_of: int, streams: frozenset[str]) -> None:
+        self.as_of = as_of
+        self.streams = streams
+        self.changed_by_others: set[str] = set()
 
 
 class Statement(NamedTuple):

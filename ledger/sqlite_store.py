@@ -227,9 +227,10 @@ class SqliteRecorder(Recorder):
         conn = self.write_connection
         if read_set is not None and self._seq > read_set.as_of:
             # One process writes this file, so only a writer whose cache lags can get here.
-            changed = self._changed_sync(read_set.as_of, self._seq) & read_set.streams
-            if changed:
-                raise StaleReadError(changed)
+            changed = self._changed_sync(read_set.as_of, self._seq)
+            if changed & read_set.streams:
+                raise StaleReadError(changed & read_set.streams)
+            read_set.changed_by_others = changed
         heads: dict[str, tuple[int, bytes]] = {}
         for org in {p.org for p in pending}:
             heads[org] = self._heads[org] if org in self._heads else self._load_head(conn, org)

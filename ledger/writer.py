@@ -357,10 +357,9 @@ class Writer:
         self.committed_commands += len(decided)
         self._answer(decided)
         if stored:
-            if stored[0].seq > self.known_seq + 1:
-                # Others appended just before this batch: none changed what it read (the store
-                # checked), but they may have changed other cached streams.
-                await self._catch_up(stored[0].seq - 1)
+            # Others may have appended just before this batch: none changed what it read (the store
+            # checked), but the store says what else they changed.
+            self.cache.forget_streams(read_set.changed_by_others)
             self.known_seq = stored[-1].seq
         await self._checkpoint_if_due(stored)
 
