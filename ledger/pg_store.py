@@ -19,6 +19,7 @@ from ledger.checkpoint import Checkpoint
 from ledger.codec import decode_event
 from ledger.errors import ConcurrencyError, IntegrityError, StaleReadError, StoreUnavailableError
 from ledger.events import Event
+from ledger.idempotency import TTL_NS
 from ledger.recorder import Progress, Projector, ReadSet, Recorder, no_fault, pending_migrations
 from ledger.records import (
     GENESIS_HASH,
@@ -210,13 +211,7 @@ class PostgresRecorder(Recorder):
                     await conn.executemany("DELETE FROM data_keys WHERE id = $1", [(i,) for i in drop_data_keys])
                 fault("drop_data_keys")
                 if idempotency:
-                    await conn.executemany(
-                        "INSERT INTO idempotency(scope, key, fingerprint, kek_id, sealed, created_at) "
-                        "VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (scope, key) DO UPDATE SET "
-                        "fingerprint = EXCLUDED.fingerprint, kek_id = EXCLUDED.kek_id, sealed = EXCLUDED.sealed, "
-                        "created_at = EXCLUDED.created_at",
-                        [(i.scope, i.key, i.fingerprint, i.kek_id, i.sealed, i.created_at) for i in idempotency],
-                    )
+                    await self._keep_idempotency(conn, idempotency)
                 fault("idempotency")
                 if stored:
                     batch = list(zip(stored, events, strict=True))
@@ -245,6 +240,25 @@ class PostgresRecorder(Recorder):
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailableError(f"the ledger could not commit: {type(exc).__name__}: {exc}") from None
         return stored
+
+    @staticmethod
+    async def _keep_idempotency(conn: Connection, rows: Sequence[IdempotencyRow]) -> None:
+        """Store the answers of idempotent requests; an expired record of the same key is replaced.
+
+        Another process may have answered the same key since this batch looked it up (each checks
+        before the other commits): then the batch is decided again, and replays that answer."""
+        kept = await conn.fetch(
+            "INSERT INTO idempotency(scope, key, fingerprint, kek_id, sealed, created_at) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) "
+            "ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, kek_id = EXCLUDED.kek_id, "
+            "sealed = EXCLUDED.sealed, created_at = EXCLUDED.created_at "
+            "WHERE idempotency.created_at < EXCLUDED.created_at - $7 RETURNING scope, key",
+            [i.scope for i in rows], [i.key for i in rows], [i.fingerprint for i in rows],
+            [i.kek_id for i in rows], [i.sealed for i in rows], [i.created_at for i in rows], TTL_NS,
+        )
+        if len(kept) < len(rows):
+            stored = {(str(r[0]), str(r[1])) for r in kept}
+            raise StaleReadError({f"idempotency:{i.scope}/{i.key}" for i in rows if (i.scope, i.key) not in stored})
 
     async def _find_conflict(self, pending: Sequence[PendingRecord]) -> ConcurrencyError | None:
         """The first record whose (stream, stream_version) is taken, in the batch or in the table."""

@@ -241,6 +241,41 @@ def test_two_server_processes_on_one_database(database: str, tmp_path: Path) -> 
 
 
 @needs_postgres
+def test_one_idempotency_key_sent_to_two_processes_at_once_runs_once(database: str, tmp_path: Path) -> None:
+    env = _serve_env(database, new_master_key())
+    servers = [start_server(tmp_path / f"s{i}", ["--host", HOST, "--port", str(free_port()), "--db", database], env)
+               for i in range(2)]
+    try:
+        admin = {"Authorization": f"Bearer {env['KEYLEDGER_ADMIN_TOKEN']}"}
+        created = httpx.post(f"{servers[0].url}/v1/admin/orgs", json={"org": "acme"}, headers=admin).json()
+        keys = [f"retry-{n}" for n in range(30)]
+
+        def send(server_and_key: tuple[int, str]) -> tuple[str, int, dict[str, object]]:
+            # A new API key: its stream is new each time, so only the idempotency record can tell
+            # the second process that the first one already ran this request.
+            server, key = server_and_key
+            answer = httpx.post(f"{servers[server].url}/v1/keys", json={"label": key}, timeout=30,
+                                headers={"Authorization": f"Bearer {created['api_key']}", "Idempotency-Key": key})
+            body = answer.json()
+            body.pop("request_id", None)
+            return key, answer.status_code, body
+
+        with ThreadPoolExecutor(max_workers=8) as pool:  # each key to both processes at the same moment
+            answers = list(pool.map(send, [(server, key) for key in keys for server in (0, 1)]))
+        by_key: dict[str, list[tuple[int, dict[str, object]]]] = defaultdict(list)
+        for key, status, body in answers:
+            by_key[key].append((status, body))
+        for key in keys:
+            (first, first_body), (second, second_body) = by_key[key]
+            assert first == second == 201 and first_body == second_body, by_key[key]  # one answer, replayed
+        created_events = pg_query(database, "SELECT COUNT(*) FROM events WHERE type = 'api_key.created'")[0][0]
+        assert created_events == 1 + len(keys)  # the org's first key, then each request once
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@needs_postgres
 def test_serve_workers_runs_several_processes_on_postgresql(database: str, tmp_path: Path) -> None:
     env = _serve_env(database, new_master_key())
     server = start_server(tmp_path, ["--host", HOST, "--port", str(free_port()), "--db", database,
