@@ -45,11 +45,20 @@ class PostgresReadDatabase:
         return self._pool
 
     async def one(self, sql: str, params: Sequence[object] = ()) -> Row | None:
-        row = await self.pool.fetchrow(numbered(sql), *params)
+        row = await self.pool.fetchrow(numbered(sql), *without_nul(params))
         return None if row is None else tuple(row)
 
     async def all(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
-        return [tuple(r) for r in await self.pool.fetch(numbered(sql), *params)]
+        return [tuple(r) for r in await self.pool.fetch(numbered(sql), *without_nul(params))]
+
+
+def without_nul(params: Sequence[object]) -> list[object]:
+    """PostgreSQL text cannot hold NUL, which a query string can (`?secret=a%00`); SQLite compares it.
+
+    Stored names, ids and actions never contain a control character (the commands refuse them), so
+    U+0001 in place of NUL matches, and sorts against, every stored value exactly as NUL does: the
+    same answers as on SQLite (nothing equal; cursors ordered the same), not a 500."""
+    return [p.replace("\x00", "\x01") if isinstance(p, str) and "\x00" in p else p for p in params]
 
 
 class PostgresProjections(Projections):

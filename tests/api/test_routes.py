@@ -1032,3 +1032,23 @@ def test_app_factory_emits_no_deprecation_warnings(tmp_path: Path) -> None:
         app = create_app(Settings(db=tmp_path / "w.db", master_key=MasterKey.generate()[0]))
         with make_client(app) as started:
             assert started.get("/schema/openapi.json").status_code == 200
+
+
+def test_bug_a_nul_in_a_name_or_a_filter_answers_like_any_missing_name(client: Client, acme: Key) -> None:
+    # PostgreSQL text cannot hold NUL: the fuzz found a 500 there (SQLite compared it and found nothing).
+    upsert(client, acme, "a", "v", expect=201)
+    assert client.post(secret_path("a", "/reveal"), headers=acme.headers).status_code == 200
+    assert client.get(secret_path("a\x00"), headers=acme.headers).status_code == 404
+    reveals = client.get("/v1/compliance/reveals", params={"secret": "a\x00"}, headers=acme.headers)
+    assert reveals.status_code == 200, reveals.text
+    assert reveals.json() == client.get("/v1/compliance/reveals", params={"secret": "nobody"},
+                                        headers=acme.headers).json()
+    audit = client.get("/v1/audit", params={"secret": "a\x00", "actor": "k\x00"}, headers=acme.headers)
+    assert audit.status_code == 200 and audit.json()["events"] == [], audit.text
+    assert client.get("/v1/audit", params={"secret": "a"}, headers=acme.headers).json()["events"]  # control
+    # The write side: refused or missing as on SQLite, never a 5xx.
+    assert client.post(secret_path("a\x00", "/reveal"), headers=acme.headers).status_code in (404, 422)
+    assert client.delete(secret_path("a\x00"), headers=acme.headers).status_code in (404, 422)
+    assert client.delete("/v1/keys/key_%00", headers=acme.headers).status_code in (404, 422)
+    assert client.get("/v1/compliance/exposure", params={"secret": "a\x00", "version": 1},
+                      headers=acme.headers).status_code in (200, 404, 422)
