@@ -260,14 +260,28 @@ def secrets_get(ctx: click.Context, name: str, output: str | None) -> None:
     emit(call(ctx, "GET", KeyledgerClient.secret_path(name)), output, [*METADATA, "created_at", "created_by"])
 
 
+@secrets.command("versions")
+@click.argument("name")
+@output_option
+@click.pass_context
+def secrets_versions(ctx: click.Context, name: str, output: str | None) -> None:
+    """List a secret's versions: who made each, when, how, and whether its value still exists."""
+    answer = call(ctx, "GET", KeyledgerClient.secret_path(name, "/versions"))
+    emit(answer["versions"], output, ["version", "how", "created_at", "created_by", "value_exists"])
+
+
 @secrets.command("reveal")
 @click.argument("name")
 @click.option("--reason", default="", help="Recorded with the reveal.")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="An earlier version (see `secrets versions`); default: the current one.")
 @output_option
 @click.pass_context
-def secrets_reveal(ctx: click.Context, name: str, reason: str, output: str | None) -> None:
+def secrets_reveal(ctx: click.Context, name: str, reason: str, version: int | None, output: str | None) -> None:
     """Print a secret's value (the reveal is recorded). Plain value by default."""
-    body = {"reason": reason} if reason else None
+    body: dict[str, object] | None = {"reason": reason} if reason else None
+    if version is not None:
+        body = {**(body or {}), "version": version}
     revealed = call(ctx, "POST", KeyledgerClient.secret_path(name, "/reveal"), json=body)
     if output == "json":
         click.echo(msgspec.json.encode(revealed).decode())

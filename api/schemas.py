@@ -36,6 +36,8 @@ class UpsertSecretBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 
 class RevealBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+    # An earlier version of the secret (see GET /v1/secrets/{name}/versions); omitted: the current one.
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**53)] | None = None
 
 
 class SecretMetadata(msgspec.Struct, kw_only=True):
@@ -53,6 +55,20 @@ class SecretMetadata(msgspec.Struct, kw_only=True):
 class SecretList(msgspec.Struct, kw_only=True):
     secrets: list[SecretMetadata]
     next_cursor: str | None
+
+
+class SecretVersion(msgspec.Struct, kw_only=True):
+    version: int
+    created_at: str
+    created_by: str
+    how: str  # create or update
+    value_exists: bool  # False once the version's data key was destroyed
+    destroyed_at: str | None = None
+
+
+class SecretVersions(msgspec.Struct, kw_only=True):
+    name: str
+    versions: list[SecretVersion]
 
 
 class RevealedSecret(msgspec.Struct, kw_only=True):

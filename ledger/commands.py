@@ -12,6 +12,7 @@ import string
 
 import msgspec
 
+from ledger.codec import decode_event
 from ledger.crypto import new_data_key, new_data_key_id, seal_value, sealed_sha256
 from ledger.errors import (
     AlreadyExistsError,
@@ -277,12 +278,15 @@ class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
     ctx: Context
     name: str
     reason: str = ""
+    version: int | None = None  # an earlier version of the live secret; None: the current one
 
     async def decide(self, view: WriteView) -> Decision[Revealed]:
         caller = await _caller_key(view, self.org, self.ctx)
         state = await view.secret(self.org, self.name)
         if state is None or not state.exists:
             raise NotFoundError(f"secret {self.name!r} not found")
+        if self.version is not None and self.version != state.version:
+            state = await _earlier_version(view, state, self.version)
         key_scope: Scope = caller.scope if caller is not None else "all"
         envelope = _envelope(view, self.org, secret_stream(self.org, self.name), None, self.ctx)
         if not scope_covers(key_scope, state.scope):
@@ -299,6 +303,18 @@ class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
             name=self.name, version=state.version, key_scope=key_scope, reason=self.reason,
         )
         return Decision(events=[event], result=Revealed(name=self.name, version=state.version, value=value))
+
+
+async def _earlier_version(view: WriteView, state: SecretState, version: int) -> SecretState:
+    """The state as of an earlier version of the name (its value and data key), from the stream's records."""
+    if version > state.version or version < 1:
+        raise NotFoundError(f"secret {state.name!r} has no version {version}")
+    for record in await view.recorder.read_stream(secret_stream(state.org, state.name)):
+        event = decode_event(record.body)
+        if isinstance(event, SecretCreated | SecretUpdated) and event.version == version:
+            return msgspec.structs.replace(state, version=version, data_key_id=event.data_key_id,
+                                           sealed=record.sealed or "")
+    raise NotFoundError(f"secret {state.name!r} has no version {version}")
 
 
 async def _open_current(view: WriteView, state: SecretState) -> bytes:

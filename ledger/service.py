@@ -26,6 +26,7 @@ from ledger.commands import (
     new_key_id,
 )
 from ledger.crypto import Keyring, SigningKey
+from ledger.errors import ValidationError
 from ledger.events import Category, Scope
 from ledger.idempotency import Answer, Idempotent, Render, validate_idempotency_key
 from ledger.model import (
@@ -133,9 +134,12 @@ class Ledger:
             scope=checked_scope, category=checked_category, description=description, if_match=if_match,
         )
 
-    def reveal_secret_command(self, ctx: Context, org: str, name: str, *, reason: str = "") -> RevealSecret:
+    def reveal_secret_command(self, ctx: Context, org: str, name: str, *, reason: str = "",
+                              version: int | None = None) -> RevealSecret:
+        if version is not None and version < 1:
+            raise ValidationError("version", "must be 1 or more")
         return RevealSecret(org=org, ctx=ctx, name=validate_name(name),
-                            reason=validate_text(reason, "reason", MAX_REASON_CHARS))
+                            reason=validate_text(reason, "reason", MAX_REASON_CHARS), version=version)
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -170,8 +174,9 @@ class Ledger:
     async def delete_secret(self, ctx: Context, org: str, name: str, *, if_match: int | None = None) -> None:
         await self.submit(DeleteSecret(org=org, ctx=ctx, name=validate_name(name), if_match=if_match))
 
-    async def reveal_secret(self, ctx: Context, org: str, name: str, *, reason: str = "") -> Revealed:
-        return await self.submit(self.reveal_secret_command(ctx, org, name, reason=reason))
+    async def reveal_secret(self, ctx: Context, org: str, name: str, *, reason: str = "",
+                            version: int | None = None) -> Revealed:
+        return await self.submit(self.reveal_secret_command(ctx, org, name, reason=reason, version=version))
 
 
 __all__ = ("Context", "CreatedKey", "Ledger", "Revealed", "UpsertOutcome")

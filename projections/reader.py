@@ -14,7 +14,7 @@ import msgspec
 
 from ledger.events import ApiKeyRevoked, Event
 from ledger.writer import Writer
-from projections.views import ApiKeyRow, AuditRow, SecretMeta
+from projections.views import ApiKeyRow, AuditRow, SecretMeta, VersionRow
 
 Row = Sequence[Any]
 _CACHE_LIMIT = 100_000  # entries per cache; a full cache starts again empty
@@ -165,6 +165,15 @@ class Projections:
             f"SELECT {SECRET_COLUMNS} FROM secrets WHERE {' AND '.join(where)} ORDER BY name LIMIT ?", params
         )
         return [secret_of_row(r) for r in rows]
+
+    async def versions(self, org: str, name: str) -> list[VersionRow]:
+        """Every version the name has had in the org, oldest first (deleted incarnations included)."""
+        rows = await self.db.all(
+            "SELECT version, made_at, made_by, how, destroyed_at FROM secret_versions WHERE org = ? AND name = ? "
+            "ORDER BY version", (org, name),
+        )
+        return [VersionRow(version=int(r[0]), made_at=int(r[1]), made_by=str(r[2]), how=str(r[3]),
+                           destroyed_at=None if r[4] is None else int(r[4])) for r in rows]
 
     async def audit(self, org: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
         rows = await self.db.all(

@@ -16,6 +16,7 @@ from ledger.events import (
     SecretCreated,
     SecretDeleted,
     SecretUpdated,
+    SecretVersionDestroyed,
     event_type,
     outcome_of,
     secret_name,
@@ -83,6 +84,42 @@ class SecretsProjector:
                 )))
             elif isinstance(event, SecretDeleted):
                 rows.append((_SECRET_DELETED, (event.at, event.org, event.name)))
+        return _coalesce(rows)
+
+
+_VERSION_MADE = """INSERT INTO secret_versions (org, name, version, made_at, made_by, how, destroyed_at)
+    VALUES (?,?,?,?,?,?,NULL)"""
+_VERSION_DESTROYED = "UPDATE secret_versions SET destroyed_at=? WHERE org=? AND name=? AND version=?"
+
+
+class SecretVersionsProjector:
+    """Every version of every secret name: who made it, when, how, and whether its value still exists.
+
+    Version numbers only grow for a name, across deletes and re-creates, so a name's history is one
+    sequence of versions."""
+
+    name = "secret_versions"
+
+    def schema(self) -> list[str]:
+        return [
+            """CREATE TABLE IF NOT EXISTS secret_versions (
+                org TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, made_at INTEGER NOT NULL,
+                made_by TEXT NOT NULL, how TEXT NOT NULL, destroyed_at INTEGER,
+                PRIMARY KEY (org, name, version)) WITHOUT ROWID""",
+        ]
+
+    def reset(self) -> list[str]:
+        return ["DELETE FROM secret_versions"]
+
+    def project(self, batch: Batch) -> list[Statement]:
+        rows: list[tuple[str, tuple[object, ...]]] = []
+        for _, event in batch:
+            if isinstance(event, SecretCreated | SecretUpdated):
+                how = "create" if isinstance(event, SecretCreated) else "update"
+                rows.append((_VERSION_MADE, (event.org, event.name, event.version, event.at, event.actor.key_id,
+                                             how)))
+            elif isinstance(event, SecretVersionDestroyed):
+                rows.append((_VERSION_DESTROYED, (event.at, event.org, event.name, event.version)))
         return _coalesce(rows)
 
 
@@ -163,7 +200,7 @@ class AuditProjector:
 
 
 def all_projectors() -> list[Projector]:
-    return [SecretsProjector(), ApiKeysProjector(), AuditProjector()]
+    return [SecretsProjector(), ApiKeysProjector(), AuditProjector(), SecretVersionsProjector()]
 
 
-PROJECTION_TABLES = ("secrets", "api_keys", "audit")
+PROJECTION_TABLES = ("secrets", "api_keys", "audit", "secret_versions")

@@ -47,3 +47,13 @@ class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
     user_agent: str
     outcome: str
     detail: str
+
+
+class VersionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One version of a secret name (never its value)."""
+
+    version: int
+    made_at: int
+    made_by: str
+    how: str  # create, update
+    destroyed_at: int | None

@@ -542,3 +542,16 @@ def test_bug_wrong_master_key_refusal_is_one_line_exit_2(sealed_db: SealedDb) ->
     result = serve_with_wrong_key(sealed_db)
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_secrets_versions_and_reveal_of_an_earlier_version(server: Server, org: Org) -> None:
+    put_secret(server, org.api_key, "ROTATED", "first-value")
+    put_secret(server, org.api_key, "ROTATED", "second-value")
+    listed = ok(cli(server.url, "secrets", "versions", "ROTATED", "-o", "json", key=org.api_key)).stdout
+    assert "first-value" not in listed and "second-value" not in listed
+    assert [(v["version"], v["how"], v["value_exists"]) for v in json.loads(listed)] == [
+        (1, "create", True), (2, "update", True)]
+    earlier = ok(cli(server.url, "secrets", "reveal", "ROTATED", "--version", "1", key=org.api_key))
+    assert earlier.stdout == "first-value"
+    assert ok(cli(server.url, "secrets", "reveal", "ROTATED", key=org.api_key)).stdout == "second-value"
+    assert "404" in one_error_line(cli(server.url, "secrets", "reveal", "ROTATED", "--version", "3", key=org.api_key))

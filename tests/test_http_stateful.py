@@ -17,7 +17,7 @@ import contextlib
 import shutil
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -95,6 +95,7 @@ class SecretModel:
     updated_at: str = ""
     created_by: str = ""
     updated_by: str = ""
+    history: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # version: (value, how, made by)
 
 
 def covers(key_scope: str, secret_scope: str) -> bool:
@@ -326,9 +327,9 @@ class HttpMachine(RuleBasedStateMachine):
                   description: str | None, mode: str, offset: int) -> None:
         model = self.secrets[caller.org][name]
         body: dict[str, str] = {"name": name, "value": value}
-        for field, given in (("scope", scope), ("category", category), ("description", description)):
+        for field_name, given in (("scope", scope), ("category", category), ("description", description)):
             if given is not None:
-                body[field] = given
+                body[field_name] = given
         headers = {}
         if mode == "current":
             headers["If-Match"] = f'"{model.version}"'
@@ -349,6 +350,7 @@ class HttpMachine(RuleBasedStateMachine):
         answer = response.json()
         model.version += 1
         model.value = value
+        model.history[model.version] = (value, "create" if created else "update", caller.key_id)
         model.updated_by = caller.key_id
         model.updated_at = answer["updated_at"]
         if created:
@@ -443,6 +445,46 @@ class HttpMachine(RuleBasedStateMachine):
         assert response.json() == {"name": name, "value": model.value, "version": model.version}
         assert "no-store" in response.headers["cache-control"]
         self.mark_used(caller, "secret.revealed")
+
+    @rule(o=org_index, pick=picks, name_pick=picks, existing=st.booleans(), back=st.integers(0, 3))
+    def reveal_version(self, o: int, pick: int, name_pick: int, existing: bool, back: int) -> None:
+        """Reveal an earlier (or the current, or a not yet made) version of a name."""
+        org = ORGS[o]
+        caller = self.caller(org, pick)
+        name = self.secret_name(org, name_pick, existing)
+        model = self.secrets[org][name]
+        version = max(1, model.version + 1 - back)
+        response = self.send("POST", secret_url(name, "/reveal"), caller, json={"version": version})
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if not model.exists or version not in model.history:
+            self.expect_problem(response, 404)
+            return
+        if not covers(caller.scope, model.scope):  # the scope of the secret as it is now
+            self.expect_problem(response, 403)
+            self.mark_used(caller, "secret.reveal_denied")
+            return
+        assert response.status_code == 200, response.text
+        assert response.json() == {"name": name, "value": model.history[version][0], "version": version}
+        self.mark_used(caller, "secret.revealed")
+
+    @rule(o=org_index, pick=picks, name_pick=picks, existing=st.booleans())
+    def versions(self, o: int, pick: int, name_pick: int, existing: bool) -> None:
+        org = ORGS[o]
+        caller = self.caller(org, pick)
+        name = self.secret_name(org, name_pick, existing)
+        model = self.secrets[org][name]
+        response = self.send("GET", secret_url(name, "/versions"), caller)
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if not model.exists:
+            self.expect_problem(response, 404)
+            return
+        assert response.status_code == 200, response.text
+        assert [(v["version"], v["how"], v["created_by"], v["value_exists"]) for v in response.json()["versions"]] == [
+            (version, how, made_by, True) for version, (_, how, made_by) in sorted(model.history.items())]
 
     @precondition(lambda self: any(
         self.secrets[ORGS[1 - o]][n].exists and not self.secrets[ORGS[o]][n].exists for o in (0, 1) for n in NAMES

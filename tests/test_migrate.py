@@ -33,6 +33,7 @@ from ledger.service import Ledger
 from ledger.sqlite_store import SqliteRecorder
 from ledger.verify import verify_recorder
 from projections import pg_tables, sqlite_tables
+from tests.api.conftest import order_of
 from tests.conftest import ADMIN, ctx_for
 from tests.pg import fresh_database, needs_postgres
 
@@ -135,7 +136,7 @@ class Snapshot:
 async def projection_rows(recorder: Recorder) -> dict[str, list[tuple[object, ...]]]:
     rows: dict[str, list[tuple[object, ...]]] = {}
     for table in sqlite_tables.PROJECTION_TABLES:
-        sql = f"SELECT * FROM {table} ORDER BY 1, 2"
+        sql = f"SELECT * FROM {table} ORDER BY {order_of(table)}"
         if isinstance(recorder, PostgresRecorder):
             rows[table] = [tuple(r) for r in await recorder.pool.fetch(sql)]
         else:

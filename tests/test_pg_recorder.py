@@ -14,6 +14,7 @@ from ledger.pg_store import PostgresRecorder
 from ledger.recorder import Projector, Recorder
 from projections.pg_tables import all_projectors
 from projections.sqlite_tables import PROJECTION_TABLES
+from tests.api.conftest import order_of
 from tests.contracts.recorder import RecorderContract
 from tests.pg import fresh_database, needs_postgres
 
@@ -55,5 +56,6 @@ class TestPostgresRecorder(RecorderContract):
 
     async def projection_rows(self, recorder: Recorder) -> dict[str, list[tuple[object, ...]]]:
         assert isinstance(recorder, PostgresRecorder)
-        return {table: [tuple(row) for row in await recorder.pool.fetch(f"SELECT * FROM {table} ORDER BY 1, 2")]
+        return {table: [tuple(row) for row in
+                        await recorder.pool.fetch(f"SELECT * FROM {table} ORDER BY {order_of(table)}")]
                 for table in PROJECTION_TABLES}

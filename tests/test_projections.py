@@ -31,6 +31,7 @@ DUMPS = {
     "secrets": "SELECT * FROM secrets ORDER BY org, name",
     "api_keys": "SELECT * FROM api_keys ORDER BY key_id",
     "audit": "SELECT * FROM audit ORDER BY seq",
+    "secret_versions": "SELECT * FROM secret_versions ORDER BY org, name, version",
 }
 
 index = st.integers(min_value=0, max_value=20)  # an actor or a target, as an index into the keys made so far

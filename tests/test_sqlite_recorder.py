@@ -18,6 +18,7 @@ from ledger.errors import StoreLockedError
 from ledger.recorder import Projector, Recorder
 from ledger.sqlite_store import SqliteRecorder
 from projections.sqlite_tables import PROJECTION_TABLES, all_projectors
+from tests.api.conftest import order_of
 from tests.contracts.recorder import RecorderContract, org_event
 
 
@@ -52,7 +53,8 @@ class TestSqliteRecorder(RecorderContract):
     async def projection_rows(self, recorder: Recorder) -> dict[str, list[tuple[object, ...]]]:
         assert isinstance(recorder, SqliteRecorder)
         conn = recorder.read_connection
-        return {table: [tuple(row) for row in await conn.execute_fetchall(f"SELECT * FROM {table} ORDER BY 1, 2")]
+        return {table: [tuple(row) for row in
+                        await conn.execute_fetchall(f"SELECT * FROM {table} ORDER BY {order_of(table)}")]
                 for table in PROJECTION_TABLES}
 
 

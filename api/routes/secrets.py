@@ -23,6 +23,8 @@ from api.schemas import (
     RevealedSecret,
     SecretList,
     SecretMetadata,
+    SecretVersion,
+    SecretVersions,
     UpsertSecretBody,
     rfc3339,
 )
@@ -216,6 +218,22 @@ class SecretsController(Controller):
             raise NotFoundError(f"secret {name!r} not found")
         return Response(metadata_of(meta), headers={"ETag": etag(meta.version)})
 
+    @get("/{name:str}/versions", operation_id="ListSecretVersions", responses=problems(*COMMON, 404),
+         summary="A secret's versions: who made each, when, how, and whether its value still exists")
+    async def list_versions(
+        self, name: FromPath[str], principal: NamedDependency[Principal], projections: NamedDependency[Projections]
+    ) -> SecretVersions:
+        # Like get: a deleted (or foreign, or never made) name is a 404.
+        if await projections.get_secret(principal.org, name) is None:
+            raise NotFoundError(f"secret {name!r} not found")
+        rows = await projections.versions(principal.org, name)
+        return SecretVersions(name=name, versions=[
+            SecretVersion(version=r.version, created_at=rfc3339(r.made_at), created_by=r.made_by, how=r.how,
+                          value_exists=r.destroyed_at is None,
+                          destroyed_at=None if r.destroyed_at is None else rfc3339(r.destroyed_at))
+            for r in rows
+        ])
+
     @delete(
         "/{name:str}",
         operation_id="DeleteSecret",
@@ -249,7 +267,8 @@ class SecretsController(Controller):
     ) -> Response[RevealedSecret]:
         ledger, principal = _services(request)
         reason = data.reason if data is not None else ""
-        command = ledger.reveal_secret_command(principal.ctx, principal.org, name, reason=reason)
+        version = data.version if data is not None else None
+        command = ledger.reveal_secret_command(principal.ctx, principal.org, name, reason=reason, version=version)
 
         def render(revealed: Revealed) -> StoredAnswer:
             body = RevealedSecret(name=revealed.name, value=revealed.value.decode(), version=revealed.version)

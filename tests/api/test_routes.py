@@ -1052,3 +1052,47 @@ def test_bug_a_nul_in_a_name_or_a_filter_answers_like_any_missing_name(client: C
     assert client.delete("/v1/keys/key_%00", headers=acme.headers).status_code in (404, 422)
     assert client.get("/v1/compliance/exposure", params={"secret": "a\x00", "version": 1},
                       headers=acme.headers).status_code in (200, 404, 422)
+
+
+# -- versions -------------------------------------------------------------------------------------
+
+
+def test_versions_list_every_version_and_reveal_takes_an_earlier_one(
+    client: Client, db_file: Path, acme: Key
+) -> None:
+    for value in ("one", "two", "three"):
+        upsert(client, acme, "db", value)
+    listed = client.get(secret_path("db", "/versions"), headers=acme.headers)
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    assert body["name"] == "db"
+    assert [(v["version"], v["how"], v["created_by"], v["value_exists"]) for v in body["versions"]] == [
+        (1, "create", acme.key_id, True), (2, "update", acme.key_id, True), (3, "update", acme.key_id, True)]
+    assert all(RFC3339.match(v["created_at"]) for v in body["versions"])
+    assert "one" not in listed.text and "two" not in listed.text  # metadata only
+    before = max_seq(db_file)
+    old = client.post(secret_path("db", "/reveal"), json={"version": 1}, headers=acme.headers)
+    assert old.status_code == 200 and old.json() == {"name": "db", "value": "one", "version": 1}, old.text
+    current = client.post(secret_path("db", "/reveal"), headers=acme.headers)
+    assert current.json()["value"] == "three" and current.json()["version"] == 3
+    assert [(e["type"], e["version"]) for e in events_after(db_file, before)] == [
+        ("secret.revealed", 1), ("secret.revealed", 3)]  # the event records the version revealed
+    for missing in (4, 99):
+        assert_problem(client.post(secret_path("db", "/reveal"), json={"version": missing}, headers=acme.headers),
+                       404)
+    assert_problem(client.post(secret_path("db", "/reveal"), json={"version": 0}, headers=acme.headers), 422)
+
+
+def test_versions_of_a_deleted_or_foreign_name_are_not_found(client: Client, acme: Key, globex: Key) -> None:
+    upsert(client, acme, "gone", "v", expect=201)
+    assert client.delete(secret_path("gone"), headers=acme.headers).status_code == 204
+    assert_problem(client.get(secret_path("gone", "/versions"), headers=acme.headers), 404)
+    upsert(client, acme, "mine", "v", expect=201)
+    foreign = client.get(secret_path("mine", "/versions"), headers=globex.headers)
+    missing = client.get(secret_path("never", "/versions"), headers=globex.headers)
+    assert (foreign.status_code, foreign.json()["detail"].replace("mine", "X")) == (
+        missing.status_code, missing.json()["detail"].replace("never", "X"))
+    # Re-created: the name's history goes on (versions only grow), the old incarnation's included.
+    upsert(client, acme, "gone", "again", expect=201)
+    versions = client.get(secret_path("gone", "/versions"), headers=acme.headers).json()["versions"]
+    assert [(v["version"], v["how"]) for v in versions] == [(1, "create"), (2, "create")]
