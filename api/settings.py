@@ -78,10 +78,6 @@ class Settings(msgspec.Struct, kw_only=True):
     def __repr__(self) -> str:
         return f"Settings(db={str(self.db)!r}, dev={self.dev}, master_key={self.master_key!r})"
 
-    @property
-    def db_path(self) -> Path:
-        """The SQLite file; for PostgreSQL, where dev mode keeps its files (beside the working folder)."""
-        return self.db.path
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -62,11 +62,15 @@ class ConcurrencyError(LedgerError):
 
 
 class StaleReadError(LedgerError):
-    """Another process changed a stream a batch was decided on; decide again on fresh state."""
+    """Another process changed a stream a batch was decided on, or appended an event stamped later
+    than the batch (times never go backwards in the ledger): decide again, on fresh state and no
+    earlier than `not_before`."""
 
-    def __init__(self, streams: set[str]) -> None:
-        super().__init__(f"{len(streams)} stream(s) changed by another writer")
+    def __init__(self, streams: set[str], not_before: int = 0) -> None:
+        super().__init__(f"{len(streams)} stream(s) changed by another writer" if streams
+                         else "another writer appended a later event")
         self.streams = streams
+        self.not_before = not_before
 
 
 class StoreUnavailableError(LedgerError):

@@ -63,23 +63,25 @@ LEDGER_SCHEMA = [
         sealed TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (scope, key))""",
 ]
 # Version 2: an append's whole critical section in one round trip. Under the table lock: the global
-# head, every stream other writers changed since the caller's cache was current (`as_of`; NULL: do
-# not look), and the head of each of the batch's orgs. One row per org.
+# head and its time, every stream other writers changed since the caller's cache was current
+# (`as_of`; NULL: do not look), and the head of each of the batch's orgs. One row per org.
 LOCK_FOR_APPEND = """CREATE OR REPLACE FUNCTION keyledger_lock_for_append(as_of BIGINT, batch_orgs TEXT[])
-    RETURNS TABLE (head BIGINT, changed TEXT[], org TEXT, org_seq BIGINT, hash BYTEA)
+    RETURNS TABLE (head BIGINT, changed TEXT[], org TEXT, org_seq BIGINT, hash BYTEA, head_at BIGINT)
     LANGUAGE plpgsql AS $$
     #variable_conflict use_column
     DECLARE
       current_head BIGINT;
+      current_at BIGINT;
       changed_streams TEXT[] := '{}';
     BEGIN
       LOCK TABLE events IN EXCLUSIVE MODE;
       SELECT COALESCE(MAX(e.seq), 0) INTO current_head FROM events e;
+      SELECT e.at INTO current_at FROM events e WHERE e.seq = current_head;
       IF as_of IS NOT NULL AND current_head > as_of THEN
         SELECT COALESCE(array_agg(DISTINCT e.stream), '{}') INTO changed_streams FROM events e
           WHERE e.seq > as_of AND e.stream_version IS NOT NULL;
       END IF;
-      RETURN QUERY SELECT current_head, changed_streams, o.name, h.org_seq, h.hash
+      RETURN QUERY SELECT current_head, changed_streams, o.name, h.org_seq, h.hash, current_at
         FROM unnest(batch_orgs) AS o(name)
         LEFT JOIN LATERAL (SELECT e.org_seq, e.hash FROM events e WHERE e.org = o.name
                            ORDER BY e.org_seq DESC LIMIT 1) h ON true;
@@ -214,20 +216,8 @@ class PostgresRecorder(Recorder):
                     await self._keep_idempotency(conn, idempotency)
                 fault("idempotency")
                 if stored:
-                    batch = list(zip(stored, events, strict=True))
-                    for projector in self.projectors:
-                        for statement in projector.project(batch):
-                            if statement.rows:
-                                await conn.executemany(statement.sql, statement.rows)
-                        fault(f"projection:{projector.name}")
-                    # Every position and the announcement in one round trip (the lock is held).
-                    await conn.execute(
-                        "WITH moved AS (UPDATE projection_positions SET position = $1 WHERE name = ANY($2::text[]) "
-                        "RETURNING 1) SELECT pg_notify($3, $4)",
-                        stored[-1].seq, [p.name for p in self.projectors], NOTIFY_CHANNEL, str(stored[-1].seq),
-                    )
-                    for projector in self.projectors:
-                        fault(f"position:{projector.name}")
+                    await self._project(conn, self.projectors, list(zip(stored, events, strict=True)), fault,
+                                        notify=True)
                 fault("commit")
                 if self.fail_next_commits > 0:
                     self.fail_next_commits -= 1
@@ -283,9 +273,16 @@ class PostgresRecorder(Recorder):
         # Serialise appenders (not readers) until COMMIT: the heads read under the lock cannot move
         # meanwhile. One round trip: the lock, the head, what others changed, each org's head.
         orgs = list(dict.fromkeys(p.org for p in pending))
-        locked = await conn.fetch("SELECT head, changed, org, org_seq, hash FROM keyledger_lock_for_append($1, $2)",
-                                  None if read_set is None else read_set.as_of, orgs)
+        locked = await conn.fetch(
+            "SELECT head, changed, org, org_seq, hash, head_at FROM keyledger_lock_for_append($1, $2)",
+            None if read_set is None else read_set.as_of, orgs,
+        )
         seq = int(locked[0][0])
+        head_at = locked[0][5]
+        if head_at is not None and min(p.at for p in pending) < head_at:
+            # Another process's clock ran ahead (or this batch waited for the lock): the ledger's
+            # times never go backwards, so this batch is stamped again, no earlier than the head.
+            raise StaleReadError(set(), not_before=int(head_at))
         if read_set is not None:
             changed = set(locked[0][1])
             if changed & read_set.streams:
@@ -311,15 +308,22 @@ class PostgresRecorder(Recorder):
         return stored
 
     @staticmethod
-    async def _project(conn: Connection, projectors: Sequence[Projector],
-                       batch: Sequence[tuple[StoredRecord, Event]], fault: Callable[[str], None]) -> None:
-        last = batch[-1][0].seq
+    async def _project(conn: Connection, projectors: Sequence[Projector], batch: Sequence[tuple[StoredRecord, Event]],
+                       fault: Callable[[str], None], *, notify: bool = False) -> None:
+        """The projectors' rows, then every position (and the announcement) in one round trip: in an
+        append the lock is held, and each round trip is time no other process can append."""
         for projector in projectors:
             for statement in projector.project(batch):
                 if statement.rows:
                     await conn.executemany(statement.sql, statement.rows)
             fault(f"projection:{projector.name}")
-            await conn.execute("UPDATE projection_positions SET position = $1 WHERE name = $2", last, projector.name)
+        last = batch[-1][0].seq
+        await conn.execute(
+            "WITH moved AS (UPDATE projection_positions SET position = $1 WHERE name = ANY($2::text[]) RETURNING 1) "
+            "SELECT CASE WHEN $3 THEN pg_notify($4, $1::text) END",
+            last, [p.name for p in projectors], notify, NOTIFY_CHANNEL,
+        )
+        for projector in projectors:
             fault(f"position:{projector.name}")
 
     async def replace_data_keys(self, rows: Sequence[DataKeyRow]) -> None:
@@ -483,8 +487,8 @@ class PostgresRecorder(Recorder):
                     heads[org] = (0, GENESIS_HASH) if row is None else (int(row[0]), bytes(row[1]))
                 check_continuation(seq, heads, records)
                 await conn.executemany(_INSERT_EVENT, rows)
-                await self._project(conn, self.projectors, list(zip(records, events, strict=True)), no_fault)
-                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(records[-1].seq))
+                await self._project(conn, self.projectors, list(zip(records, events, strict=True)), no_fault,
+                                    notify=True)
         except asyncpg.UniqueViolationError as exc:
             raise IntegrityError(f"import refused by the database: {exc}") from None
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:

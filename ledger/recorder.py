@@ -13,6 +13,8 @@ Contract (tested once in tests/contracts/recorder.py, subclassed per backend):
 7. An append given a `ReadSet` commits only if no stream in it changed after `read_set.as_of`
    (checked under the append's lock); otherwise it raises `StaleReadError` and commits nothing.
    On success it reports in `read_set.changed_by_others` what other writers changed meanwhile.
+8. Times never go backwards: a batch with a record stamped earlier than the last record is refused
+   with `StaleReadError(not_before=that time)` (a writer of another process may be ahead).
    This is what keeps several processes' writers honest: each decides against its own cache,
    and the store refuses a batch decided on state another process has since changed.
 """

@@ -115,6 +115,7 @@ class SqliteRecorder(Recorder):
         self._lock_fd: int | None = None
         self._heads: dict[str, tuple[int, bytes]] = {}
         self._seq = 0
+        self._head_at = 0  # the last record's time: a batch stamped earlier is refused
         self.fail_next_commits = 0  # test hook: make the next N commits fail like a full disk
         # Test hook: called with each step of an append's transaction (APPEND_STEPS) inside it; an
         # exception it raises (sqlite3.Error for a storage fault) fails the append at that step.
@@ -160,6 +161,8 @@ class SqliteRecorder(Recorder):
                              (str(pending[-1]),))
         row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         self._seq = int(row[0]) if row else 0
+        row = conn.execute("SELECT at FROM events WHERE seq = ?", (self._seq,)).fetchone()
+        self._head_at = int(row[0]) if row else 0
 
     async def close(self) -> None:
         if self._read is not None:
@@ -225,6 +228,8 @@ class SqliteRecorder(Recorder):
         read_set: ReadSet | None = None,
     ) -> list[StoredRecord]:
         conn = self.write_connection
+        if pending and min(p.at for p in pending) < self._head_at:
+            raise StaleReadError(set(), not_before=self._head_at)  # times never go backwards
         if read_set is not None and self._seq > read_set.as_of:
             # One process writes this file, so only a writer whose cache lags can get here.
             changed = self._changed_sync(read_set.as_of, self._seq)
@@ -283,6 +288,8 @@ class SqliteRecorder(Recorder):
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"the ledger could not commit: {exc}") from None
         self._seq = seq
+        if stored:
+            self._head_at = stored[-1].at
         self._heads.update(heads)
         return stored
 
@@ -510,6 +517,7 @@ class SqliteRecorder(Recorder):
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"the ledger could not commit: {exc}") from None
         self._seq = records[-1].seq
+        self._head_at = records[-1].at
         self._heads.update(heads)
 
     async def import_data_keys(self, rows: Sequence[DataKeyRow]) -> None:

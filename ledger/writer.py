@@ -291,6 +291,7 @@ class Writer:
                 return
             except StaleReadError as exc:
                 self.cache.forget_streams(exc.streams)
+                self._last_at = max(self._last_at, exc.not_before)
                 await self._catch_up(await self.recorder.max_seq())
         raise StoreUnavailableError("the ledger is too busy: other writers kept changing the same secrets")
 

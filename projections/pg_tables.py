@@ -14,14 +14,14 @@ from functools import lru_cache
 from ledger.events import Event
 from ledger.recorder import Projector, Statement
 from ledger.records import StoredRecord
+from projections.pg_reader import numbered
 from projections.sqlite_tables import all_projectors as sqlite_projectors
 
 
 @lru_cache(maxsize=256)
 def to_postgres(sql: str) -> str:
     """One SQLite statement of the projectors in PostgreSQL's dialect."""
-    counter = iter(range(1, 1000))
-    sql = re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+    sql = numbered(sql)
     sql = re.sub(r"\bINTEGER\b", "BIGINT", sql)
     sql = re.sub(r"\bBLOB\b", "BYTEA", sql)
     sql = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', sql)

@@ -32,7 +32,8 @@ from ledger.checkpoint import CheckpointError, check_signature, parse_checkpoint
 from ledger.crypto import MasterKey
 from ledger.export import CSV_COLUMNS, verify_export
 from tests.api.conftest import BACKENDS
-from tests.pg import PgDsn, pg_database, pg_query
+from tests.api.conftest import query as query_database
+from tests.pg import PgDsn, pg_database
 
 pytestmark = [
     # Building the app under Litestar 2.x warns (pinned elsewhere); pyproject turns warnings into errors.
@@ -121,13 +122,7 @@ def secret_path(name: str) -> str:
 
 
 def rows(db: Path | PgDsn, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    if isinstance(db, PgDsn):
-        return pg_query(db, sql, params)
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    return query_database(db, sql, params)
 
 
 def max_seq(db: Path | PgDsn) -> int:

@@ -737,9 +737,9 @@ async def test_bug_invariant_8_concurrency_error_names_the_wrong_stream(ledger: 
     a = ctx_for(admin)
     await ledger.upsert_secret(a, "acme", "a", b"v")
     await ledger.upsert_secret(a, "acme", "b", b"v")
-    free = SecretDeleted(org="acme", stream=secret_stream("acme", "a"), stream_version=2, at=1,
+    free = SecretDeleted(org="acme", stream=secret_stream("acme", "a"), stream_version=2, at=time.time_ns(),
                          actor=admin_actor(admin), name="a", version=1)
-    taken = SecretDeleted(org="acme", stream=secret_stream("acme", "b"), stream_version=1, at=1,
+    taken = SecretDeleted(org="acme", stream=secret_stream("acme", "b"), stream_version=1, at=time.time_ns(),
                           actor=admin_actor(admin), name="b", version=1)
     with pytest.raises(ConcurrencyError) as conflict:
         await ledger.recorder.append([pending(free), pending(taken)], [free, taken])

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import subprocess
@@ -28,7 +29,7 @@ import pytest
 
 from ledger.commands import Context
 from ledger.crypto import Keyring, MasterKey
-from ledger.errors import NotFoundError, PermissionDeniedError, UnauthenticatedError
+from ledger.errors import NotFoundError, PermissionDeniedError, StaleReadError, UnauthenticatedError
 from ledger.events import Actor
 from ledger.pg_store import PostgresRecorder
 from ledger.service import Ledger
@@ -36,7 +37,7 @@ from ledger.verify import verify_recorder
 from projections.pg_tables import all_projectors
 from tests.contracts.recorder import org_event, pending, reveal_event
 from tests.pg import fresh_database, needs_postgres, pg_database, pg_query
-from tests.test_cli_e2e import HOST, KEYLEDGER, clean_env, free_port, new_master_key, start_server
+from tests.test_cli_e2e import HOST, KEYLEDGER, Server, clean_env, free_port, new_master_key, start_server
 
 ADMIN = Context(actor=Actor(key_id="admin", label="admin token", kind="admin"))
 
@@ -124,10 +125,16 @@ def _write_slowly(dsn: str, writer: int, stop: threading.Event) -> int:
         recorder.inject_fault = dawdle
         written = 0
         try:
-            for n in range(APPENDS_PER_WRITER):
-                batch = [reveal_event(f"org{writer}", "x", at=n + 1) for _ in range(rng.randint(1, 3))]
-                await recorder.append([pending(e) for e in batch], batch)
-                written += len(batch)
+            for _ in range(APPENDS_PER_WRITER):
+                size = rng.randint(1, 3)
+                while True:  # as the writer does: stamped again when another thread committed later
+                    batch = [reveal_event(f"org{writer}", "x", at=time.time_ns()) for _ in range(size)]
+                    try:
+                        await recorder.append([pending(e) for e in batch], batch)
+                        break
+                    except StaleReadError:
+                        continue
+                written += size
         finally:
             await recorder.close()
         return written
@@ -178,9 +185,27 @@ def database() -> Iterator[str]:
         yield database_dsn
 
 
-def _serve_env(dsn: str, master_key: str) -> dict[str, str]:
-    return clean_env(KEYLEDGER_MASTER_KEY=master_key, KEYLEDGER_ADMIN_TOKEN="adm_scale_" + "t" * 24,
-                     KEYLEDGER_DB=dsn, KEYLEDGER_RATE_LIMIT_PER_KEY="off", KEYLEDGER_RATE_LIMIT_PER_ADDRESS="off")
+ADMIN_TOKEN = "adm_scale_" + "t" * 24
+
+
+@contextlib.contextmanager
+def servers_on(dsn: str, folder: Path, *extra_args: str, count: int = 2) -> Iterator[tuple[list[Server], str]]:
+    """`count` real servers on one database (rate limits off), an org made through the first, and its
+    admin API key; every server is stopped afterwards."""
+    env = clean_env(KEYLEDGER_MASTER_KEY=new_master_key(), KEYLEDGER_ADMIN_TOKEN=ADMIN_TOKEN, KEYLEDGER_DB=dsn,
+                    KEYLEDGER_RATE_LIMIT_PER_KEY="off", KEYLEDGER_RATE_LIMIT_PER_ADDRESS="off")
+    servers: list[Server] = []
+    try:
+        for i in range(count):
+            servers.append(start_server(folder / f"s{i}", ["--host", HOST, "--port", str(free_port()),
+                                                            "--db", dsn, *extra_args], env))
+        created = httpx.post(f"{servers[0].url}/v1/admin/orgs", json={"org": "acme"},
+                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert created.status_code == 201, created.text
+        yield servers, created.json()["api_key"]
+    finally:
+        for server in servers:
+            server.stop()
 
 
 CLIENTS = 8
@@ -189,13 +214,8 @@ ROUNDS = 25
 
 @needs_postgres
 def test_two_server_processes_on_one_database(database: str, tmp_path: Path) -> None:
-    env = _serve_env(database, new_master_key())
-    servers = [start_server(tmp_path / f"s{i}", ["--host", HOST, "--port", str(free_port()), "--db", database], env)
-               for i in range(2)]
-    try:
-        admin = {"Authorization": f"Bearer {env['KEYLEDGER_ADMIN_TOKEN']}"}
-        created = httpx.post(f"{servers[0].url}/v1/admin/orgs", json={"org": "acme"}, headers=admin).json()
-        headers = {"Authorization": f"Bearer {created['api_key']}"}
+    with servers_on(database, tmp_path) as (servers, api_key):
+        headers = {"Authorization": f"Bearer {api_key}"}
         names = ["A", "B", "C"]
         lost: list[str] = []
         versions: dict[str, list[int]] = defaultdict(list)
@@ -235,19 +255,15 @@ def test_two_server_processes_on_one_database(database: str, tmp_path: Path) -> 
         for server in servers:
             verified = httpx.get(f"{server.url}/v1/ledger/verify", headers=headers)
             assert verified.status_code == 200 and verified.json()["ok"] is True, verified.text
-    finally:
-        for server in servers:
-            server.stop()
+    # And offline, every org from the first event, as `keyledger verify` does for a SQLite file.
+    offline = subprocess.run([KEYLEDGER, "verify", "--db", database], env=clean_env(), capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert offline.returncode == 0 and offline.stdout.startswith("ok"), offline.stdout + offline.stderr
 
 
 @needs_postgres
 def test_one_idempotency_key_sent_to_two_processes_at_once_runs_once(database: str, tmp_path: Path) -> None:
-    env = _serve_env(database, new_master_key())
-    servers = [start_server(tmp_path / f"s{i}", ["--host", HOST, "--port", str(free_port()), "--db", database], env)
-               for i in range(2)]
-    try:
-        admin = {"Authorization": f"Bearer {env['KEYLEDGER_ADMIN_TOKEN']}"}
-        created = httpx.post(f"{servers[0].url}/v1/admin/orgs", json={"org": "acme"}, headers=admin).json()
+    with servers_on(database, tmp_path) as (servers, api_key):
         keys = [f"retry-{n}" for n in range(30)]
 
         def send(server_and_key: tuple[int, str]) -> tuple[str, int, dict[str, object]]:
@@ -255,7 +271,7 @@ def test_one_idempotency_key_sent_to_two_processes_at_once_runs_once(database: s
             # the second process that the first one already ran this request.
             server, key = server_and_key
             answer = httpx.post(f"{servers[server].url}/v1/keys", json={"label": key}, timeout=30,
-                                headers={"Authorization": f"Bearer {created['api_key']}", "Idempotency-Key": key})
+                                headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": key})
             body = answer.json()
             body.pop("request_id", None)
             return key, answer.status_code, body
@@ -270,20 +286,12 @@ def test_one_idempotency_key_sent_to_two_processes_at_once_runs_once(database: s
             assert first == second == 201 and first_body == second_body, by_key[key]  # one answer, replayed
         created_events = pg_query(database, "SELECT COUNT(*) FROM events WHERE type = 'api_key.created'")[0][0]
         assert created_events == 1 + len(keys)  # the org's first key, then each request once
-    finally:
-        for server in servers:
-            server.stop()
 
 
 @needs_postgres
 def test_serve_workers_runs_several_processes_on_postgresql(database: str, tmp_path: Path) -> None:
-    env = _serve_env(database, new_master_key())
-    server = start_server(tmp_path, ["--host", HOST, "--port", str(free_port()), "--db", database,
-                                     "--workers", "2"], env)
-    try:
-        admin = {"Authorization": f"Bearer {env['KEYLEDGER_ADMIN_TOKEN']}"}
-        created = httpx.post(f"{server.url}/v1/admin/orgs", json={"org": "acme"}, headers=admin).json()
-        headers = {"Authorization": f"Bearer {created['api_key']}"}
+    with servers_on(database, tmp_path, "--workers", "2", count=1) as ([server], api_key):
+        headers = {"Authorization": f"Bearer {api_key}"}
         with ThreadPoolExecutor(max_workers=8) as pool:
             answers = list(pool.map(
                 lambda n: httpx.post(f"{server.url}/v1/secrets", json={"name": "N", "value": f"v{n}"},
@@ -295,8 +303,6 @@ def test_serve_workers_runs_several_processes_on_postgresql(database: str, tmp_p
         backends = pg_query(database, "SELECT COUNT(DISTINCT pid) FROM pg_stat_activity "
                                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][0]
         assert backends >= 2 * 3  # per worker: the writer's pool, the readers' pool, the listener
-    finally:
-        server.stop()
 
 
 def test_serve_workers_on_sqlite_is_refused_with_one_clear_line(tmp_path: Path) -> None:

@@ -129,15 +129,20 @@ def create_org(session: Any, org: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {created.json()['api_key']}"}
 
 
+def create_fuzz_org(session: Any) -> dict[str, str]:
+    """The stateless fuzzing's org, holding SEEDED_NAMES (so that reads and reveals can succeed)."""
+    headers = create_org(session, "fuzz")
+    for name in SEEDED_NAMES:
+        put = session.post("/v1/secrets", json={"name": name, "value": "v"}, headers=headers)
+        assert put.status_code == 201, put.text
+    return headers
+
+
 @pytest.fixture(scope="module")
 def orgs() -> Iterator[Orgs]:
     try:
         with asgi.get_client(ASGI_APP) as session:
-            headers = create_org(session, "fuzz")
-            for name in SEEDED_NAMES:
-                put = session.post("/v1/secrets", json={"name": name, "value": "v"}, headers=headers)
-                assert put.status_code == 201, put.text
-            yield Orgs(fuzz=headers, links=create_org(session, "fuzz-links"))
+            yield Orgs(fuzz=create_fuzz_org(session), links=create_org(session, "fuzz-links"))
     finally:
         asgi.shutdown_lifespans()
         _TMP.cleanup()

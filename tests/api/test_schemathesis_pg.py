@@ -30,8 +30,7 @@ from tests.api.test_schemathesis import (
     CHECKS,
     DEFAULT_FUZZ_EXAMPLES,
     OPERATIONS,
-    SEEDED_NAMES,
-    create_org,
+    create_fuzz_org,
     headers_for,
     operation_id,
 )
@@ -60,11 +59,7 @@ async def _drop() -> None:
 def org_headers() -> Iterator[dict[str, str]]:
     try:
         with asgi.get_client(ASGI_APP) as session:
-            headers = create_org(session, "fuzz")
-            for name in SEEDED_NAMES:
-                put = session.post("/v1/secrets", json={"name": name, "value": "v"}, headers=headers)
-                assert put.status_code == 201, put.text
-            yield headers
+            yield create_fuzz_org(session)
     finally:
         asgi.shutdown_lifespans()
         run_sync(_drop())

@@ -125,6 +125,17 @@ class RecorderContract(abc.ABC):
         assert await recorder.max_seq() == 1
         assert await self.projection_row_count(recorder) == 1
 
+    async def test_a_batch_stamped_before_the_last_record_is_refused_and_nothing_commits(
+        self, recorder: Recorder
+    ) -> None:
+        await self.append(recorder, [org_event("a", at=5)])
+        with pytest.raises(StaleReadError) as refused:  # another process's clock was ahead
+            await self.append(recorder, [reveal_event("a", "x", at=3)])
+        assert refused.value.not_before == 5
+        assert await recorder.max_seq() == 1
+        await self.append(recorder, [reveal_event("a", "x", at=5)])  # the same time is fine
+        assert [r.at for r in await recorder.read_after(0)] == [5, 5]
+
     async def test_a_batch_whose_streams_did_not_change_commits(self, recorder: Recorder) -> None:
         await self.append(recorder, [org_event("a"), reveal_event("b", "y")])  # reveals change no state
         batch = [reveal_event("b", "y")]
@@ -190,7 +201,7 @@ class RecorderContract(abc.ABC):
     async def test_orgs_lists_each_org_with_records_once_in_order(self, recorder: Recorder) -> None:
         assert await recorder.orgs() == []
         await self.append(recorder, [org_event("b"), org_event("a")] + [reveal_event("b", "x") for _ in range(3)])
-        await self.append(recorder, [org_event("c"), reveal_event("a", "y")])
+        await self.append(recorder, [org_event("c", at=2), reveal_event("a", "y")])
         assert await recorder.orgs() == ["a", "b", "c"]
 
     async def test_stored_bytes_round_trip_exactly(self, recorder: Recorder) -> None:
