@@ -229,6 +229,9 @@ class PostgresRecorder(Recorder):
             raise StoreUnavailableError(f"append refused by the database: {exc}") from None
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailableError(f"the ledger could not commit: {type(exc).__name__}: {exc}") from None
+        if stored:
+            # Our own NOTIFY comes back later; until it does, the fast path must not hide this batch.
+            self._heard = max(self._heard, stored[-1].seq)
         return stored
 
     @staticmethod

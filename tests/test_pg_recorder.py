@@ -59,3 +59,22 @@ class TestPostgresRecorder(RecorderContract):
         return {table: [tuple(row) for row in
                         await recorder.pool.fetch(f"SELECT * FROM {table} ORDER BY {order_of(table)}")]
                 for table in PROJECTION_TABLES}
+
+
+@needs_postgres
+async def test_an_own_append_is_seen_before_its_notification_comes_back() -> None:
+    # The NOTIFY of a process's own append arrives whenever the server sends it; until then the
+    # listener fast path must not answer "nothing changed" (this raced in CI once).
+    from tests.contracts.recorder import org_event, pending
+
+    async for dsn in fresh_database():
+        recorder = PostgresRecorder(dsn, all_projectors())
+        await recorder.open()
+        try:
+            assert recorder._listener is not None
+            await recorder._listener.remove_listener(pg_store.NOTIFY_CHANNEL, recorder._on_notify)
+            events = [org_event("a")]
+            await recorder.append([pending(e) for e in events], events)
+            assert await recorder.changed_streams(0) == (1, {"org:a"})
+        finally:
+            await recorder.close()
