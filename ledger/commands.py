@@ -11,11 +11,13 @@ import secrets
 import string
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from ledger.codec import decode_event
 from ledger.crypto import new_data_key, new_data_key_id, seal_value, sealed_sha256
 from ledger.errors import (
     AlreadyExistsError,
+    GoneError,
     NotFoundError,
     PermissionDeniedError,
     PreconditionFailedError,
@@ -23,21 +25,33 @@ from ledger.errors import (
     UnauthenticatedError,
 )
 from ledger.events import (
+    VALUE_EVENTS,
     Actor,
     ApiKeyCreated,
     ApiKeyRevoked,
     Category,
+    Event,
     OrgCreated,
     Role,
     Scope,
     SecretCreated,
     SecretDeleted,
+    SecretDestroyed,
     SecretRevealDenied,
     SecretRevealed,
     SecretUpdated,
     Source,
+    ValueEvent,
 )
-from ledger.model import KeyState, SecretState, key_stream, org_stream, scope_covers, secret_stream
+from ledger.model import (
+    DAY_NS,
+    KeyState,
+    SecretState,
+    key_stream,
+    org_stream,
+    scope_covers,
+    secret_stream,
+)
 from ledger.records import DataKeyRow
 from ledger.writer import Decision, WriteView
 
@@ -88,7 +102,7 @@ class Revealed(msgspec.Struct, frozen=True, kw_only=True):
         return f"Revealed(name={self.name!r}, version={self.version})"
 
 
-async def _caller_key(view: WriteView, org: str, ctx: Context, *, admin_token: bool = False) -> KeyState | None:
+async def caller_key(view: WriteView, org: str, ctx: Context, *, admin_token: bool = False) -> KeyState | None:
     """The caller's key, checked active and of this org; None for the admin token where it may act."""
     if ctx.actor.kind == "admin":
         if admin_token:
@@ -100,7 +114,7 @@ async def _caller_key(view: WriteView, org: str, ctx: Context, *, admin_token: b
     return key
 
 
-def _envelope(view: WriteView, org: str, stream: str, version: int | None, ctx: Context) -> dict[str, object]:
+def envelope(view: WriteView, org: str, stream: str, version: int | None, ctx: Context) -> dict[str, object]:
     return {
         "org": org, "stream": stream, "stream_version": version, "at": view.at,
         "actor": ctx.actor, "source": ctx.source, "request_id": ctx.request_id,
@@ -124,9 +138,9 @@ class CreateOrg(msgspec.Struct, frozen=True, kw_only=True):
             raise PermissionDeniedError("only the admin token creates orgs")
         if await view.org(self.org) is not None:
             raise AlreadyExistsError(f"org {self.org!r} exists")
-        created = OrgCreated(**_envelope(view, self.org, org_stream(self.org), 1, self.ctx))  # type: ignore[arg-type]
+        created = OrgCreated(**envelope(view, self.org, org_stream(self.org), 1, self.ctx))  # type: ignore[arg-type]
         key = ApiKeyCreated(
-            **_envelope(view, self.org, key_stream(self.key_id), 1, self.ctx),  # type: ignore[arg-type]
+            **envelope(view, self.org, key_stream(self.key_id), 1, self.ctx),  # type: ignore[arg-type]
             key_id=self.key_id, label=self.label, role="admin", scope="all",
             key_sha256=api_key_sha256(self.api_key),
         )
@@ -150,13 +164,13 @@ class CreateApiKey(msgspec.Struct, frozen=True, kw_only=True):
         return f"CreateApiKey(org={self.org!r}, key_id={self.key_id!r})"
 
     async def decide(self, view: WriteView) -> Decision[CreatedKey]:
-        caller = await _caller_key(view, self.org, self.ctx, admin_token=True)
+        caller = await caller_key(view, self.org, self.ctx, admin_token=True)
         if caller is not None and caller.role != "admin":
             raise PermissionDeniedError("only admin keys manage API keys")
         if await view.org(self.org) is None:
             raise NotFoundError(f"org {self.org!r} does not exist")
         event = ApiKeyCreated(
-            **_envelope(view, self.org, key_stream(self.key_id), 1, self.ctx),  # type: ignore[arg-type]
+            **envelope(view, self.org, key_stream(self.key_id), 1, self.ctx),  # type: ignore[arg-type]
             key_id=self.key_id, label=self.label, role=self.role, scope=self.scope,
             key_sha256=api_key_sha256(self.api_key),
         )
@@ -173,14 +187,14 @@ class RevokeApiKey(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str
 
     async def decide(self, view: WriteView) -> Decision[None]:
-        caller = await _caller_key(view, self.org, self.ctx, admin_token=True)
+        caller = await caller_key(view, self.org, self.ctx, admin_token=True)
         if caller is not None and caller.role != "admin":
             raise PermissionDeniedError("only admin keys manage API keys")
         key = await view.key(self.key_id)
         if key is None or key.org != self.org or key.revoked:
             raise NotFoundError(f"API key {self.key_id!r} not found")
         event = ApiKeyRevoked(
-            **_envelope(view, self.org, key_stream(self.key_id), key.stream_version + 1, self.ctx),  # type: ignore[arg-type]
+            **envelope(view, self.org, key_stream(self.key_id), key.stream_version + 1, self.ctx),  # type: ignore[arg-type]
             key_id=self.key_id,
         )
         return Decision(events=[event])
@@ -188,7 +202,7 @@ class RevokeApiKey(msgspec.Struct, frozen=True, kw_only=True):
 
 class UpsertOutcome(msgspec.Struct, frozen=True, kw_only=True):
     created: bool
-    event: SecretCreated | SecretUpdated
+    event: ValueEvent
     created_at: int  # when this incarnation of the secret was created
     created_by: str
 
@@ -204,12 +218,13 @@ class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
     category: Category | None = None
     description: str | None = None
     if_match: int | None = None
+    expires_at: int | UnsetType | None = UNSET  # UNSET keeps the current expiry; None removes it
 
     def __repr__(self) -> str:
         return f"UpsertSecret(org={self.org!r}, name={self.name!r})"
 
     async def decide(self, view: WriteView) -> Decision[UpsertOutcome]:
-        await _caller_key(view, self.org, self.ctx)
+        await caller_key(view, self.org, self.ctx)
         state = await view.secret(self.org, self.name)
         current = state if state is not None and state.exists else None
         if self.if_match is not None and (current is None or current.version != self.if_match):
@@ -220,21 +235,24 @@ class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
         data_key = new_data_key()
         kek_id, wrapped = view.keyring.wrap(data_key_id, data_key)
         sealed = seal_value(data_key, self.value, self.org, self.name, version)
-        envelope = _envelope(view, self.org, secret_stream(self.org, self.name), stream_version, self.ctx)
+        common = envelope(view, self.org, secret_stream(self.org, self.name), stream_version, self.ctx)
         fields = {
             "name": self.name, "version": version, "data_key_id": data_key_id,
             "sealed_sha256": sealed_sha256(sealed),
         }
+        kept = current.expires_at if current is not None else None
+        expires_at = kept if isinstance(self.expires_at, UnsetType) else self.expires_at
+        fields["expires_at"] = UNSET if expires_at is None else expires_at
         event: SecretCreated | SecretUpdated
         if current is None:
             event = SecretCreated(
-                **envelope, **fields,  # type: ignore[arg-type]
+                **common, **fields,  # type: ignore[arg-type]
                 scope=self.scope or "all", category=self.category or "custom",
                 description=self.description or "",
             )
         else:
             event = SecretUpdated(
-                **envelope, **fields,  # type: ignore[arg-type]
+                **common, **fields,  # type: ignore[arg-type]
                 scope=self.scope or current.scope, category=self.category or current.category,
                 description=current.description if self.description is None else self.description,
             )
@@ -250,25 +268,71 @@ class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeleteSecret(msgspec.Struct, frozen=True, kw_only=True):
+    """Delete a secret: it leaves list and get at once, and its versions stay recoverable for the org's
+    recovery window. `purge` (admin keys only) destroys every version now, deleted already or not."""
+
     org: str
     ctx: Context
     name: str
     if_match: int | None = None
+    purge: bool = False
 
     async def decide(self, view: WriteView) -> Decision[None]:
-        await _caller_key(view, self.org, self.ctx)
+        caller = await caller_key(view, self.org, self.ctx)
+        if self.purge and (caller is None or caller.role != "admin"):
+            raise PermissionDeniedError("only admin keys purge secrets")
         state = await view.secret(self.org, self.name)
-        if state is None or not state.exists:
+        if state is None or (not state.exists and not self.purge):
             raise NotFoundError(f"secret {self.name!r} not found")
-        if self.if_match is not None and state.version != self.if_match:
-            raise PreconditionFailedError(self.if_match, state.version)
-        event = SecretDeleted(
-            **_envelope(  # type: ignore[arg-type]
-                view, self.org, secret_stream(self.org, self.name), state.stream_version + 1, self.ctx
-            ),
-            name=self.name, version=state.version,
-        )
-        return Decision(events=[event])
+        if self.if_match is not None and (not state.exists or state.version != self.if_match):
+            raise PreconditionFailedError(self.if_match, state.version if state.exists else None)
+        org = await view.org(self.org)
+        window = org.recovery_window_days if org is not None else 0
+        stream = secret_stream(self.org, self.name)
+        events: list[Event] = []
+        stream_version = state.stream_version
+        if state.exists:
+            stream_version += 1
+            events.append(SecretDeleted(
+                **envelope(view, self.org, stream, stream_version, self.ctx),  # type: ignore[arg-type]
+                name=self.name, version=state.version,
+                destroy_at=view.at if self.purge else view.at + window * DAY_NS,
+            ))
+        if not (self.purge or window == 0):
+            return Decision(events=events)
+        destroyed = await destroy_remaining(view, state, self.ctx, stream_version + 1,
+                                            "purge" if self.purge else "recovery window ended")
+        if destroyed is None:
+            if not events:  # a purge of a deleted secret whose versions are all gone already
+                raise NotFoundError(f"secret {self.name!r} not found")
+            return Decision(events=events)
+        return Decision(events=[*events, destroyed], drop_data_keys=destroyed.data_key_ids)
+
+
+async def value_events(view: WriteView, state: SecretState) -> dict[int, tuple[ValueEvent, str]]:
+    """Every version of the name: its value event and sealed value, from the stream's records."""
+    found: dict[int, tuple[ValueEvent, str]] = {}
+    for record in await view.recorder.read_stream(secret_stream(state.org, state.name)):
+        event = decode_event(record.body)
+        if isinstance(event, VALUE_EVENTS):
+            found[event.version] = (event, record.sealed or "")
+    return found
+
+
+async def destroy_remaining(
+    view: WriteView, state: SecretState, ctx: Context, stream_version: int, reason: str
+) -> SecretDestroyed | None:
+    """The event destroying every version whose data key still exists; None when none is left."""
+    versions = await value_events(view, state)
+    alive = sorted(v for v in versions if v not in state.destroyed_versions)
+    if not alive:
+        return None
+    return SecretDestroyed(
+        **envelope(  # type: ignore[arg-type]
+            view, state.org, secret_stream(state.org, state.name), stream_version, ctx
+        ),
+        name=state.name, versions=alive, data_key_ids=[versions[v][0].data_key_id for v in alive], reason=reason,
+    )
 
 
 class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
@@ -281,25 +345,33 @@ class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
     version: int | None = None  # an earlier version of the live secret; None: the current one
 
     async def decide(self, view: WriteView) -> Decision[Revealed]:
-        caller = await _caller_key(view, self.org, self.ctx)
+        caller = await caller_key(view, self.org, self.ctx)
         state = await view.secret(self.org, self.name)
         if state is None or not state.exists:
             raise NotFoundError(f"secret {self.name!r} not found")
+        expired = state.expires_at is not None and view.at >= state.expires_at
         if self.version is not None and self.version != state.version:
             state = await _earlier_version(view, state, self.version)
         key_scope: Scope = caller.scope if caller is not None else "all"
-        envelope = _envelope(view, self.org, secret_stream(self.org, self.name), None, self.ctx)
+        common = envelope(view, self.org, secret_stream(self.org, self.name), None, self.ctx)
+        if expired:
+            denied = SecretRevealDenied(
+                **common,  # type: ignore[arg-type]
+                name=self.name, version=state.version, key_scope=key_scope, secret_scope=state.scope,
+                reason="the secret expired", request_reason=self.reason,
+            )
+            return Decision(events=[denied], error=GoneError(f"secret {self.name!r} expired"))
         if not scope_covers(key_scope, state.scope):
             why = f"key scope {key_scope!r} does not cover secret scope {state.scope!r}"
             denied = SecretRevealDenied(
-                **envelope,  # type: ignore[arg-type]
+                **common,  # type: ignore[arg-type]
                 name=self.name, version=state.version, key_scope=key_scope, secret_scope=state.scope,
                 reason=why, request_reason=self.reason,
             )
             return Decision(events=[denied], error=RevealDeniedError(why))
-        value = await _open_current(view, state)
+        value = await open_version(view, state)
         event = SecretRevealed(
-            **envelope,  # type: ignore[arg-type]
+            **common,  # type: ignore[arg-type]
             name=self.name, version=state.version, key_scope=key_scope, reason=self.reason,
         )
         return Decision(events=[event], result=Revealed(name=self.name, version=state.version, value=value))
@@ -309,15 +381,14 @@ async def _earlier_version(view: WriteView, state: SecretState, version: int) ->
     """The state as of an earlier version of the name (its value and data key), from the stream's records."""
     if version > state.version or version < 1:
         raise NotFoundError(f"secret {state.name!r} has no version {version}")
-    for record in await view.recorder.read_stream(secret_stream(state.org, state.name)):
-        event = decode_event(record.body)
-        if isinstance(event, SecretCreated | SecretUpdated) and event.version == version:
-            return msgspec.structs.replace(state, version=version, data_key_id=event.data_key_id,
-                                           sealed=record.sealed or "")
-    raise NotFoundError(f"secret {state.name!r} has no version {version}")
+    found = (await value_events(view, state)).get(version)
+    if found is None:
+        raise NotFoundError(f"secret {state.name!r} has no version {version}")
+    event, sealed = found
+    return msgspec.structs.replace(state, version=version, data_key_id=event.data_key_id, sealed=sealed)
 
 
-async def _open_current(view: WriteView, state: SecretState) -> bytes:
+async def open_version(view: WriteView, state: SecretState) -> bytes:
     # Decrypted before the append so that a value that cannot be opened is never recorded as revealed;
     # it is answered only after the event commits.
     row = await view.data_key(state.data_key_id)

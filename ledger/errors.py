@@ -39,6 +39,10 @@ class RevealDeniedError(PermissionDeniedError):
     """A reveal refused by the key's scope; a `secret.reveal_denied` event was recorded."""
 
 
+class GoneError(LedgerError):
+    """The secret exists but its value may no longer be revealed: it expired (a denied reveal was recorded)."""
+
+
 class UnauthenticatedError(LedgerError):
     """No valid credential: missing, malformed, unknown or revoked."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 ActorKind = Literal["api_key", "admin", "system"]
 Role = Literal["admin", "member"]
@@ -76,6 +77,9 @@ class SecretCreated(Event, frozen=True, kw_only=True, tag="secret.created"):
     description: str = ""
     data_key_id: str
     sealed_sha256: str  # hex SHA-256 of the stored `iv:ciphertext:tag` string
+    # Fields added after release default to UNSET, which msgspec never encodes: the bytes of events
+    # written before they existed stay exactly as they were.
+    expires_at: int | UnsetType = UNSET  # after it, reveals are refused (410)
 
 
 class SecretUpdated(Event, frozen=True, kw_only=True, tag="secret.updated"):
@@ -88,11 +92,56 @@ class SecretUpdated(Event, frozen=True, kw_only=True, tag="secret.updated"):
     description: str = ""
     data_key_id: str
     sealed_sha256: str
+    expires_at: int | UnsetType = UNSET
 
 
 class SecretDeleted(Event, frozen=True, kw_only=True, tag="secret.deleted"):
     name: str
     version: int  # the version that was current when deleted
+    # When its versions are destroyed unless restored first (the org's recovery window after the
+    # delete). UNSET: deleted before recovery windows existed; kept until purged.
+    destroy_at: int | UnsetType = UNSET
+
+
+class SecretRolledBack(Event, frozen=True, kw_only=True, tag="secret.rolled_back"):
+    """A new version holding an earlier version's value (sealed again under a new data key)."""
+
+    name: str
+    version: int
+    from_version: int
+    scope: Scope
+    category: Category
+    description: str = ""
+    data_key_id: str
+    sealed_sha256: str
+    expires_at: int | UnsetType = UNSET
+
+
+class SecretRestored(Event, frozen=True, kw_only=True, tag="secret.restored"):
+    """A deleted secret back as it was: a new version holding the value current at the delete."""
+
+    name: str
+    version: int
+    from_version: int
+    scope: Scope
+    category: Category
+    description: str = ""
+    data_key_id: str
+    sealed_sha256: str
+    expires_at: int | UnsetType = UNSET
+
+
+class SecretDestroyed(Event, frozen=True, kw_only=True, tag="secret.destroyed"):
+    """Every remaining version's data key was deleted: those values can never be opened again."""
+
+    name: str
+    versions: list[int]
+    data_key_ids: list[str]
+    reason: str  # "purge" or "recovery window ended"
+
+
+class OrgSettingsChanged(Event, frozen=True, kw_only=True, tag="org.settings_changed"):
+    recovery_window_days: int
 
 
 class SecretRevealed(Event, frozen=True, kw_only=True, tag="secret.revealed"):
@@ -138,6 +187,10 @@ AnyEvent = (
     | SecretRevealDenied
     | MasterKeyRotated
     | SecretVersionDestroyed
+    | SecretRolledBack
+    | SecretRestored
+    | SecretDestroyed
+    | OrgSettingsChanged
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -151,7 +204,20 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SecretRevealDenied,
     MasterKeyRotated,
     SecretVersionDestroyed,
+    SecretRolledBack,
+    SecretRestored,
+    SecretDestroyed,
+    OrgSettingsChanged,
 )
+
+# Events that make a new version with a value (each stores a sealed value beside its body).
+ValueEvent = SecretCreated | SecretUpdated | SecretRolledBack | SecretRestored
+VALUE_EVENTS = (SecretCreated, SecretUpdated, SecretRolledBack, SecretRestored)
+
+
+def when(value: int | UnsetType) -> int | None:
+    """An optional time field as an int or None."""
+    return None if isinstance(value, UnsetType) else value
 
 
 _TAGS: dict[type, str] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
@@ -179,4 +245,8 @@ def outcome_of(event: Event) -> tuple[str, str]:
         return "denied", event.reason
     if isinstance(event, SecretRevealed):
         return "granted", event.reason
+    if isinstance(event, SecretRolledBack | SecretRestored):
+        return "ok", f"from version {event.from_version}"
+    if isinstance(event, SecretDestroyed):
+        return "ok", f"{event.reason}: versions {', '.join(map(str, event.versions))}"
     return "ok", ""

@@ -109,7 +109,10 @@ def csv_rows(records: Iterable[tuple[StoredRecord, Event]]) -> Iterator[bytes]:
 # OCSF 1.x: API Activity (6003) for secret actions, Entity Management (3004) for key changes.
 _API_ACTIVITY = {"secret.created": (1, "CreateSecret"), "secret.updated": (3, "UpdateSecret"),
                  "secret.deleted": (4, "DeleteSecret"), "secret.revealed": (2, "RevealSecret"),
-                 "secret.reveal_denied": (2, "RevealSecret"), "secret.version_destroyed": (4, "DestroySecretVersion")}
+                 "secret.reveal_denied": (2, "RevealSecret"), "secret.version_destroyed": (4, "DestroySecretVersion"),
+                 "secret.rolled_back": (3, "RollbackSecret"), "secret.restored": (3, "RestoreSecret"),
+                 "secret.destroyed": (4, "DestroySecret"), "org.settings_changed": (3, "ChangeOrgSettings"),
+                 "master_key.rotated": (3, "RotateMasterKey")}
 
 
 def ocsf_event(record: StoredRecord, event: Event, product_version: str = "0.1.0") -> dict[str, object]:

@@ -20,12 +20,17 @@ from ledger.events import (
     Category,
     Event,
     OrgCreated,
+    OrgSettingsChanged,
     Role,
     Scope,
     SecretCreated,
     SecretDeleted,
+    SecretDestroyed,
+    SecretRestored,
+    SecretRolledBack,
     SecretUpdated,
     SecretVersionDestroyed,
+    when,
 )
 
 MAX_NAME_CHARS = 256
@@ -53,9 +58,15 @@ def secret_stream(org: str, name: str) -> str:
 # walking thousands of them on every full collection (a full collection is a pause for every request).
 
 
+DEFAULT_RECOVERY_WINDOW_DAYS = 30
+MAX_RECOVERY_WINDOW_DAYS = 365
+DAY_NS = 86_400 * 1_000_000_000
+
+
 class OrgState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     org: str
     stream_version: int
+    recovery_window_days: int = DEFAULT_RECOVERY_WINDOW_DAYS
 
 
 class KeyState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -85,11 +96,16 @@ class SecretState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     stream_version: int
     created_at: int = 0
     created_by: str = ""
+    expires_at: int | None = None
+    destroy_at: int | None = None  # while deleted: when the recovery window ends (None: never)
 
 
 def evolve_org(state: OrgState | None, event: Event) -> OrgState | None:
     if isinstance(event, OrgCreated):
         return OrgState(org=event.org, stream_version=event.stream_version or 1)
+    if isinstance(event, OrgSettingsChanged) and state is not None:
+        return msgspec.structs.replace(state, recovery_window_days=event.recovery_window_days,
+                                       stream_version=event.stream_version or 0)
     return state
 
 
@@ -106,7 +122,7 @@ def evolve_key(state: KeyState | None, event: Event) -> KeyState | None:
 
 def evolve_secret(state: SecretState | None, event: Event, sealed: str | None) -> SecretState | None:
     """Fold one state-changing secret event; `sealed` is the record's sealed value, if any."""
-    if isinstance(event, SecretCreated | SecretUpdated):
+    if isinstance(event, SecretCreated | SecretUpdated | SecretRolledBack | SecretRestored):
         return SecretState(
             org=event.org, name=event.name, version=event.version, exists=True, scope=event.scope,
             category=event.category, description=event.description, data_key_id=event.data_key_id,
@@ -116,9 +132,18 @@ def evolve_secret(state: SecretState | None, event: Event, sealed: str | None) -
             created_by=(
                 event.actor.key_id if isinstance(event, SecretCreated) or state is None else state.created_by
             ),
+            expires_at=when(event.expires_at),
         )
     if isinstance(event, SecretDeleted) and state is not None:
-        return msgspec.structs.replace(state, exists=False, stream_version=event.stream_version or 0)
+        return msgspec.structs.replace(state, exists=False, stream_version=event.stream_version or 0,
+                                       destroy_at=when(event.destroy_at))
+    if isinstance(event, SecretDestroyed) and state is not None:
+        return msgspec.structs.replace(
+            state,
+            destroyed_versions=state.destroyed_versions | set(event.versions),
+            stream_version=event.stream_version or 0,
+            destroy_at=None,
+        )
     if isinstance(event, SecretVersionDestroyed) and state is not None:
         return msgspec.structs.replace(
             state,

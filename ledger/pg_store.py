@@ -20,7 +20,15 @@ from ledger.codec import decode_event
 from ledger.errors import ConcurrencyError, IntegrityError, StaleReadError, StoreUnavailableError
 from ledger.events import Event
 from ledger.idempotency import TTL_NS
-from ledger.recorder import Progress, Projector, ReadSet, Recorder, no_fault, pending_migrations
+from ledger.recorder import (
+    Progress,
+    Projector,
+    ReadSet,
+    Recorder,
+    no_fault,
+    pending_migrations,
+    schema_fingerprint,
+)
 from ledger.records import (
     GENESIS_HASH,
     DataKeyRow,
@@ -138,11 +146,22 @@ class PostgresRecorder(Recorder):
                     for ddl in MIGRATIONS[version]:
                         await conn.execute(ddl)
                 for projector in self.projectors:
+                    shape, key = schema_fingerprint(projector), f"projection_schema:{projector.name}"
+                    known = await conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
+                    had = await conn.fetchval("SELECT 1 FROM projection_positions WHERE name = $1", projector.name)
+                    if had is not None and known != shape:
+                        for ddl in projector.drop():  # its tables changed shape: rebuilt by the catch-up
+                            await conn.execute(ddl)
+                        await conn.execute("DELETE FROM projection_positions WHERE name = $1", projector.name)
                     for ddl in projector.schema():
                         await conn.execute(ddl)
                     await conn.execute(
                         "INSERT INTO projection_positions(name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
                         projector.name,
+                    )
+                    await conn.execute(
+                        "INSERT INTO meta(key, value) VALUES ($1, $2) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", key, shape,
                     )
                 if pending:
                     await conn.execute(

@@ -22,6 +22,7 @@ Contract (tested once in tests/contracts/recorder.py, subclassed per backend):
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -64,12 +65,23 @@ class Projector(Protocol):
         """Statements emptying the projection's tables before a rebuild."""
         ...
 
+    def drop(self) -> list[str]:
+        """Statements removing the projection's tables, when its schema changed (then it is rebuilt)."""
+        ...
+
     def project(self, batch: Sequence[tuple[StoredRecord, Event]]) -> list[Statement]:
         """Statements applying a batch of committed-to-be records, in order."""
         ...
 
 
 Progress = Callable[[int, int], None]
+
+
+def schema_fingerprint(projector: Projector) -> str:
+    """Names the shape of a projector's tables. A store that finds another fingerprint recorded for
+    a projector (or none, for a database from before fingerprints) drops its tables, creates them
+    anew and rebuilds them from the events: projections are derived data, the ledger is the truth."""
+    return hashlib.sha256("\n".join(projector.schema()).encode()).hexdigest()[:16]
 
 
 def pending_migrations(migrations: dict[int, list[str]], current: int, where: str) -> list[int]:

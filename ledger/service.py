@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from msgspec import UNSET, UnsetType
+
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.commands import (
     Context,
@@ -27,12 +29,22 @@ from ledger.commands import (
 )
 from ledger.crypto import Keyring, SigningKey
 from ledger.errors import ValidationError
-from ledger.events import Category, Scope
+from ledger.events import Actor, Category, Scope
 from ledger.idempotency import Answer, Idempotent, Render, validate_idempotency_key
+from ledger.lifecycle import (
+    ChangeOrgSettings,
+    DestroyDue,
+    NothingDue,
+    OrgSettings,
+    ReadOrgSettings,
+    RestoreSecret,
+    RollbackSecret,
+)
 from ledger.model import (
     MAX_DESCRIPTION_CHARS,
     MAX_LABEL_CHARS,
     MAX_REASON_CHARS,
+    MAX_RECOVERY_WINDOW_DAYS,
     validate_category,
     validate_name,
     validate_org,
@@ -124,6 +136,7 @@ class Ledger:
         category: str | None = None,
         description: str | None = None,
         if_match: int | None = None,
+        expires_at: int | UnsetType | None = UNSET,
     ) -> UpsertSecret:
         checked_scope: Scope | None = validate_scope(scope) if scope is not None else None
         checked_category: Category | None = validate_category(category) if category is not None else None
@@ -132,7 +145,22 @@ class Ledger:
         return UpsertSecret(
             org=org, ctx=ctx, name=validate_name(name), value=validate_value(value),
             scope=checked_scope, category=checked_category, description=description, if_match=if_match,
+            expires_at=expires_at,
         )
+
+    def rollback_secret_command(self, ctx: Context, org: str, name: str, version: int, *,
+                                if_match: int | None = None) -> RollbackSecret:
+        if version < 1:
+            raise ValidationError("version", "must be 1 or more")
+        return RollbackSecret(org=org, ctx=ctx, name=validate_name(name), version=version, if_match=if_match)
+
+    def restore_secret_command(self, ctx: Context, org: str, name: str) -> RestoreSecret:
+        return RestoreSecret(org=org, ctx=ctx, name=validate_name(name))
+
+    def org_settings_command(self, ctx: Context, org: str, recovery_window_days: int) -> ChangeOrgSettings:
+        if not 0 <= recovery_window_days <= MAX_RECOVERY_WINDOW_DAYS:
+            raise ValidationError("recovery_window_days", f"must be 0 to {MAX_RECOVERY_WINDOW_DAYS}")
+        return ChangeOrgSettings(org=org, ctx=ctx, recovery_window_days=recovery_window_days)
 
     def reveal_secret_command(self, ctx: Context, org: str, name: str, *, reason: str = "",
                               version: int | None = None) -> RevealSecret:
@@ -171,8 +199,24 @@ class Ledger:
                                        description=description, if_match=if_match)
         )
 
-    async def delete_secret(self, ctx: Context, org: str, name: str, *, if_match: int | None = None) -> None:
-        await self.submit(DeleteSecret(org=org, ctx=ctx, name=validate_name(name), if_match=if_match))
+    async def delete_secret(self, ctx: Context, org: str, name: str, *, if_match: int | None = None,
+                            purge: bool = False) -> None:
+        await self.submit(DeleteSecret(org=org, ctx=ctx, name=validate_name(name), if_match=if_match, purge=purge))
+
+    async def org_settings(self, ctx: Context, org: str) -> OrgSettings:
+        return await self.submit(ReadOrgSettings(org=org, ctx=ctx))
+
+    async def destroy_due(self, now: int, due: list[tuple[str, str]]) -> int:
+        """Destroy deleted secrets whose recovery window ended; returns how many were destroyed."""
+        ctx = Context(actor=Actor(key_id="system", label="keyledger", kind="system"))
+        destroyed = 0
+        for org, name in due:
+            try:
+                await self.submit(DestroyDue(org=org, ctx=ctx, name=name))
+                destroyed += 1
+            except NothingDue:
+                pass  # restored, re-created or destroyed since the projection was read
+        return destroyed
 
     async def reveal_secret(self, ctx: Context, org: str, name: str, *, reason: str = "",
                             version: int | None = None) -> Revealed:

@@ -29,7 +29,15 @@ from ledger.checkpoint import Checkpoint
 from ledger.codec import decode_event
 from ledger.errors import ConcurrencyError, IntegrityError, StaleReadError, StoreLockedError, StoreUnavailableError
 from ledger.events import Event
-from ledger.recorder import Progress, Projector, ReadSet, Recorder, no_fault, pending_migrations
+from ledger.recorder import (
+    Progress,
+    Projector,
+    ReadSet,
+    Recorder,
+    no_fault,
+    pending_migrations,
+    schema_fingerprint,
+)
 from ledger.records import (
     GENESIS_HASH,
     DataKeyRow,
@@ -151,11 +159,19 @@ class SqliteRecorder(Recorder):
                 for ddl in MIGRATIONS[version]:
                     conn.execute(ddl)
             for projector in self.projectors:
+                shape, key = schema_fingerprint(projector), f"projection_schema:{projector.name}"
+                known = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                had = conn.execute("SELECT 1 FROM projection_positions WHERE name = ?", (projector.name,)).fetchone()
+                if had is not None and (known is None or known[0] != shape):
+                    for ddl in projector.drop():  # its tables changed shape: rebuilt by the catch-up below
+                        conn.execute(ddl)
+                    conn.execute("DELETE FROM projection_positions WHERE name = ?", (projector.name,))
                 for ddl in projector.schema():
                     conn.execute(ddl)
                 conn.execute(
                     "INSERT OR IGNORE INTO projection_positions(name, position) VALUES (?, 0)", (projector.name,)
                 )
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, shape))
             if pending:
                 conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                              (str(pending[-1]),))

@@ -42,6 +42,9 @@ class PostgresProjector:
     def reset(self) -> list[str]:
         return [to_postgres(sql) for sql in self.inner.reset()]
 
+    def drop(self) -> list[str]:
+        return [to_postgres(sql) for sql in self.inner.drop()]
+
     def project(self, batch: Sequence[tuple[StoredRecord, Event]]) -> list[Statement]:
         return [Statement(to_postgres(s.sql), s.rows) for s in self.inner.project(batch)]
 

@@ -8,8 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import msgspec
+
 from ledger.codec import decode_event
-from ledger.events import Event, SecretCreated, SecretDeleted, SecretUpdated
+from ledger.events import (
+    Event,
+    SecretCreated,
+    SecretDeleted,
+    SecretDestroyed,
+    SecretRestored,
+    SecretRolledBack,
+    SecretUpdated,
+    when,
+)
 from ledger.recorder import Recorder
 from projections.views import SecretMeta
 
@@ -23,22 +34,21 @@ def fold_secrets(events: Iterable[Event]) -> dict[str, SecretMeta]:
             state[event.name] = SecretMeta(
                 org=event.org, name=event.name, scope=event.scope, category=event.category,
                 description=event.description, version=event.version, created_at=event.at, updated_at=event.at,
-                created_by=who, updated_by=who,
+                created_by=who, updated_by=who, expires_at=when(event.expires_at),
             )
-        elif isinstance(event, SecretUpdated) and event.name in state:
+        elif isinstance(event, SecretUpdated | SecretRolledBack | SecretRestored) and event.name in state:
             old = state[event.name]
             state[event.name] = SecretMeta(
                 org=event.org, name=event.name, scope=event.scope, category=event.category,
                 description=event.description, version=event.version, created_at=old.created_at,
-                updated_at=event.at, created_by=old.created_by, updated_by=who,
+                updated_at=event.at, created_by=old.created_by, updated_by=who, expires_at=when(event.expires_at),
             )
         elif isinstance(event, SecretDeleted) and event.name in state:
-            old = state[event.name]
-            state[event.name] = SecretMeta(
-                org=old.org, name=old.name, scope=old.scope, category=old.category, description=old.description,
-                version=old.version, created_at=old.created_at, updated_at=old.updated_at,
-                created_by=old.created_by, updated_by=old.updated_by, deleted=True,
+            state[event.name] = msgspec.structs.replace(
+                state[event.name], deleted=True, deleted_at=event.at, destroy_at=when(event.destroy_at)
             )
+        elif isinstance(event, SecretDestroyed) and event.name in state:
+            state[event.name] = msgspec.structs.replace(state[event.name], destroy_at=None)
     return state
 
 

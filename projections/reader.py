@@ -20,7 +20,8 @@ Row = Sequence[Any]
 _CACHE_LIMIT = 100_000  # entries per cache; a full cache starts again empty
 
 SECRET_COLUMNS = (
-    "org, name, scope, category, description, version, created_at, updated_at, created_by, updated_by, deleted"
+    "org, name, scope, category, description, version, created_at, updated_at, created_by, updated_by, deleted, "
+    "expires_at, deleted_at, destroy_at"
 )
 KEY_COLUMNS = "key_id, org, label, role, scope, created_at, revoked_at, last_used_at"
 _AUDIT_COLUMNS = (
@@ -34,7 +35,12 @@ def secret_of_row(row: Row) -> SecretMeta:
         org=str(row[0]), name=str(row[1]), scope=str(row[2]), category=str(row[3]), description=str(row[4]),
         version=int(row[5]), created_at=int(row[6]), updated_at=int(row[7]),
         created_by=str(row[8]), updated_by=str(row[9]), deleted=bool(row[10]),
+        expires_at=_int_or_none(row[11]), deleted_at=_int_or_none(row[12]), destroy_at=_int_or_none(row[13]),
     )
+
+
+def _int_or_none(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
 
 
 def key_of_row(row: Row) -> ApiKeyRow:
@@ -169,11 +175,27 @@ class Projections:
     async def versions(self, org: str, name: str) -> list[VersionRow]:
         """Every version the name has had in the org, oldest first (deleted incarnations included)."""
         rows = await self.db.all(
-            "SELECT version, made_at, made_by, how, destroyed_at FROM secret_versions WHERE org = ? AND name = ? "
-            "ORDER BY version", (org, name),
+            "SELECT version, made_at, made_by, how, from_version, destroyed_at FROM secret_versions "
+            "WHERE org = ? AND name = ? ORDER BY version", (org, name),
         )
         return [VersionRow(version=int(r[0]), made_at=int(r[1]), made_by=str(r[2]), how=str(r[3]),
-                           destroyed_at=None if r[4] is None else int(r[4])) for r in rows]
+                           from_version=_int_or_none(r[4]), destroyed_at=_int_or_none(r[5])) for r in rows]
+
+    async def deleted_secrets(self, org: str, *, after: str | None = None, limit: int = 100) -> list[SecretMeta]:
+        """Deleted secrets that can still be restored (no version destroyed by a purge or the window)."""
+        rows = await self.db.all(
+            f"SELECT {SECRET_COLUMNS} FROM secrets WHERE org = ? AND deleted = 1 AND destroyed_at IS NULL "
+            "AND name > ? ORDER BY name LIMIT ?", (org, after or "", limit),
+        )
+        return [secret_of_row(r) for r in rows]
+
+    async def due_destructions(self, now: int, limit: int = 100) -> list[tuple[str, str]]:
+        """(org, name) of deleted secrets whose recovery window ended at or before `now`."""
+        rows = await self.db.all(
+            "SELECT org, name FROM secrets WHERE destroy_at IS NOT NULL AND destroy_at <= ? AND deleted = 1 "
+            "AND destroyed_at IS NULL ORDER BY destroy_at, org, name LIMIT ?", (now, limit),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     async def audit(self, org: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
         rows = await self.db.all(
@@ -248,6 +270,15 @@ async def stale_secrets(projections: Projections, org: str, updated_before: int)
     rows = await projections.db.all(
         f"SELECT {SECRET_COLUMNS} FROM secrets WHERE org = ? AND deleted = 0 AND updated_at < ? ORDER BY name",
         (org, updated_before),
+    )
+    return [secret_of_row(r) for r in rows]
+
+
+async def expiring_secrets(projections: Projections, org: str, before: int) -> list[SecretMeta]:
+    """Live secrets with an expiry at or before `before` (expired ones included), soonest first."""
+    rows = await projections.db.all(
+        f"SELECT {SECRET_COLUMNS} FROM secrets WHERE org = ? AND deleted = 0 AND expires_at IS NOT NULL "
+        "AND expires_at <= ? ORDER BY expires_at, name", (org, before),
     )
     return [secret_of_row(r) for r in rows]
 

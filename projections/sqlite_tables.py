@@ -15,12 +15,16 @@ from ledger.events import (
     Event,
     SecretCreated,
     SecretDeleted,
+    SecretDestroyed,
+    SecretRestored,
+    SecretRolledBack,
     SecretUpdated,
     SecretVersionDestroyed,
     event_type,
     outcome_of,
     secret_name,
     secret_version,
+    when,
 )
 from ledger.recorder import Projector, Statement
 from ledger.records import StoredRecord
@@ -40,18 +44,21 @@ def _coalesce(statements: list[tuple[str, tuple[object, ...]]]) -> list[Statemen
 
 
 _SECRET_CREATED = """INSERT INTO secrets (org, name, scope, category, description, version, created_at,
-    updated_at, created_by, updated_by, deleted, deleted_at) VALUES (?,?,?,?,?,?,?,?,?,?,0,NULL)
+    updated_at, created_by, updated_by, deleted, deleted_at, expires_at, destroy_at, destroyed_at)
+    VALUES (?,?,?,?,?,?,?,?,?,?,0,NULL,?,NULL,NULL)
     ON CONFLICT(org, name) DO UPDATE SET scope=excluded.scope, category=excluded.category,
     description=excluded.description, version=excluded.version, created_at=excluded.created_at,
     updated_at=excluded.updated_at, created_by=excluded.created_by, updated_by=excluded.updated_by,
-    deleted=0, deleted_at=NULL"""
+    deleted=0, deleted_at=NULL, expires_at=excluded.expires_at, destroy_at=NULL, destroyed_at=NULL"""
+# An update, a rollback and a restore all make the new version current (a restore also undeletes).
 _SECRET_UPDATED = """UPDATE secrets SET scope=?, category=?, description=?, version=?, updated_at=?,
-    updated_by=? WHERE org=? AND name=?"""
-_SECRET_DELETED = "UPDATE secrets SET deleted=1, deleted_at=? WHERE org=? AND name=?"
+    updated_by=?, expires_at=?, deleted=0, deleted_at=NULL, destroy_at=NULL WHERE org=? AND name=?"""
+_SECRET_DELETED = "UPDATE secrets SET deleted=1, deleted_at=?, destroy_at=? WHERE org=? AND name=?"
+_SECRET_DESTROYED = "UPDATE secrets SET destroyed_at=?, destroy_at=NULL WHERE org=? AND name=?"
 
 
 class SecretsProjector:
-    """Current metadata of every secret per org (deleted ones kept, flagged)."""
+    """Current metadata of every secret per org (deleted ones kept, flagged, with their destruction time)."""
 
     name = "secrets"
 
@@ -61,12 +68,18 @@ class SecretsProjector:
                 org TEXT NOT NULL, name TEXT NOT NULL, scope TEXT NOT NULL, category TEXT NOT NULL,
                 description TEXT NOT NULL, version INTEGER NOT NULL, created_at INTEGER NOT NULL,
                 updated_at INTEGER NOT NULL, created_by TEXT NOT NULL, updated_by TEXT NOT NULL,
-                deleted INTEGER NOT NULL, deleted_at INTEGER,
+                deleted INTEGER NOT NULL, deleted_at INTEGER, expires_at INTEGER, destroy_at INTEGER,
+                destroyed_at INTEGER,
                 PRIMARY KEY (org, name)) WITHOUT ROWID""",
+            # The sweeper's question: which deleted secrets are due for destruction.
+            "CREATE INDEX IF NOT EXISTS secrets_destroy_at ON secrets(destroy_at) WHERE destroy_at IS NOT NULL",
         ]
 
     def reset(self) -> list[str]:
         return ["DELETE FROM secrets"]
+
+    def drop(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS secrets"]
 
     def project(self, batch: Batch) -> list[Statement]:
         rows: list[tuple[str, tuple[object, ...]]] = []
@@ -75,21 +88,24 @@ class SecretsProjector:
             if isinstance(event, SecretCreated):
                 rows.append((_SECRET_CREATED, (
                     event.org, event.name, event.scope, event.category, event.description, event.version,
-                    event.at, event.at, who, who,
+                    event.at, event.at, who, who, when(event.expires_at),
                 )))
-            elif isinstance(event, SecretUpdated):
+            elif isinstance(event, SecretUpdated | SecretRolledBack | SecretRestored):
                 rows.append((_SECRET_UPDATED, (
                     event.scope, event.category, event.description, event.version, event.at, who,
-                    event.org, event.name,
+                    when(event.expires_at), event.org, event.name,
                 )))
             elif isinstance(event, SecretDeleted):
-                rows.append((_SECRET_DELETED, (event.at, event.org, event.name)))
+                rows.append((_SECRET_DELETED, (event.at, when(event.destroy_at), event.org, event.name)))
+            elif isinstance(event, SecretDestroyed):
+                rows.append((_SECRET_DESTROYED, (event.at, event.org, event.name)))
         return _coalesce(rows)
 
 
-_VERSION_MADE = """INSERT INTO secret_versions (org, name, version, made_at, made_by, how, destroyed_at)
-    VALUES (?,?,?,?,?,?,NULL)"""
+_VERSION_MADE = """INSERT INTO secret_versions (org, name, version, made_at, made_by, how, from_version,
+    destroyed_at) VALUES (?,?,?,?,?,?,?,NULL)"""
 _VERSION_DESTROYED = "UPDATE secret_versions SET destroyed_at=? WHERE org=? AND name=? AND version=?"
+_HOW = {SecretCreated: "create", SecretUpdated: "update", SecretRolledBack: "rollback", SecretRestored: "restore"}
 
 
 class SecretVersionsProjector:
@@ -104,22 +120,27 @@ class SecretVersionsProjector:
         return [
             """CREATE TABLE IF NOT EXISTS secret_versions (
                 org TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, made_at INTEGER NOT NULL,
-                made_by TEXT NOT NULL, how TEXT NOT NULL, destroyed_at INTEGER,
+                made_by TEXT NOT NULL, how TEXT NOT NULL, from_version INTEGER, destroyed_at INTEGER,
                 PRIMARY KEY (org, name, version)) WITHOUT ROWID""",
         ]
 
     def reset(self) -> list[str]:
         return ["DELETE FROM secret_versions"]
 
+    def drop(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS secret_versions"]
+
     def project(self, batch: Batch) -> list[Statement]:
         rows: list[tuple[str, tuple[object, ...]]] = []
         for _, event in batch:
-            if isinstance(event, SecretCreated | SecretUpdated):
-                how = "create" if isinstance(event, SecretCreated) else "update"
+            if isinstance(event, SecretCreated | SecretUpdated | SecretRolledBack | SecretRestored):
+                source = event.from_version if isinstance(event, SecretRolledBack | SecretRestored) else None
                 rows.append((_VERSION_MADE, (event.org, event.name, event.version, event.at, event.actor.key_id,
-                                             how)))
+                                             _HOW[type(event)], source)))
             elif isinstance(event, SecretVersionDestroyed):
                 rows.append((_VERSION_DESTROYED, (event.at, event.org, event.name, event.version)))
+            elif isinstance(event, SecretDestroyed):
+                rows.extend((_VERSION_DESTROYED, (event.at, event.org, event.name, v)) for v in event.versions)
         return _coalesce(rows)
 
 
@@ -145,6 +166,9 @@ class ApiKeysProjector:
 
     def reset(self) -> list[str]:
         return ["DELETE FROM api_keys"]
+
+    def drop(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS api_keys"]
 
     def project(self, batch: Batch) -> list[Statement]:
         rows: list[tuple[str, tuple[object, ...]]] = []
@@ -186,6 +210,9 @@ class AuditProjector:
 
     def reset(self) -> list[str]:
         return ["DELETE FROM audit"]
+
+    def drop(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS audit"]
 
     def project(self, batch: Batch) -> list[Statement]:
         rows: list[tuple[object, ...]] = []

@@ -19,6 +19,9 @@ class SecretMeta(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     created_by: str
     updated_by: str
     deleted: bool = False
+    expires_at: int | None = None
+    deleted_at: int | None = None
+    destroy_at: int | None = None  # a deleted secret's end of recovery (None: kept until purged)
 
 
 class ApiKeyRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -55,5 +58,6 @@ class VersionRow(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     made_at: int
     made_by: str
-    how: str  # create, update
+    how: str  # create, update, rollback, restore
+    from_version: int | None  # the version a rollback or restore copied
     destroyed_at: int | None

@@ -21,6 +21,7 @@ from ledger.commands import Context, CreatedKey
 from ledger.crypto import Keyring, MasterKey
 from ledger.errors import LedgerError, NotFoundError, RevealDeniedError, UnauthenticatedError
 from ledger.events import Actor, Event, Source
+from ledger.model import DAY_NS, DEFAULT_RECOVERY_WINDOW_DAYS, secret_stream
 from ledger.records import StoredRecord
 from ledger.service import Ledger
 from ledger.sqlite_store import SqliteRecorder, iter_records
@@ -165,7 +166,8 @@ class Run:
             if not live:
                 return NotFoundError, None
             assert current is not None
-            secrets[name] = _replace(current, deleted=True)
+            # The delete's time is known once it commits (`settle`); the window is the default one.
+            secrets[name] = _replace(current, deleted=True, deleted_at=ticket, destroy_at=ticket)
             return None, None
         *_, scope, category, description = op
         version = self.versions.get((key.org, name), 0) + 1
@@ -191,8 +193,11 @@ class Run:
         for secrets in self.model.values():
             for name, meta in secrets.items():
                 if meta.created_at < 0 or meta.updated_at < 0:
-                    secrets[name] = _replace(meta, created_at=times.get(meta.created_at, meta.created_at),
-                                             updated_at=times.get(meta.updated_at, meta.updated_at))
+                    secrets[name] = meta = _replace(meta, created_at=times.get(meta.created_at, meta.created_at),
+                                                    updated_at=times.get(meta.updated_at, meta.updated_at))
+                if meta.deleted_at is not None and meta.deleted_at < 0:
+                    at = times[meta.deleted_at]
+                    secrets[name] = _replace(meta, deleted_at=at, destroy_at=at + DEFAULT_RECOVERY_WINDOW_DAYS * DAY_NS)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -255,6 +260,7 @@ class Run:
                 continue
             group = op[1] if op[0] == "together" else [op]
             planned = []
+            head = await self.ledger.recorder.max_seq()
             for drawn in group:
                 one = self.resolve(drawn)
                 call = self.command(one)  # resolved against the keys as they are before the batch
@@ -263,10 +269,15 @@ class Run:
                     planned.append((one, *self.predict(one, ticket), ticket, call))
             outcomes = await asyncio.gather(*(self.attempt(call) for *_, call in planned))
             times: dict[int, int] = {}
+            deleted_at = {(r.org, r.stream): r.at for r in await self.ledger.recorder.read_after(head, 100_000)
+                          if r.type == "secret.deleted"}
             for (one, expected, version, ticket, _), outcome in zip(planned, outcomes, strict=True):
                 self.check(one, expected, version, outcome)
                 if version is not None:
                     times[ticket] = outcome.event.at
+                elif one[0] == "delete" and expected is None:
+                    org = self.key(one[1], one[2]).org
+                    times[ticket] = deleted_at[(org, secret_stream(org, one[3]))]
             self.settle(times)
             await self.snapshot()
 

@@ -25,10 +25,14 @@ from ledger.events import (
     Event,
     MasterKeyRotated,
     OrgCreated,
+    OrgSettingsChanged,
     SecretCreated,
     SecretDeleted,
+    SecretDestroyed,
+    SecretRestored,
     SecretRevealDenied,
     SecretRevealed,
+    SecretRolledBack,
     SecretUpdated,
     SecretVersionDestroyed,
     Source,
@@ -71,6 +75,13 @@ EXPECTED: dict[str, tuple[type[Event], dict[str, Any]]] = {
     "secret.version_destroyed": (SecretVersionDestroyed, {"name": "OPENAI_API_KEY", "version": 1,
                                                           "data_key_id": "dek_00112233445566778899aabb",
                                                           "stream_version": 4}),
+    "secret.rolled_back": (SecretRolledBack, {"version": 3, "from_version": 2, "expires_at": AT + 100,
+                                              "data_key_id": "dek_0123456789abcdef01234567"}),
+    "secret.restored": (SecretRestored, {"version": 4, "from_version": 3, "expires_at": msgspec.UNSET,
+                                         "stream_version": 7}),
+    "secret.destroyed": (SecretDestroyed, {"versions": [2, 3, 4], "reason": "recovery window ended",
+                                           "actor": Actor(key_id="system", label="keyledger", kind="system")}),
+    "org.settings_changed": (OrgSettingsChanged, {"recovery_window_days": 7, "stream": "org:acme"}),
 }
 
 

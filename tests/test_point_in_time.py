@@ -77,11 +77,13 @@ def projection_rows(path: Any, org: str) -> list[SecretMeta]:
     try:
         rows = conn.execute(
             "SELECT org, name, scope, category, description, version, created_at, updated_at, created_by, "
-            "updated_by, deleted FROM secrets WHERE org = ? ORDER BY name", (org,)).fetchall()
+            "updated_by, deleted, expires_at, deleted_at, destroy_at FROM secrets WHERE org = ? ORDER BY name",
+            (org,)).fetchall()
     finally:
         conn.close()
     return [SecretMeta(org=r[0], name=r[1], scope=r[2], category=r[3], description=r[4], version=r[5],
-                       created_at=r[6], updated_at=r[7], created_by=r[8], updated_by=r[9], deleted=bool(r[10]))
+                       created_at=r[6], updated_at=r[7], created_by=r[8], updated_by=r[9], deleted=bool(r[10]),
+                       expires_at=r[11], deleted_at=r[12], destroy_at=r[13])
             for r in rows]
 
 
