@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema, SecurityScheme
 
+from api.background import destroy_due, keep_destroying
 from api.deps import DEPENDENCIES
 from api.errors import EXCEPTION_HANDLERS
 from api.middleware import before_send
@@ -22,6 +26,7 @@ from api.routes.compliance import ComplianceController
 from api.routes.health import healthz, readyz
 from api.routes.keys import KeysController
 from api.routes.ledger_routes import LedgerController
+from api.routes.org import OrgController
 from api.routes.secrets import SecretsController
 from api.settings import Settings
 from ledger.crypto import Keyring
@@ -40,13 +45,13 @@ log = logging.getLogger("keyledger")
 VERSION = "0.1.0"
 
 
-def build_ledger(settings: Settings) -> Ledger:
+def build_ledger(settings: Settings, clock: Callable[[], int] = time.time_ns) -> Ledger:
     recorder: Recorder
     if settings.db.dsn is not None:
         recorder = PostgresRecorder(settings.db.dsn, pg_tables.all_projectors(), pool_size=settings.pool_size)
     else:
         recorder = SqliteRecorder(settings.db.path, sqlite_tables.all_projectors(), synchronous=settings.synchronous)
-    return Ledger(recorder, Keyring(settings.master_key, settings.previous_master_keys))
+    return Ledger(recorder, Keyring(settings.master_key, settings.previous_master_keys), clock)
 
 
 def build_projections(settings: Settings, ledger: Ledger) -> Projections:
@@ -71,24 +76,37 @@ async def check_master_key(ledger: Ledger) -> None:
             ) from None
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns) -> Litestar:
+    """The app; `clock` (UTC nanoseconds) stamps events and decides when recovery windows end."""
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        ledger = build_ledger(settings)
+        ledger = build_ledger(settings, clock)
         await ledger.start()
         projections = build_projections(settings, ledger)
+        destroyer: asyncio.Task[None] | None = None
         try:
             await check_master_key(ledger)
             await projections.open()
+            # Deletions whose window ended while the server was down are destroyed before serving.
+            await destroy_due(ledger, projections, clock)
+            destroyer = asyncio.create_task(
+                keep_destroying(ledger, projections, clock, settings.destroy_sweep_seconds)
+            )
             if settings.freeze_gc_after_start:
                 gc.collect()
                 gc.freeze()
             app.state.ledger = ledger
             app.state.projections = projections
             app.state.settings = settings
+            app.state.clock = clock
             app.state.rate_limiters = RateLimiters.of(settings.rate_limit_per_key, settings.rate_limit_per_address)
             yield
         finally:
+            if destroyer is not None:
+                destroyer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await destroyer
             await projections.close()
             await ledger.stop()
 
@@ -100,6 +118,7 @@ def create_app(settings: Settings) -> Litestar:
             AuditController,
             LedgerController,
             ComplianceController,
+            OrgController,
             healthz,
             readyz,
         ],

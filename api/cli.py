@@ -773,6 +773,15 @@ def c_denied(ctx: click.Context, since: str | None, until: str | None, output: s
     _compliance(ctx, "denied-reveals", {"since": since, "until": until}, output)
 
 
+@compliance.command("expiring")
+@click.option("--days", type=click.IntRange(0, 36500), default=30, show_default=True)
+@output_option
+@click.pass_context
+def compliance_expiring(ctx: click.Context, days: int, output: str | None) -> None:
+    """Live secrets expiring within DAYS days, and those expired already."""
+    _compliance(ctx, "expiring", {"days": days}, output)
+
+
 @compliance.command("reveal-counts")
 @click.option("--since", default=None)
 @click.option("--until", default=None)

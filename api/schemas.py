@@ -29,9 +29,26 @@ class UpsertSecretBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     scope: Scope | None = None
     category: Category | None = None
     description: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    # RFC 3339; after it reveals answer 410. Omitted: kept as it is; null: no expiry.
+    expires_at: Annotated[str, msgspec.Meta(max_length=64)] | msgspec.UnsetType | None = msgspec.UNSET
 
     def __repr__(self) -> str:
         return f"UpsertSecretBody(name={self.name!r})"
+
+
+class RollbackBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # The version whose value becomes the new current version (see GET /v1/secrets/{name}/versions).
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+
+
+class OrgSettingsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # How long a deleted secret stays restorable before its values are destroyed; 0: destroyed at once.
+    recovery_window_days: Annotated[int, msgspec.Meta(ge=0, le=365)]
+
+
+class OrgSettingsInfo(msgspec.Struct, kw_only=True):
+    org: str
+    recovery_window_days: int
 
 
 class RevealBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -50,6 +67,11 @@ class SecretMetadata(msgspec.Struct, kw_only=True):
     updated_at: str
     created_by: str
     updated_by: str
+    expires_at: str | None = None
+    # Only in `GET /v1/secrets?deleted=true`: when it was deleted, and when it will be destroyed
+    # unless restored first (null: kept until purged).
+    deleted_at: str | msgspec.UnsetType = msgspec.UNSET
+    destroy_at: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class SecretList(msgspec.Struct, kw_only=True):
@@ -61,9 +83,10 @@ class SecretVersion(msgspec.Struct, kw_only=True):
     version: int
     created_at: str
     created_by: str
-    how: str  # create or update
+    how: str  # create, update, rollback or restore
     value_exists: bool  # False once the version's data key was destroyed
     destroyed_at: str | None = None
+    from_version: int | None = None  # the version a rollback or restore copied
 
 
 class SecretVersions(msgspec.Struct, kw_only=True):

@@ -70,6 +70,7 @@ class Settings(msgspec.Struct, kw_only=True):
     freeze_gc_after_start: bool = False
     rate_limit_per_key: RateLimit | None = RATE_LIMIT_PER_KEY  # None: off
     rate_limit_per_address: RateLimit | None = RATE_LIMIT_PER_ADDRESS
+    destroy_sweep_seconds: float = 60.0  # how often deleted secrets past their recovery window are destroyed
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, Database):  # a bare path, as tests and scripts pass it

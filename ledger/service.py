@@ -206,7 +206,7 @@ class Ledger:
     async def org_settings(self, ctx: Context, org: str) -> OrgSettings:
         return await self.submit(ReadOrgSettings(org=org, ctx=ctx))
 
-    async def destroy_due(self, now: int, due: list[tuple[str, str]]) -> int:
+    async def destroy_due(self, due: list[tuple[str, str]]) -> int:
         """Destroy deleted secrets whose recovery window ended; returns how many were destroyed."""
         ctx = Context(actor=Actor(key_id="system", label="keyledger", kind="system"))
         destroyed = 0

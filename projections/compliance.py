@@ -7,6 +7,7 @@ import msgspec
 from projections.reader import (
     AuditFilter,
     Projections,
+    expiring_secrets,
     never_revealed,
     query_audit,
     reveal_counts,
@@ -19,7 +20,8 @@ DAY_NS = 86_400 * 1_000_000_000
 MAX_ROWS = 100_000
 
 QUERIES = ("stale-secrets", "reveals", "exposure", "never-revealed", "revoked-key-reveals", "denied-reveals",
-           "reveal-counts")
+           "reveal-counts", "expiring")
+VERSION_MADE = ("secret.created", "secret.updated", "secret.rolled_back", "secret.restored")
 
 
 class ActorCount(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,6 +43,11 @@ async def secrets_not_updated(reader: Projections, org: str, days: int, now: int
     return await stale_secrets(reader, org, now - days * DAY_NS)
 
 
+async def secrets_expiring(reader: Projections, org: str, days: int, now: int) -> list[SecretMeta]:
+    """Live secrets that expire within `days` days of `now`, or have expired already; soonest first."""
+    return await expiring_secrets(reader, org, now + days * DAY_NS)
+
+
 async def who_revealed(reader: Projections, org: str, secret: str, since: int | None,
                        until: int | None) -> list[AuditRow]:
     """Every granted reveal of `secret` in the window, with the version each caller saw."""
@@ -55,7 +62,7 @@ async def version_exposure(reader: Projections, org: str, secret: str, version: 
     reveals = []
     for row in history:
         ended = created_at is not None and replaced_at is None
-        if row.action in ("secret.created", "secret.updated"):
+        if row.action in VERSION_MADE:
             if row.version == version:
                 created_at = row.at
             elif ended and row.version is not None and row.version > version:

@@ -152,7 +152,8 @@ def scribble(path: Path) -> None:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("UPDATE secrets SET version = version + 100, description = 'scribbled', deleted = 1 - deleted")
         conn.execute(
-            "INSERT INTO secrets VALUES ('acme', 'ghost', 'all', 'custom', '', 1, 1, 1, 'x', 'x', 0, NULL, NULL, NULL, NULL)"
+            "INSERT INTO secrets VALUES ('acme', 'ghost', 'all', 'custom', '', 1, 1, 1, 'x', 'x', 0, NULL, NULL, "
+            "NULL, NULL)"
             " ON CONFLICT DO NOTHING"
         )
         conn.execute("UPDATE api_keys SET last_used_at = NULL, revoked_at = 42, label = 'scribbled'")

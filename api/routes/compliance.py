@@ -6,7 +6,8 @@ import time
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Request, get
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
@@ -73,6 +74,23 @@ class ComplianceController(Controller):
             raise ValidationError("as_of", "must be an RFC 3339 time here")
         now = point.at if point is not None and point.at is not None else time.time_ns()
         rows = await compliance.secrets_not_updated(projections, principal.org, days, now)
+        return SecretsAnswer(secrets=[metadata_of(r) for r in rows])
+
+    @get(
+        "/expiring",
+        operation_id="ExpiringSecrets",
+        responses=problems(*COMMON, 403),
+        summary="Live secrets expiring within `days` days, and those expired already (soonest first)",
+    )
+    async def expiring(
+        self,
+        request: Request[object, object, State],
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[Projections],
+        days: Annotated[int, QueryParameter(ge=0, le=36500)] = 30,
+    ) -> SecretsAnswer:
+        principal.require_admin()
+        rows = await compliance.secrets_expiring(projections, principal.org, days, request.app.state.clock())
         return SecretsAnswer(secrets=[metadata_of(r) for r in rows])
 
     @get(

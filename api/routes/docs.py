@@ -12,6 +12,7 @@ _DESCRIPTIONS = {
     404: "No such thing in the caller's org",
     409: "Conflict with the current state",
     412: "If-Match does not match the current version",
+    410: "The secret expired: the denied reveal was recorded",
     413: "Request body or value too large",
     422: "Invalid input; the detail names the field",
     429: "Too many requests",

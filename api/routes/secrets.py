@@ -13,14 +13,16 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from msgspec import UnsetType
 
 from api.auth import Principal, principal_of, require_api_key
 from api.idempotent import json_answer, run_command
-from api.params import parse_as_of
+from api.params import parse_as_of, parse_time
 from api.routes.docs import COMMON, problems
 from api.schemas import (
     RevealBody,
     RevealedSecret,
+    RollbackBody,
     SecretList,
     SecretMetadata,
     SecretVersion,
@@ -45,6 +47,7 @@ AsOfParam = Annotated[
 
 def metadata_of(meta: SecretMeta) -> SecretMetadata:
     return SecretMetadata(
+        expires_at=None if meta.expires_at is None else rfc3339(meta.expires_at),
         name=meta.name,
         scope=meta.scope,  # type: ignore[arg-type]
         category=meta.category,  # type: ignore[arg-type]
@@ -135,9 +138,20 @@ class SecretsController(Controller):
         scope_filter: Annotated[Scope | None, QueryParameter(name="scope", description="Only this scope")] = None,
         category: Annotated[Category | None, QueryParameter(description="Only this category")] = None,
         as_of: AsOfParam = None,
+        deleted: Annotated[bool, QueryParameter(
+            description="List deleted secrets that can still be restored, with when each will be destroyed")] = False,
     ) -> SecretList:
         after = decode_cursor(cursor) if cursor else None
         point = parse_as_of(as_of)
+        if deleted:
+            if point is not None or scope_filter is not None or category is not None:
+                raise ValidationError("deleted", "cannot be combined with as_of, scope or category")
+            found = await projections.deleted_secrets(principal.org, after=after, limit=limit + 1)
+            page = found[:limit]
+            return SecretList(
+                secrets=[deleted_metadata_of(row) for row in page],
+                next_cursor=encode_cursor(page[-1].name) if len(found) > limit and page else None,
+            )
         if point is not None:
             state = await secrets_as_of(ledger.recorder, principal.org, point.includes)
             rows = [
@@ -186,6 +200,8 @@ class SecretsController(Controller):
             category=data.category,
             description=data.description,
             if_match=expected,
+            expires_at=(data.expires_at if isinstance(data.expires_at, UnsetType)
+                        else parse_time(data.expires_at, "expires_at")),
         )
 
         def render(outcome: UpsertOutcome) -> StoredAnswer:
@@ -229,7 +245,7 @@ class SecretsController(Controller):
         rows = await projections.versions(principal.org, name)
         return SecretVersions(name=name, versions=[
             SecretVersion(version=r.version, created_at=rfc3339(r.made_at), created_by=r.made_by, how=r.how,
-                          value_exists=r.destroyed_at is None,
+                          value_exists=r.destroyed_at is None, from_version=r.from_version,
                           destroyed_at=None if r.destroyed_at is None else rfc3339(r.destroyed_at))
             for r in rows
         ])
@@ -239,7 +255,7 @@ class SecretsController(Controller):
         operation_id="DeleteSecret",
         status_code=HTTP_204_NO_CONTENT,
         responses=problems(*COMMON, 403, 404, 412),
-        summary="Delete a secret",
+        summary="Delete a secret (restorable for the org's recovery window; purge=true destroys it now)",
     )
     async def delete_secret(
         self,
@@ -248,16 +264,51 @@ class SecretsController(Controller):
         ledger: NamedDependency[Ledger],
         projections: NamedDependency[Projections],
         if_match: Annotated[str | None, HeaderParameter(name="If-Match", required=False)] = None,
+        purge: Annotated[bool, QueryParameter(
+            description="Admin keys only: destroy every version's value now (also of a deleted secret)")] = False,
     ) -> None:
         expected = await _expected_version(projections, principal, name, if_match)
-        await ledger.delete_secret(principal.ctx, principal.org, name, if_match=expected)
+        await ledger.delete_secret(principal.ctx, principal.org, name, if_match=expected, purge=purge)
+
+    @post(
+        "/{name:str}/rollback",
+        operation_id="RollbackSecret",
+        status_code=HTTP_200_OK,
+        responses=problems(*COMMON, 404, 412),
+        summary="Make a new version holding an earlier version's value (the value is never sent)",
+    )
+    async def rollback_secret(
+        self,
+        request: Request[object, object, State],
+        name: FromPath[str],
+        data: JSONBody[RollbackBody],
+        if_match: Annotated[str | None, HeaderParameter(name="If-Match", required=False)] = None,
+    ) -> Response[SecretMetadata]:
+        ledger, principal = _services(request)
+        expected = await _expected_version(request.app.state.projections, principal, name, if_match)
+        command = ledger.rollback_secret_command(principal.ctx, principal.org, name, data.version, if_match=expected)
+        return await run_command(request, ledger, command, f"{principal.org}/{principal.key_id}", _render_version)
+
+    @post(
+        "/{name:str}/restore",
+        operation_id="RestoreSecret",
+        status_code=HTTP_200_OK,
+        responses=problems(*COMMON, 404, 409),
+        summary="Bring a deleted secret back as it was (while its recovery window lasts)",
+    )
+    async def restore_secret(
+        self, request: Request[object, object, State], name: FromPath[str]
+    ) -> Response[SecretMetadata]:
+        ledger, principal = _services(request)
+        command = ledger.restore_secret_command(principal.ctx, principal.org, name)
+        return await run_command(request, ledger, command, f"{principal.org}/{principal.key_id}", _render_version)
 
     @post(
         "/{name:str}/reveal",
         operation_id="RevealSecret",
         status_code=HTTP_200_OK,
-        responses=problems(*COMMON, 403, 404),
-        summary="Reveal a secret's value (recorded before it is sent)",
+        responses=problems(*COMMON, 403, 404, 410),
+        summary="Reveal a secret's value (recorded before it is sent; 410 once it expired)",
     )
     async def reveal_secret(
         self,
@@ -277,6 +328,18 @@ class SecretsController(Controller):
         return await run_command(request, ledger, command, f"{principal.org}/{principal.key_id}", render)
 
 
+def deleted_metadata_of(meta: SecretMeta) -> SecretMetadata:
+    shown = metadata_of(meta)
+    shown.deleted_at = rfc3339(meta.deleted_at or 0)
+    shown.destroy_at = None if meta.destroy_at is None else rfc3339(meta.destroy_at)
+    return shown
+
+
+def _render_version(outcome: UpsertOutcome) -> StoredAnswer:
+    """The answer to a rollback or restore: the new current version's metadata."""
+    return json_answer(HTTP_200_OK, _metadata_from_outcome(outcome), {"ETag": etag(outcome.event.version)})
+
+
 def _metadata_from_outcome(outcome: UpsertOutcome) -> SecretMetadata:
     """The answer to an upsert, from the decided event: the same fields the projection will hold."""
     event = outcome.event
@@ -290,4 +353,5 @@ def _metadata_from_outcome(outcome: UpsertOutcome) -> SecretMetadata:
         updated_at=rfc3339(event.at),
         created_by=outcome.created_by,
         updated_by=event.actor.key_id,
+        expires_at=None if isinstance(event.expires_at, UnsetType) else rfc3339(event.expires_at),
     )

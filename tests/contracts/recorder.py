@@ -10,7 +10,7 @@ import abc
 import contextlib
 import hashlib
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -19,7 +19,7 @@ import pytest
 from ledger.codec import decode_event, encode_event
 from ledger.errors import ConcurrencyError, IntegrityError, SchemaVersionError, StaleReadError, StoreUnavailableError
 from ledger.events import Actor, Event, OrgCreated, SecretCreated, SecretRevealed
-from ledger.recorder import Projector, ReadSet, Recorder
+from ledger.recorder import Projector, ReadSet, Recorder, Statement
 from ledger.records import GENESIS_HASH, DataKeyRow, PendingRecord, StoredRecord, chain_hash
 
 ACTOR = Actor(key_id="key_test", label="test")
@@ -351,3 +351,48 @@ class RecorderContract(abc.ABC):
         await recorder.import_data_keys([DataKeyRow(id="dek_1", kek_id="kek_b", wrapped="other"), rows[2]])
         await recorder.import_data_keys([])
         assert await recorder.data_keys_after("", limit=10) == rows
+
+    async def test_a_projection_whose_tables_changed_shape_is_dropped_and_rebuilt_at_open(
+        self, tmp_path: Path
+    ) -> None:
+        first = self.make_recorder(tmp_path, self.projectors())
+        await first.open()
+        try:
+            await self.history(first)
+            before = await self.projection_rows(first)
+        finally:
+            await first.close()
+        # A newer program whose audit projection has another table shape (here: one more index).
+        reshaped = [Reshaped(p) if p.name == "audit" else p for p in self.projectors()]
+        for _ in range(2):
+            again = self.make_recorder(tmp_path, list(reshaped))
+            await again.open()
+            try:
+                assert await self.projection_rows(again) == before
+                assert (await again.projection_positions())["audit"] == await again.max_seq()
+            finally:
+                await again.close()
+            # Dropped and rebuilt at the first open only: the second finds its fingerprint recorded.
+            assert [p.dropped for p in reshaped if isinstance(p, Reshaped)] == [1]
+
+
+class Reshaped:
+    """A projector as a later release might ship it: the same rows, another table shape."""
+
+    def __init__(self, inner: Projector) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dropped = 0
+
+    def schema(self) -> list[str]:
+        return [*self.inner.schema(), "CREATE INDEX IF NOT EXISTS audit_reshaped ON audit(at)"]
+
+    def reset(self) -> list[str]:
+        return self.inner.reset()
+
+    def drop(self) -> list[str]:
+        self.dropped += 1
+        return self.inner.drop()
+
+    def project(self, batch: Sequence[tuple[StoredRecord, Event]]) -> list[Statement]:
+        return self.inner.project(batch)
