@@ -14,7 +14,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema, SecurityScheme
 
-from api.background import destroy_due, keep_destroying
+from api.background import RotationJob, destroy_due, keep_destroying
 from api.deps import DEPENDENCIES
 from api.errors import EXCEPTION_HANDLERS
 from api.middleware import before_send
@@ -31,6 +31,7 @@ from api.routes.secrets import SecretsController
 from api.settings import Settings
 from ledger.crypto import Keyring
 from ledger.errors import CryptoError, MasterKeyError
+from ledger.keys import stale_data_keys
 from ledger.pg_store import PostgresRecorder
 from ledger.recorder import Recorder
 from ledger.service import Ledger
@@ -64,16 +65,26 @@ def build_projections(settings: Settings, ledger: Ledger) -> Projections:
     return projections
 
 
-async def check_master_key(ledger: Ledger) -> None:
-    """Refuse a master key that cannot open the data keys already stored."""
+async def check_master_key(ledger: Ledger) -> bool:
+    """Refuse master keys that cannot open the data keys already stored; True when some data keys are
+    still under a previous master key (a rotation to the current one to finish)."""
+    stale = await stale_data_keys(ledger.recorder, ledger.keyring.current.kek_id)
+    unknown = sorted(set(stale) - set(ledger.keyring.kek_ids))
+    if unknown:
+        raise MasterKeyError(
+            f"this database has data keys wrapped by master key id(s) {', '.join(unknown)}, which are not "
+            "configured: set KEYLEDGER_MASTER_KEY to the key it was written with (during a rotation, the new "
+            "key, with the old one in KEYLEDGER_PREVIOUS_MASTER_KEYS)"
+        )
     rows = await ledger.recorder.data_keys_after("", limit=1)
-    for row in rows:
+    for row in rows:  # the id matches: check that the key really opens it
         try:
             ledger.keyring.check(row.id, row.kek_id, row.wrapped)
         except CryptoError:
             raise MasterKeyError(
                 "KEYLEDGER_MASTER_KEY cannot open this database's data keys: it is not the key it was written with"
             ) from None
+    return bool(stale)
 
 
 def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns) -> Litestar:
@@ -85,8 +96,9 @@ def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns) -> L
         await ledger.start()
         projections = build_projections(settings, ledger)
         destroyer: asyncio.Task[None] | None = None
+        rotation = RotationJob(ledger)
         try:
-            await check_master_key(ledger)
+            unfinished_rotation = await check_master_key(ledger)
             await projections.open()
             # Deletions whose window ended while the server was down are destroyed before serving.
             await destroy_due(ledger, projections, clock)
@@ -100,9 +112,14 @@ def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns) -> L
             app.state.projections = projections
             app.state.settings = settings
             app.state.clock = clock
+            app.state.rotation = rotation
+            if unfinished_rotation:
+                log.info("data keys remain under a previous master key: rewrapping them in the background")
+                rotation.start(None)
             app.state.rate_limiters = RateLimiters.of(settings.rate_limit_per_key, settings.rate_limit_per_address)
             yield
         finally:
+            await rotation.stop()
             if destroyer is not None:
                 destroyer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -108,6 +108,13 @@ class CreateOrgBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
 
 
+class RotateMasterKeyBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    new_master_key: Annotated[str, msgspec.Meta(max_length=200, description="32 bytes, base64 or 64 hex")]
+
+    def __repr__(self) -> str:
+        return "RotateMasterKeyBody(new_master_key=<hidden>)"
+
+
 class CreatedOrg(msgspec.Struct, kw_only=True):
     org: str
     key_id: str

@@ -15,8 +15,9 @@ from ledger.codec import decode_event
 from ledger.commands import Context
 from ledger.crypto import Keyring, MasterKey
 from ledger.errors import NotFoundError
-from ledger.events import MasterKeyRotated, SecretCreated, SecretUpdated, SecretVersionDestroyed
+from ledger.events import Actor, MasterKeyRotated, SecretCreated, SecretUpdated, SecretVersionDestroyed
 from ledger.model import secret_stream
+from ledger.recorder import Recorder
 from ledger.records import DataKeyRow
 from ledger.service import Ledger
 from ledger.writer import Decision, WriteView
@@ -40,48 +41,76 @@ class RecordRotation(msgspec.Struct, frozen=True, kw_only=True):
         return Decision(events=[event])
 
 
+Progress = Callable[[int, int], None]  # (data keys moved so far, data keys to move)
+
+
+async def stale_data_keys(recorder: Recorder, kek_id: str) -> dict[str, int]:
+    """How many data keys each master key other than `kek_id` still wraps."""
+    counts: dict[str, int] = {}
+    after = ""
+    while rows := await recorder.data_keys_after(after, limit=REWRAP_CHUNK):
+        for row in rows:
+            if row.kek_id != kek_id:
+                counts[row.kek_id] = counts.get(row.kek_id, 0) + 1
+        after = rows[-1].id
+    return counts
+
+
 async def rewrap_all(
     ledger: Ledger,
     new_key: MasterKey,
     ctx: Context,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> int:
     """Move every data key under `new_key` while the ledger keeps serving; returns how many moved.
 
-    Both keys open data until the rewrap finishes. A crash halfway is safe: run it again and it
-    continues with the keys still under an old master key.
+    Both keys open data until the rewrap finishes. A crash halfway is safe: each chunk commits on its
+    own, and a run with `new_key` current and the old key among the previous ones (see
+    `resume_rewrap`) continues with the keys still under an old master key.
     """
     old = ledger.keyring
     keyring = Keyring(new_key, previous=[old.current, *(k for k in old.previous if k.kek_id != new_key.kek_id)])
     ledger.keyring = keyring
     ledger.writer.keyring = keyring  # new data keys are wrapped by the new master key from now on
+    stale = await stale_data_keys(ledger.recorder, new_key.kek_id)
+    total = sum(stale.values())
+    old_ids = sorted(stale) if old.current.kek_id == new_key.kek_id else [old.current.kek_id]
+    if progress is not None:
+        progress(0, total)
     moved = 0
     after = ""
-    while True:
-        rows = await ledger.recorder.data_keys_after(after, limit=REWRAP_CHUNK)
-        if not rows:
-            break
-        stale = [r for r in rows if r.kek_id != new_key.kek_id]
-        if stale:
-            rewrapped = []
-            for row in stale:
+    while rows := await ledger.recorder.data_keys_after(after, limit=REWRAP_CHUNK):
+        rewrapped = []
+        for row in rows:
+            if row.kek_id != new_key.kek_id:
                 kek_id, wrapped = keyring.rewrap(row.id, row.kek_id, row.wrapped)
                 rewrapped.append(DataKeyRow(id=row.id, kek_id=kek_id, wrapped=wrapped))
+        if rewrapped:
             await ledger.recorder.replace_data_keys(rewrapped)
             moved += len(rewrapped)
             ledger.writer.cache.forget_data_keys()
             if progress is not None:
-                progress(moved)
+                progress(moved, max(total, moved))  # keys written meanwhile are wrapped by the new key
         after = rows[-1].id
-    await ledger.writer.submit(
-        RecordRotation(ctx=ctx, old_kek_id=old.current.kek_id, new_kek_id=new_key.kek_id, data_keys=moved)
-    )
+    if old_ids:
+        await ledger.writer.submit(
+            RecordRotation(ctx=ctx, old_kek_id=",".join(old_ids), new_kek_id=new_key.kek_id, data_keys=moved)
+        )
     # Checkpoints are signed by a key derived from the master key: re-sign every org's head under
     # the new one, so that a server started without the old master key still trusts its checkpoints.
     ledger.signing_key = ledger.writer.signing_key = new_key.signing_key()
     for org in await ledger.recorder.orgs():
         await ledger.checkpoint(org)
     return moved
+
+
+async def resume_rewrap(ledger: Ledger, progress: Progress | None = None) -> int:
+    """Finish a rotation a crash interrupted: move data keys still under a previous master key to the
+    current one (the configuration names the new key current and the old one previous). 0: none."""
+    if not await stale_data_keys(ledger.recorder, ledger.keyring.current.kek_id):
+        return 0
+    system = Context(actor=Actor(key_id="system", label="keyledger", kind="system"))
+    return await rewrap_all(ledger, ledger.keyring.current, system, progress)
 
 
 class DestroySecretVersion(msgspec.Struct, frozen=True, kw_only=True):

@@ -360,7 +360,8 @@ class PostgresRecorder(Recorder):
         try:
             await self.pool.execute(
                 "INSERT INTO checkpoints(org, org_seq, head, at, public_key, signature) VALUES ($1,$2,$3,$4,$5,$6) "
-                "ON CONFLICT DO NOTHING",
+                "ON CONFLICT (org, org_seq) DO UPDATE SET head = EXCLUDED.head, at = EXCLUDED.at, "
+                "public_key = EXCLUDED.public_key, signature = EXCLUDED.signature",
                 checkpoint.org, checkpoint.org_seq, checkpoint.head, checkpoint.at, checkpoint.public_key,
                 checkpoint.signature,
             )

@@ -365,7 +365,7 @@ class SqliteRecorder(Recorder):
             try:
                 with _transaction(self.write_connection) as conn:
                     conn.execute(
-                        "INSERT OR IGNORE INTO checkpoints(org, org_seq, head, at, public_key, signature) "
+                        "INSERT OR REPLACE INTO checkpoints(org, org_seq, head, at, public_key, signature) "
                         "VALUES (?,?,?,?,?,?)",
                         (checkpoint.org, checkpoint.org_seq, checkpoint.head, checkpoint.at, checkpoint.public_key,
                          checkpoint.signature),

@@ -424,7 +424,7 @@ async def test_rewrap_moves_every_data_key_to_the_new_master_key(
 
     new_key = MasterKey.generate()[0]
     seen: list[int] = []
-    assert await rewrap_all(ledger, new_key, ADMIN, progress=seen.append) == len(before)
+    assert await rewrap_all(ledger, new_key, ADMIN, progress=lambda done, _total: seen.append(done)) == len(before)
     assert seen[-1] == len(before)
     # While the ledger keeps serving, a value written now is wrapped by the new key and all still open.
     await ledger.upsert_secret(ctx_for(admin), "acme", "AFTER", b"after")

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import secrets
 
-from litestar import Controller, Request, Response, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
-from litestar.status_codes import HTTP_201_CREATED
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from api.auth import admin_context_of, require_admin_token
+from api.background import Rotation, RotationJob
 from api.idempotent import json_answer, run_command
 from api.routes.docs import problems
-from api.schemas import CreatedOrg, CreateOrgBody
+from api.schemas import CreatedOrg, CreateOrgBody, RotateMasterKeyBody
 from api.settings import Settings
 from ledger.commands import CreatedKey
-from ledger.errors import ValidationError
+from ledger.crypto import MasterKey
+from ledger.errors import CryptoError, ValidationError
 from ledger.idempotency import StoredAnswer
 from ledger.service import Ledger
 
@@ -53,3 +55,27 @@ class AdminController(Controller):
             return json_answer(HTTP_201_CREATED, CreatedOrg(org=org, key_id=created.key_id, api_key=created.api_key))
 
         return await run_command(request, ledger, command, "admin", render)
+
+    @post(
+        "/master-key/rotate",
+        operation_id="RotateMasterKey",
+        status_code=HTTP_202_ACCEPTED,
+        responses=problems(401, 403, 409, 413, 422, 429),
+        summary="Rewrap every data key under a new master key, in the background (admin token only)",
+    )
+    async def rotate_master_key(self, request: Request[object, object, State],
+                                data: JSONBody[RotateMasterKeyBody]) -> Rotation:
+        try:
+            new_key = MasterKey.parse(data.new_master_key, "new_master_key")
+        except CryptoError:
+            raise ValidationError("new_master_key", "must be 32 bytes, as base64 or 64 hex characters") from None
+        job: RotationJob = request.app.state.rotation
+        if new_key.kek_id == job.ledger.keyring.current.kek_id:
+            raise ValidationError("new_master_key", "is the current master key")
+        return job.start(new_key)
+
+    @get("/master-key/rotation", operation_id="MasterKeyRotation", responses=problems(401, 403, 429),
+         summary="Progress of this server's master key rotation (admin token only)")
+    async def rotation(self, request: Request[object, object, State]) -> Rotation:
+        job: RotationJob = request.app.state.rotation
+        return job.status
