@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 from ledger.codec import decode_event
 from ledger.commands import Context, CreatedKey
 from ledger.crypto import Keyring, MasterKey
-from ledger.errors import LedgerError, NotFoundError, RevealDeniedError, UnauthenticatedError
+from ledger.errors import (
+    AlreadyExistsError,
+    LedgerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RevealDeniedError,
+    UnauthenticatedError,
+)
 from ledger.events import Actor, Event, Source
 from ledger.model import DAY_NS, DEFAULT_RECOVERY_WINDOW_DAYS, secret_stream
 from ledger.records import StoredRecord
@@ -72,13 +79,24 @@ simple_ops = st.one_of(
     st.tuples(st.just("revoke"), org, index),
 )
 waits = st.tuples(st.just("wait"), st.sampled_from(WAITS))
+# The lifecycle: a rollback to an earlier version (by index), a restore of a deleted name, a purge
+# (admin keys only). They never run inside a batch, where their order against a delete would matter.
+lifecycle_ops = st.one_of(
+    st.tuples(st.just("rollback"), org, index, index, index),
+    st.tuples(st.just("restore"), org, index, index),
+    st.tuples(st.just("purge"), org, index, index),
+)
 # a key reveals, and is revoked right after (one command each)
 reveal_then_revoke = st.builds(lambda op: [op, ("revoke", op[1], op[2])], reveal)
 
 
-def histories(*, batches: bool, min_size: int = 10, max_size: int = 40) -> st.SearchStrategy[list[Any]]:
-    """Lists of operations; with `batches`, some run together as one group-commit batch (one time)."""
+def histories(*, batches: bool, lifecycle: bool = False, min_size: int = 10,
+              max_size: int = 40) -> st.SearchStrategy[list[Any]]:
+    """Lists of operations; with `batches`, some run together as one group-commit batch (one time);
+    with `lifecycle`, rollbacks, restores and purges too."""
     ops = st.one_of(simple_ops, waits, waits, reveal_then_revoke)
+    if lifecycle:
+        ops = st.one_of(ops, lifecycle_ops)
     if batches:
         ops = st.one_of(ops, st.tuples(st.just("together"), st.lists(simple_ops, min_size=2, max_size=6)))
     return st.lists(ops, min_size=min_size, max_size=max_size)
@@ -107,6 +125,8 @@ class Run:
     admins: dict[str, CreatedKey] = field(default_factory=dict)
     model: dict[str, dict[str, SecretMeta]] = field(default_factory=lambda: {org: {} for org in ORGS})
     versions: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (org, name) -> every version up to this one has had its data key destroyed (a purge)
+    destroyed: dict[tuple[str, str], int] = field(default_factory=dict)
     snapshots: list[Snapshot] = field(default_factory=lambda: [Snapshot(0, 0, {org: {} for org in ORGS})])
     request_ids: int = 0
 
@@ -169,6 +189,8 @@ class Run:
             # The delete's time is known once it commits (`settle`); the window is the default one.
             secrets[name] = _replace(current, deleted=True, deleted_at=ticket, destroy_at=ticket)
             return None, None
+        if kind in ("rollback", "restore", "purge"):
+            return self.predict_lifecycle(op, key, ticket)
         *_, scope, category, description = op
         version = self.versions.get((key.org, name), 0) + 1
         self.versions[(key.org, name)] = version
@@ -188,6 +210,52 @@ class Run:
             )
         return None, version
 
+    def predict_lifecycle(self, op: tuple[Any, ...], key: CreatedKey,
+                          ticket: int) -> tuple[type[LedgerError] | None, int | None]:
+        kind, name = op[0], op[3]
+        secrets = self.model[key.org]
+        current = secrets.get(name)
+        live = current is not None and not current.deleted
+        last = self.versions.get((key.org, name), 0)
+        gone = self.destroyed.get((key.org, name), 0)
+        if kind == "purge":
+            if key.role != "admin":
+                return PermissionDeniedError, None
+            if current is None or gone == last:
+                return NotFoundError, None
+            self.destroyed[(key.org, name)] = last
+            # A live secret is deleted and destroyed at once; a deleted one keeps its delete time.
+            secrets[name] = _replace(current, deleted=True, destroy_at=None,
+                                     deleted_at=ticket if live else current.deleted_at)
+            return None, None
+        if kind == "rollback":
+            if not live:
+                return NotFoundError, None
+            assert current is not None
+            source = op[4] % last + 1
+            if source <= gone:
+                return NotFoundError, None
+        else:  # restore
+            if live:
+                return AlreadyExistsError, None
+            if current is None or gone == last or self.window_ended(op):
+                return NotFoundError, None
+        assert current is not None
+        self.versions[(key.org, name)] = last + 1
+        secrets[name] = _replace(current, deleted=False, deleted_at=None, destroy_at=None, version=last + 1,
+                                 updated_at=ticket, updated_by=key.key_id)
+        return None, last + 1
+
+    def restore_is_ambiguous(self, op: tuple[Any, ...]) -> bool:
+        """A restore decided within a moment of its window's end could go either way: not drawn."""
+        meta = self.model[self.key(op[1], op[2]).org].get(op[3])
+        return (meta is not None and meta.deleted and meta.destroy_at is not None
+                and abs(self.clock.now - meta.destroy_at) < SECOND)
+
+    def window_ended(self, op: tuple[Any, ...]) -> bool:
+        meta = self.model[self.key(op[1], op[2]).org].get(op[3])
+        return meta is not None and meta.destroy_at is not None and self.clock.now >= meta.destroy_at
+
     def settle(self, times: dict[int, int]) -> None:
         """Put the writer's times in place of the tickets of the upserts just answered."""
         for secrets in self.model.values():
@@ -197,7 +265,8 @@ class Run:
                                                     updated_at=times.get(meta.updated_at, meta.updated_at))
                 if meta.deleted_at is not None and meta.deleted_at < 0:
                     at = times[meta.deleted_at]
-                    secrets[name] = _replace(meta, deleted_at=at, destroy_at=at + DEFAULT_RECOVERY_WINDOW_DAYS * DAY_NS)
+                    window_end = None if meta.destroy_at is None else at + DEFAULT_RECOVERY_WINDOW_DAYS * DAY_NS
+                    secrets[name] = _replace(meta, deleted_at=at, destroy_at=window_end)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -225,14 +294,25 @@ class Run:
                                              description=description)
         if kind == "reveal":
             return lambda: led.reveal_secret(ctx, key.org, name, reason=op[4])
+        if kind == "rollback":
+            last = max(self.versions.get((key.org, name), 0), 1)
+            return lambda: led.submit(led.rollback_secret_command(ctx, key.org, name, op[4] % last + 1))
+        if kind == "restore":
+            if self.restore_is_ambiguous(op):
+                return None
+            return lambda: led.submit(led.restore_secret_command(ctx, key.org, name))
+        if kind == "purge":
+            return lambda: led.delete_secret(ctx, key.org, name, purge=True)
         return lambda: led.delete_secret(ctx, key.org, name)
 
     def resolve(self, op: tuple[Any, ...]) -> tuple[Any, ...]:
-        """A reveal's or a delete's secret: the org's live secrets by index, else a name that is not live."""
-        if op[0] not in ("reveal", "delete") or isinstance(op[3], str):
+        """A reveal's, a delete's or a rollback's secret: the org's live secrets by index, else a name
+        that is not live; a restore's or a purge's: the org's deleted secrets, else any name."""
+        if op[0] not in ("reveal", "delete", "rollback", "restore", "purge") or isinstance(op[3], str):
             return op
-        live = sorted(n for n, meta in self.model[op[1]].items() if not meta.deleted)
-        choice = live[op[3] % len(live)] if live else NAMES[op[3] % len(NAMES)]
+        wanted = op[0] in ("restore", "purge")
+        found = sorted(n for n, meta in self.model[op[1]].items() if meta.deleted == wanted)
+        choice = found[op[3] % len(found)] if found else NAMES[op[3] % len(NAMES)]
         return (*op[:3], choice, *op[4:])
 
     async def attempt(self, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -249,7 +329,7 @@ class Run:
             assert isinstance(outcome, expected), (op, expected, outcome)
         if op[0] == "key" and expected is None:
             self.keys.append(outcome)
-        if op[0] == "upsert" and expected is None:
+        if op[0] in ("upsert", "rollback", "restore") and expected is None:
             assert outcome.event.version == version, (op, outcome.event.version, version)
 
     async def run(self, history: list[Any]) -> None:
@@ -275,9 +355,11 @@ class Run:
                 self.check(one, expected, version, outcome)
                 if version is not None:
                     times[ticket] = outcome.event.at
-                elif one[0] == "delete" and expected is None:
+                elif one[0] in ("delete", "purge") and expected is None:
                     org = self.key(one[1], one[2]).org
-                    times[ticket] = deleted_at[(org, secret_stream(org, one[3]))]
+                    stream = (org, secret_stream(org, one[3]))
+                    if stream in deleted_at:  # a purge of a deleted secret deletes nothing
+                        times[ticket] = deleted_at[stream]
             self.settle(times)
             await self.snapshot()
 

@@ -18,12 +18,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.events import (
+    VALUE_EVENTS,
     ApiKeyRevoked,
     Event,
     SecretCreated,
     SecretDeleted,
+    SecretRestored,
     SecretRevealDenied,
     SecretRevealed,
+    SecretRolledBack,
     SecretUpdated,
 )
 from ledger.records import StoredRecord
@@ -45,13 +48,16 @@ def of_org(events: Events, org: str) -> Events:
 def live_secrets(events: Events, org: str) -> dict[str, dict[str, int]]:
     """name -> {created_seq, version, updated_at} of every secret that exists at the end."""
     state: dict[str, dict[str, int]] = {}
+    deleted: dict[str, dict[str, int]] = {}
     for record, event in of_org(events, org):
         if isinstance(event, SecretCreated):
             state[event.name] = {"created_seq": record.seq, "version": event.version, "updated_at": event.at}
-        elif isinstance(event, SecretUpdated):
+        elif isinstance(event, SecretUpdated | SecretRolledBack):
             state[event.name].update(version=event.version, updated_at=event.at)
+        elif isinstance(event, SecretRestored):  # back as it was: the same creation
+            state[event.name] = {**deleted.pop(event.name), "version": event.version, "updated_at": event.at}
         elif isinstance(event, SecretDeleted):
-            del state[event.name]
+            deleted[event.name] = state.pop(event.name)
     return state
 
 
@@ -84,9 +90,9 @@ def bf_exposure(events: Events, org: str, secret: str, version: int) -> tuple[An
     for record, event in of_org(events, org):
         if getattr(event, "name", None) != secret:
             continue
-        if isinstance(event, SecretCreated | SecretUpdated) and event.version == version:
+        if isinstance(event, VALUE_EVENTS) and event.version == version:
             created_at = event.at
-        elif (isinstance(event, SecretCreated | SecretUpdated | SecretDeleted) and created_at is not None
+        elif (isinstance(event, (*VALUE_EVENTS, SecretDeleted)) and created_at is not None
               and replaced_at is None and (event.version > version or isinstance(event, SecretDeleted))):
             replaced_at = event.at
         elif isinstance(event, SecretRevealed) and event.version == version:
@@ -170,7 +176,7 @@ def check_queries(path: Path, check: Callable[[SqliteProjections], Awaitable[Non
         asyncio.run(check(reader))
 
 
-many = histories(batches=True)
+many = histories(batches=True, lifecycle=True)
 
 
 # -- the properties ---------------------------------------------------------------------------------------------
@@ -218,7 +224,7 @@ def test_version_exposure_matches_brute_force(history: list[Any]) -> None:
         for org in ORGS:
             for name in (*NAMES, "never-existed"):
                 top = max((e.version for _, e in of_org(events, org) if getattr(e, "name", None) == name
-                           and isinstance(e, SecretCreated | SecretUpdated)), default=0)
+                           and isinstance(e, VALUE_EVENTS)), default=0)
                 for version in range(1, top + 2):
                     got = await compliance.version_exposure(reader, org, name, version)
                     assert (got.secret, got.version) == (name, version)
@@ -231,7 +237,7 @@ def test_version_exposure_matches_brute_force(history: list[Any]) -> None:
         check_queries(path, check)
 
 
-@given(history=histories(batches=False))
+@given(history=histories(batches=False, lifecycle=True))
 def test_secrets_never_revealed_matches_brute_force(history: list[Any]) -> None:
     """Sequential commands on a clock that always moves: see the test_bug_ below for equal times."""
     async def check(reader: SqliteProjections) -> None:

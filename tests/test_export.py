@@ -275,7 +275,7 @@ def test_ocsf_has_one_object_per_event_with_the_right_class_and_type(world: Worl
 
 
 @settings(max_examples=20)
-@given(history=histories(batches=True))
+@given(history=histories(batches=True, lifecycle=True))
 def test_every_format_renders_the_same_events_of_generated_histories(history: list[Any]) -> None:
     with temp_db("keyledger-export-") as path:
         run_history(path, history)

@@ -44,7 +44,7 @@ def time_points(times: list[int]) -> list[int]:
     return sorted(points)
 
 
-@given(history=histories(batches=False), chunk=st.sampled_from((5000, 5000, 3)))
+@given(history=histories(batches=False, lifecycle=True), chunk=st.sampled_from((5000, 5000, 3)))
 def test_as_of_every_seq_and_every_time_matches_the_model(history: list[Any], chunk: int) -> None:
     async def check(run: Run) -> None:
         recorder = run.ledger.recorder
@@ -87,7 +87,7 @@ def projection_rows(path: Any, org: str) -> list[SecretMeta]:
             for r in rows]
 
 
-@given(history=histories(batches=True))
+@given(history=histories(batches=True, lifecycle=True))
 def test_folding_up_to_the_head_gives_the_secrets_projection(history: list[Any]) -> None:
     folds: dict[str, dict[str, SecretMeta]] = {}
 
