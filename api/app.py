@@ -72,9 +72,9 @@ async def check_master_key(ledger: Ledger) -> bool:
     unknown = sorted(set(stale) - set(ledger.keyring.kek_ids))
     if unknown:
         raise MasterKeyError(
-            f"this database has data keys wrapped by master key id(s) {', '.join(unknown)}, which are not "
-            "configured: set KEYLEDGER_MASTER_KEY to the key it was written with (during a rotation, the new "
-            "key, with the old one in KEYLEDGER_PREVIOUS_MASTER_KEYS)"
+            f"KEYLEDGER_MASTER_KEY cannot open this database's data keys: they are wrapped by master key id(s) "
+            f"{', '.join(unknown)}, which are not configured (during a rotation: the new key, with the old one "
+            "in KEYLEDGER_PREVIOUS_MASTER_KEYS)"
         )
     rows = await ledger.recorder.data_keys_after("", limit=1)
     for row in rows:  # the id matches: check that the key really opens it

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -144,6 +145,50 @@ def create_org(ctx: click.Context, org: str, admin_token: str, output: str | Non
     emit(created, output, ["org", "key_id", "api_key"])
 
 
+ROTATION = "/v1/admin/master-key/rotation"
+
+
+@admin.command("rotate-master-key")
+@click.option("--admin-token", envvar="KEYLEDGER_ADMIN_TOKEN", required=True, help="[env KEYLEDGER_ADMIN_TOKEN]")
+@output_option
+@click.pass_context
+def rotate_master_key(ctx: click.Context, admin_token: str, output: str | None) -> None:
+    """Re-wrap every data key under a new master key, read from KEYLEDGER_NEW_MASTER_KEY (never from argv).
+
+    Shows the progress until the rotation is done, then what to set before restarting the servers."""
+    new_key = os.environ.get("KEYLEDGER_NEW_MASTER_KEY")
+    if not new_key:
+        fail("set KEYLEDGER_NEW_MASTER_KEY to the new master key (it is never read from the command line)", 2)
+    api = KeyledgerClient(ctx.find_root().obj["url"], admin_token)
+    try:
+        api.request("POST", "/v1/admin/master-key/rotate", json={"new_master_key": new_key})
+        status = api.request("GET", ROTATION)
+        idle_since = time.monotonic()
+        with click.progressbar(length=max(int(status["total"]), 1), label="re-wrapping data keys",
+                               file=sys.stderr) as bar:
+            while True:
+                bar.length = max(int(status["total"]), 1)
+                bar.update(int(status["done"]) - bar.pos)
+                if status["state"] in ("done", "failed"):
+                    break
+                if status["state"] != "running" and time.monotonic() - idle_since > 10:
+                    fail(f"the rotation did not start (state: {status['state']})")
+                time.sleep(0.2)
+                status = api.request("GET", ROTATION)
+    except ClientError as exc:
+        fail(str(exc), exc.exit_code)
+    finally:
+        api.close()
+    if status["state"] == "failed":
+        fail(f"the rotation failed: {status['error']}")
+    emit(status, output, ["state", "old_kek_id", "new_kek_id", "done", "total"])
+    click.echo(
+        f"rotated to master key {status['new_kek_id']}. Now set KEYLEDGER_MASTER_KEY to the new key and put the old "
+        "one in KEYLEDGER_PREVIOUS_MASTER_KEYS, until every server has restarted with the new key.",
+        err=True,
+    )
+
+
 # -- keys ------------------------------------------------------------------------------------------
 
 
@@ -185,6 +230,7 @@ def keys_revoke(ctx: click.Context, key_id: str) -> None:
 # -- secrets ---------------------------------------------------------------------------------------
 
 METADATA = ["name", "scope", "category", "version", "description", "updated_at", "updated_by"]
+DETAIL = [*METADATA, "created_at", "created_by"]
 
 
 @main.group()
@@ -209,6 +255,9 @@ def read_value(value_file: click.File | None) -> str:
 @click.option("--scope", type=click.Choice(["all", "agents", "tools", "sandboxes"]), default=None)
 @click.option("--category", type=click.Choice(["provider", "tool", "custom"]), default=None)
 @click.option("--description", default=None)
+@click.option("--expires-at", default=None, metavar="TIME",
+              help="When the value expires (RFC 3339); reveals fail after it. Default: keep the current expiry.")
+@click.option("--no-expiry", is_flag=True, help="Remove the expiry.")
 @output_option
 @click.pass_context
 def secrets_set(
@@ -218,15 +267,33 @@ def secrets_set(
     scope: str | None,
     category: str | None,
     description: str | None,
+    expires_at: str | None,
+    no_expiry: bool,
     output: str | None,
 ) -> None:
     """Create a secret or give it a new value (from a hidden prompt, stdin, or --value-file)."""
+    if expires_at is not None and no_expiry:
+        fail("--expires-at and --no-expiry cannot be used together", 2)
     body: dict[str, Any] = {"name": name, "value": read_value(value_file)}
     for field, given in (("scope", scope), ("category", category), ("description", description)):
         if given is not None:
             body[field] = given
+    if expires_at is not None or no_expiry:
+        body["expires_at"] = expires_at
     meta = call(ctx, "POST", "/v1/secrets", json=body)
     emit(meta, output, METADATA)
+
+
+def all_pages(ctx: click.Context, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every page of GET /v1/secrets with these parameters."""
+    rows: list[dict[str, Any]] = []
+    params = {"limit": 1000, **params}
+    while True:
+        page = call(ctx, "GET", "/v1/secrets", params=params)
+        rows.extend(page["secrets"])
+        if not page.get("next_cursor"):
+            return rows
+        params["cursor"] = page["next_cursor"]
 
 
 @secrets.command("list")
@@ -236,19 +303,16 @@ def secrets_set(
 @click.pass_context
 def secrets_list(ctx: click.Context, scope: str | None, category: str | None, output: str | None) -> None:
     """List secrets (metadata only), every page."""
-    rows: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 1000}
-    if scope:
-        params["scope"] = scope
-    if category:
-        params["category"] = category
-    while True:
-        page = call(ctx, "GET", "/v1/secrets", params=params)
-        rows.extend(page["secrets"])
-        if not page.get("next_cursor"):
-            break
-        params["cursor"] = page["next_cursor"]
-    emit(rows, output, METADATA)
+    params = {k: v for k, v in (("scope", scope), ("category", category)) if v}
+    emit(all_pages(ctx, params), output, METADATA)
+
+
+@secrets.command("deleted")
+@output_option
+@click.pass_context
+def secrets_deleted(ctx: click.Context, output: str | None) -> None:
+    """List deleted secrets that can still be restored, and when each will be destroyed (empty: kept until purged)."""
+    emit(all_pages(ctx, {"deleted": "true"}), output, ["name", "version", "deleted_at", "destroy_at"])
 
 
 @secrets.command("get")
@@ -257,7 +321,7 @@ def secrets_list(ctx: click.Context, scope: str | None, category: str | None, ou
 @click.pass_context
 def secrets_get(ctx: click.Context, name: str, output: str | None) -> None:
     """Show a secret's metadata."""
-    emit(call(ctx, "GET", KeyledgerClient.secret_path(name)), output, [*METADATA, "created_at", "created_by"])
+    emit(call(ctx, "GET", KeyledgerClient.secret_path(name)), output, DETAIL)
 
 
 @secrets.command("versions")
@@ -291,13 +355,71 @@ def secrets_reveal(ctx: click.Context, name: str, reason: str, version: int | No
         click.echo(revealed["value"], nl=sys.stdout.isatty())
 
 
+@secrets.command("rollback")
+@click.argument("name")
+@click.option("--version", "version", type=click.IntRange(min=1), required=True,
+              help="The version whose value becomes current again (see `secrets versions`).")
+@click.option("--if-match", type=click.IntRange(min=1), default=None, metavar="VERSION",
+              help="Refuse unless the current version is this one.")
+@output_option
+@click.pass_context
+def secrets_rollback(ctx: click.Context, name: str, version: int, if_match: int | None, output: str | None) -> None:
+    """Make a new version holding an earlier version's value (the value is never sent)."""
+    headers = None if if_match is None else {"If-Match": f'"{if_match}"'}
+    meta = call(ctx, "POST", KeyledgerClient.secret_path(name, "/rollback"), json={"version": version}, headers=headers)
+    emit(meta, output, DETAIL)
+    click.echo(f"{name}: version {meta['version']} now holds the value of version {version}", err=True)
+
+
 @secrets.command("delete")
 @click.argument("name")
+@click.option("--purge", is_flag=True,
+              help="Destroy every version's value now, also of a deleted secret (admin keys; irreversible).")
+@click.option("--yes", is_flag=True, help="Purge without asking for confirmation.")
 @click.pass_context
-def secrets_delete(ctx: click.Context, name: str) -> None:
-    """Delete a secret."""
-    call(ctx, "DELETE", KeyledgerClient.secret_path(name))
-    click.echo(f"deleted {name}", err=True)
+def secrets_delete(ctx: click.Context, name: str, purge: bool, yes: bool) -> None:
+    """Delete a secret; it can be restored until the org's recovery window ends (unless --purge)."""
+    if purge and not yes:
+        click.confirm(f"Destroy every version of {name!r} now? This cannot be undone", abort=True, err=True)
+    call(ctx, "DELETE", KeyledgerClient.secret_path(name), params={"purge": "true"} if purge else None)
+    if purge:
+        click.echo(f"purged {name}: every version's value is destroyed", err=True)
+    else:
+        click.echo(f"deleted {name}; restore it with `keyledger secrets restore {shlex.quote(name)}` until the org's "
+                   "recovery window ends", err=True)
+
+
+@secrets.command("restore")
+@click.argument("name")
+@output_option
+@click.pass_context
+def secrets_restore(ctx: click.Context, name: str, output: str | None) -> None:
+    """Bring back a deleted secret as it was, while the org's recovery window lasts (see `secrets deleted`)."""
+    meta = call(ctx, "POST", KeyledgerClient.secret_path(name, "/restore"))
+    emit(meta, output, DETAIL)
+    click.echo(f"restored {name} as version {meta['version']}", err=True)
+
+
+# -- org -------------------------------------------------------------------------------------------
+
+
+@main.group("org")
+def org_group() -> None:
+    """Your org's settings."""
+
+
+@org_group.command("settings")
+@click.option("--recovery-window-days", type=click.IntRange(0, 365), default=None,
+              help="Change how many days deleted secrets stay restorable (admin keys; 0: destroyed at once).")
+@output_option
+@click.pass_context
+def org_settings(ctx: click.Context, recovery_window_days: int | None, output: str | None) -> None:
+    """Show the org's settings, or change them."""
+    if recovery_window_days is None:
+        answer = call(ctx, "GET", "/v1/org/settings")
+    else:
+        answer = call(ctx, "PUT", "/v1/org/settings", json={"recovery_window_days": recovery_window_days})
+    emit(answer, output, ["org", "recovery_window_days"])
 
 
 # -- run -------------------------------------------------------------------------------------------
@@ -309,15 +431,7 @@ def secrets_delete(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def run(ctx: click.Context, only: tuple[str, ...], command: tuple[str, ...]) -> None:
     """Run COMMAND with secrets in its environment (each one a recorded reveal); exits with its code."""
-    names = list(only)
-    if not names:
-        params: dict[str, Any] = {"limit": 1000}
-        while True:
-            page = call(ctx, "GET", "/v1/secrets", params=params)
-            names.extend(row["name"] for row in page["secrets"])
-            if not page.get("next_cursor"):
-                break
-            params["cursor"] = page["next_cursor"]
+    names = list(only) or [row["name"] for row in all_pages(ctx, {})]
     env = dict(os.environ)
     api = client(ctx)
     try:

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -555,3 +556,170 @@ def test_secrets_versions_and_reveal_of_an_earlier_version(server: Server, org: 
     assert earlier.stdout == "first-value"
     assert ok(cli(server.url, "secrets", "reveal", "ROTATED", key=org.api_key)).stdout == "second-value"
     assert "404" in one_error_line(cli(server.url, "secrets", "reveal", "ROTATED", "--version", "3", key=org.api_key))
+
+
+# -- rollback, delete and restore, purge, expiry, org settings -------------------------------------
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def member_key(server: Server, org: Org) -> str:
+    made = http(server, "POST", "/v1/keys", org.api_key, json={"label": "member", "role": "member"})
+    assert made.status_code == 201, made.text
+    key: str = made.json()["api_key"]
+    return key
+
+
+def deleted_rows(server: Server, key: str) -> dict[str, dict[str, object]]:
+    listed = ok(cli(server.url, "secrets", "deleted", "-o", "json", key=key)).stdout
+    return {row["name"]: row for row in json.loads(listed)}
+
+
+def test_secrets_rollback_makes_a_new_version_with_an_earlier_value(server: Server, org: Org) -> None:
+    put_secret(server, org.api_key, "db", "first-value")
+    put_secret(server, org.api_key, "db", "second-value")
+    result = ok(cli(server.url, "secrets", "rollback", "db", "--version", "1", "-o", "json", key=org.api_key))
+    assert "first-value" not in result.stdout + result.stderr and "second-value" not in result.stdout + result.stderr
+    meta = json.loads(result.stdout)
+    assert (meta["name"], meta["version"], meta["updated_by"]) == ("db", 3, org.key_id)
+    assert result.stderr.strip() == "db: version 3 now holds the value of version 1"
+    assert ok(cli(server.url, "secrets", "reveal", "db", key=org.api_key)).stdout == "first-value"
+    versions = http(server, "GET", "/v1/secrets/db/versions", org.api_key).json()["versions"]
+    assert [(v["version"], v["how"]) for v in versions] == [(1, "create"), (2, "update"), (3, "rollback")]
+    # --if-match: a stale version is refused and changes nothing; the current one is accepted.
+    stale = cli(server.url, "secrets", "rollback", "db", "--version", "2", "--if-match", "2", key=org.api_key)
+    assert "412" in one_error_line(stale)
+    assert reveal_over_http(server, org.api_key, "db") == "first-value"
+    again = ok(cli(server.url, "secrets", "rollback", "db", "--version", "2", "--if-match", "3", "-o", "json",
+                   key=org.api_key))
+    assert json.loads(again.stdout)["version"] == 4
+    assert reveal_over_http(server, org.api_key, "db") == "second-value"
+    assert "404" in one_error_line(cli(server.url, "secrets", "rollback", "db", "--version", "9", key=org.api_key))
+    assert "404" in one_error_line(cli(server.url, "secrets", "rollback", "nope", "--version", "1", key=org.api_key))
+
+
+def test_deleted_secret_is_listed_and_restored(server: Server, org: Org) -> None:
+    put_secret(server, org.api_key, "GONE", "gone-value")
+    put_secret(server, org.api_key, "GONE", "gone-value-2")
+    put_secret(server, org.api_key, "KEPT", "kept-value")
+    assert deleted_rows(server, org.api_key) == {}
+    deleted = ok(cli(server.url, "secrets", "delete", "GONE", key=org.api_key))
+    assert "keyledger secrets restore GONE" in deleted.stderr and "recovery window" in deleted.stderr
+    assert "404" in one_error_line(cli(server.url, "secrets", "get", "GONE", key=org.api_key))
+    listed = ok(cli(server.url, "secrets", "deleted", "-o", "json", key=org.api_key)).stdout
+    assert "gone-value" not in listed
+    [row] = json.loads(listed)
+    assert (row["name"], row["version"]) == ("GONE", 2)
+    deleted_at, destroy_at = parse_time(str(row["deleted_at"])), parse_time(str(row["destroy_at"]))
+    assert abs(deleted_at - datetime.now(UTC)) < timedelta(minutes=5)
+    assert destroy_at - deleted_at == timedelta(days=30)  # the default recovery window
+    restored = ok(cli(server.url, "secrets", "restore", "GONE", "-o", "json", key=org.api_key))
+    assert "gone-value" not in restored.stdout + restored.stderr
+    assert (json.loads(restored.stdout)["name"], json.loads(restored.stdout)["version"]) == ("GONE", 3)
+    assert ok(cli(server.url, "secrets", "reveal", "GONE", key=org.api_key)).stdout == "gone-value-2"
+    assert deleted_rows(server, org.api_key) == {}
+    assert "409" in one_error_line(cli(server.url, "secrets", "restore", "GONE", key=org.api_key))
+    assert "404" in one_error_line(cli(server.url, "secrets", "restore", "NEVER_MADE", key=org.api_key))
+
+
+def test_purge_asks_first_and_is_for_admin_keys(server: Server, org: Org) -> None:
+    put_secret(server, org.api_key, "PURGE_ME", "purge-value")
+    declined = cli(server.url, "secrets", "delete", "PURGE_ME", "--purge", key=org.api_key, stdin="n\n")
+    assert declined.returncode != 0
+    assert "cannot be undone" in declined.stderr
+    assert reveal_over_http(server, org.api_key, "PURGE_ME") == "purge-value"
+    # With no answer at all (stdin closed), nothing happens either.
+    assert cli(server.url, "secrets", "delete", "PURGE_ME", "--purge", key=org.api_key).returncode != 0
+    assert reveal_over_http(server, org.api_key, "PURGE_ME") == "purge-value"
+    member = member_key(server, org)
+    assert "403" in one_error_line(cli(server.url, "secrets", "delete", "PURGE_ME", "--purge", "--yes", key=member))
+    assert reveal_over_http(server, org.api_key, "PURGE_ME") == "purge-value"
+    purged = ok(cli(server.url, "secrets", "delete", "PURGE_ME", "--purge", "--yes", key=org.api_key))
+    assert "PURGE_ME" in purged.stderr
+    assert "404" in one_error_line(cli(server.url, "secrets", "get", "PURGE_ME", key=org.api_key))
+    assert "PURGE_ME" not in deleted_rows(server, org.api_key)
+    assert "404" in one_error_line(cli(server.url, "secrets", "restore", "PURGE_ME", key=org.api_key))
+    # An already-deleted secret can be purged too (answering "y"), and then it is no longer restorable.
+    put_secret(server, org.api_key, "DELETED_FIRST", "deleted-first-value")
+    ok(cli(server.url, "secrets", "delete", "DELETED_FIRST", key=org.api_key))
+    assert "DELETED_FIRST" in deleted_rows(server, org.api_key)
+    ok(cli(server.url, "secrets", "delete", "DELETED_FIRST", "--purge", key=org.api_key, stdin="y\n"))
+    assert deleted_rows(server, org.api_key) == {}
+    assert "404" in one_error_line(cli(server.url, "secrets", "restore", "DELETED_FIRST", key=org.api_key))
+
+
+def test_org_settings_round_trip_and_set_the_recovery_window(server: Server, org: Org) -> None:
+    shown = json.loads(ok(cli(server.url, "org", "settings", "-o", "json", key=org.api_key)).stdout)
+    assert shown == {"org": org.name, "recovery_window_days": 30}
+    changed = ok(cli(server.url, "org", "settings", "--recovery-window-days", "7", "-o", "json", key=org.api_key))
+    assert json.loads(changed.stdout) == {"org": org.name, "recovery_window_days": 7}
+    member = member_key(server, org)
+    seen = json.loads(ok(cli(server.url, "org", "settings", "-o", "json", key=member)).stdout)
+    assert seen["recovery_window_days"] == 7
+    assert "403" in one_error_line(cli(server.url, "org", "settings", "--recovery-window-days", "1", key=member))
+    assert cli(server.url, "org", "settings", "--recovery-window-days", "366", key=org.api_key).returncode == 2
+    assert http(server, "GET", "/v1/org/settings", org.api_key).json()["recovery_window_days"] == 7
+    # The window applies to the next delete.
+    put_secret(server, org.api_key, "WINDOWED", "windowed-value")
+    ok(cli(server.url, "secrets", "delete", "WINDOWED", key=org.api_key))
+    row = deleted_rows(server, org.api_key)["WINDOWED"]
+    assert parse_time(str(row["destroy_at"])) - parse_time(str(row["deleted_at"])) == timedelta(days=7)
+    # 0: a delete destroys at once; nothing is left to restore.
+    ok(cli(server.url, "org", "settings", "--recovery-window-days", "0", key=org.api_key))
+    put_secret(server, org.api_key, "NO_WINDOW", "no-window-value")
+    ok(cli(server.url, "secrets", "delete", "NO_WINDOW", key=org.api_key))
+    assert "NO_WINDOW" not in deleted_rows(server, org.api_key)
+    assert "404" in one_error_line(cli(server.url, "secrets", "restore", "NO_WINDOW", key=org.api_key))
+
+
+def test_secrets_set_expiry(server: Server, org: Org) -> None:
+    soon = rfc3339(datetime.now(UTC) + timedelta(days=3))
+    meta = set_secret(server, org.api_key, "EXPIRING", "expiring-value", "--expires-at", soon)
+    assert parse_time(str(meta["expires_at"])) == parse_time(soon)
+    # Omitted: kept as is.
+    assert set_secret(server, org.api_key, "EXPIRING", "expiring-value-2")["expires_at"] == meta["expires_at"]
+    assert set_secret(server, org.api_key, "EXPIRING", "expiring-value-3", "--no-expiry")["expires_at"] is None
+    # In the past: the value can no longer be revealed, with one line that says why.
+    past = rfc3339(datetime.now(UTC) - timedelta(hours=1))
+    set_secret(server, org.api_key, "EXPIRED", "expired-value", "--expires-at", past)
+    refused = cli(server.url, "secrets", "reveal", "EXPIRED", key=org.api_key)
+    line = one_error_line(refused)
+    assert "expired" in line.lower() and "410" in line and "expired-value" not in line
+    set_secret(server, org.api_key, "EXPIRED", "renewed-value", "--no-expiry")
+    assert ok(cli(server.url, "secrets", "reveal", "EXPIRED", key=org.api_key)).stdout == "renewed-value"
+    # Both options at once, or a time that is not one: refused, nothing written.
+    both = cli(server.url, "secrets", "set", "BOTH", "--expires-at", soon, "--no-expiry", key=org.api_key, stdin="v")
+    assert "--no-expiry" in one_error_line(both)
+    bad = cli(server.url, "secrets", "set", "BAD_TIME", "--expires-at", "next tuesday", key=org.api_key, stdin="v")
+    assert "422" in one_error_line(bad)
+    for name in ("BOTH", "BAD_TIME"):
+        assert http(server, "GET", f"/v1/secrets/{name}", org.api_key).status_code == 404
+
+
+def test_compliance_expiring_lists_secrets_set_with_expires_at(server: Server, org: Org) -> None:
+    now = datetime.now(UTC)
+    set_secret(server, org.api_key, "EXPIRES_SOON", "soon-value", "--expires-at", rfc3339(now + timedelta(days=3)))
+    set_secret(server, org.api_key, "EXPIRES_LATER", "later-value", "--expires-at", rfc3339(now + timedelta(days=60)))
+    set_secret(server, org.api_key, "EXPIRED_ALREADY", "past-value", "--expires-at", rfc3339(now - timedelta(days=1)))
+    set_secret(server, org.api_key, "NEVER_EXPIRES", "never-value")
+    listed = ok(cli(server.url, "compliance", "expiring", "--days", "7", "-o", "json", key=org.api_key)).stdout
+    assert not any(value in listed for value in ("soon-value", "later-value", "past-value", "never-value"))
+    assert [row["name"] for row in json.loads(listed)] == ["EXPIRED_ALREADY", "EXPIRES_SOON"]
+    wider = ok(cli(server.url, "compliance", "expiring", "--days", "90", "-o", "json", key=org.api_key)).stdout
+    assert [row["name"] for row in json.loads(wider)] == ["EXPIRED_ALREADY", "EXPIRES_SOON", "EXPIRES_LATER"]
+
+
+def test_rotate_master_key_help_and_key_only_from_the_environment(server: Server) -> None:
+    shown = ok(cli(server.url, "admin", "rotate-master-key", "--help")).stdout
+    assert "KEYLEDGER_NEW_MASTER_KEY" in shown
+    admin_env = {"KEYLEDGER_ADMIN_TOKEN": ADMIN_TOKEN}
+    assert "KEYLEDGER_NEW_MASTER_KEY" in one_error_line(cli(server.url, "admin", "rotate-master-key", env=admin_env))
+    in_argv = new_master_key()
+    refused = cli(server.url, "admin", "rotate-master-key", in_argv, env=admin_env)
+    assert refused.returncode == 2
