@@ -97,6 +97,7 @@ class Revealed(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     version: int
     value: bytes
+    data_key_id: str = ""  # the version's data key: a stored answer holding the value is sealed by it
 
     def __repr__(self) -> str:
         return f"Revealed(name={self.name!r}, version={self.version})"
@@ -374,7 +375,8 @@ class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
             **common,  # type: ignore[arg-type]
             name=self.name, version=state.version, key_scope=key_scope, reason=self.reason,
         )
-        return Decision(events=[event], result=Revealed(name=self.name, version=state.version, value=value))
+        return Decision(events=[event], result=Revealed(name=self.name, version=state.version, value=value,
+                                                        data_key_id=state.data_key_id))
 
 
 async def _earlier_version(view: WriteView, state: SecretState, version: int) -> SecretState:

@@ -216,11 +216,22 @@ class ValueOpener:
     def open(self, sealed: str, org: str, name: str, version: int) -> bytes:
         return _open(self._aead, sealed, value_aad(org, name, version))
 
+    def seal_record(self, context: bytes, data: bytes) -> str:
+        """Seal bookkeeping that holds this data key's value (a reveal's idempotent answer), so that
+        destroying the data key destroys it too."""
+        return _seal(self._aead, data, b"keyledger/v1/record\0" + context)
+
+    def open_record(self, context: bytes, sealed: str) -> bytes:
+        return _open(self._aead, sealed, b"keyledger/v1/record\0" + context)
+
+
+DATA_KEY_PREFIX = "dek_"
+
 
 def new_data_key_id() -> str:
     # Time first, so that new rows land at the end of the data_keys B-tree instead of on a random
     # page (one random page per upsert is measurable write amplification); random after, for uniqueness.
-    return f"dek_{time.time_ns():016x}{os.urandom(6).hex()}"
+    return f"{DATA_KEY_PREFIX}{time.time_ns():016x}{os.urandom(6).hex()}"
 
 
 def new_data_key() -> bytes:

@@ -2,7 +2,8 @@
 
 The first answer is stored in the same transaction as the command's events, so a retry after a
 crash either finds both or neither. Answers may carry a value (a reveal) or a new API key, so they
-are sealed under the master key. Records live for `TTL_NS`; the same key with another request is
+are sealed: a reveal's under the revealed version's data key (destroyed with it), others under the
+master key. Records live for `TTL_NS`; the same key with another request is
 an `IdempotencyConflictError`. Commands that fail without appending anything store nothing: a retry
 simply runs again.
 """
@@ -14,7 +15,9 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import IdempotencyConflictError, LedgerError, ValidationError
+from ledger.commands import Revealed
+from ledger.crypto import DATA_KEY_PREFIX
+from ledger.errors import IdempotencyConflictError, LedgerError, NotFoundError, ValidationError
 from ledger.records import IdempotencyRow
 from ledger.writer import Command, Decision, WriteView
 
@@ -68,12 +71,12 @@ class Idempotent(msgspec.Struct, frozen=True, kw_only=True):
                 raise IdempotencyConflictError(
                     "this Idempotency-Key was used with a different request; use a new key"
                 )
-            raw = view.keyring.open_record(context, existing.kek_id, existing.sealed)
+            raw = await _open_answer(view, context, existing)
             stored = msgspec.msgpack.decode(raw, type=StoredAnswer)
             return Decision(events=[], result=Answer(answer=stored, replayed=True))
         decision = await self.inner.decide(view)
         answer = self.render(decision.result, decision.error)
-        kek_id, sealed = view.keyring.seal_record(context, msgspec.msgpack.encode(answer))
+        kek_id, sealed = await _seal_answer(view, context, decision.result, msgspec.msgpack.encode(answer))
         row = IdempotencyRow(scope=self.scope, key=self.key, fingerprint=self.fingerprint, kek_id=kek_id,
                              sealed=sealed, created_at=view.at)
         return Decision(
@@ -81,3 +84,23 @@ class Idempotent(msgspec.Struct, frozen=True, kw_only=True):
             drop_data_keys=decision.drop_data_keys, idempotency=[*decision.idempotency, row],
             result=Answer(answer=answer, replayed=False),
         )
+
+
+async def _seal_answer(view: WriteView, context: bytes, result: object, data: bytes) -> tuple[str, str]:
+    """A reveal's answer holds the value: it is sealed by the version's data key (its id stands in
+    the `kek_id` column), so that destroying the value destroys the stored answer too. Any other
+    answer is sealed by the master key."""
+    if isinstance(result, Revealed) and result.data_key_id:
+        row = await view.data_key(result.data_key_id)
+        if row is not None:
+            return row.id, view.opener(row).seal_record(context, data)
+    return view.keyring.seal_record(context, data)
+
+
+async def _open_answer(view: WriteView, context: bytes, row: IdempotencyRow) -> bytes:
+    if row.kek_id.startswith(DATA_KEY_PREFIX):
+        data_key = await view.data_key(row.kek_id)
+        if data_key is None:
+            raise NotFoundError("the revealed value was destroyed since: this reveal cannot be answered again")
+        return view.opener(data_key).open_record(context, row.sealed)
+    return view.keyring.open_record(context, row.kek_id, row.sealed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,19 @@ class SingleDecodeTransport(TestClientTransport):  # type: ignore[type-arg]
         scope: dict[str, Any] = super().parse_request(request)
         scope["path"] = unquote(request.url.raw_path.split(b"?", 1)[0].decode("ascii"))
         return scope
+
+
+class Clock:
+    """The server's clock: real time plus an offset the test moves forward (never back)."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self) -> int:
+        return time.time_ns() + self.offset
+
+    def advance(self, ns: int) -> None:
+        self.offset += ns
 
 
 def make_client(app: Litestar) -> TestClient[Litestar]:

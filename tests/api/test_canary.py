@@ -1,15 +1,19 @@
 """Invariant 4 through HTTP: a planted value appears only in reveal responses.
 
-Canary values ("CANARY-" + 32 hex digits) go in through every write path and through requests
-that are refused. Every response is recorded; only a 200 from `/reveal` may carry a canary. Logs
-(every logger at DEBUG), error texts and the database files (main file, -wal, -shm; plaintext,
-base64 and hex) must never carry one. Positive controls show that each place looked at would
-have shown a canary: the reveal responses, the stored reveal reason and a logged error.
+Canary values ("CANARY-" + 32 hex digits) go in through every write path (upsert, rollback,
+restore, reveal of an earlier version, expiry, purge, the org's recovery window) and through
+requests that are refused. Every response is recorded; only a 200 from `/reveal` may carry a canary,
+and once a value is destroyed (a purge, a zero-day window) not even that. Logs (every logger at
+DEBUG), error texts and the database files (main file, -wal, -shm; plaintext, base64 and hex) must
+never carry one, and what the master key still opens in the database never holds a destroyed one.
+Positive controls show that each place looked at would have shown a canary: the reveal responses,
+the stored reveal reason, a logged error and the values the master key opens.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -19,21 +23,26 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from api.app import create_app
 from api.settings import Settings
-from ledger.crypto import MasterKey
+from ledger.crypto import Keyring, MasterKey
+from ledger.idempotency import StoredAnswer
+from ledger.timefmt import rfc3339
 from tests.api.conftest import (
     ADMIN_HEADERS,
     ADMIN_TOKEN,
+    Clock,
     Key,
     assert_problem,
     create_key,
     create_org,
     make_client,
+    query,
     secret_path,
     stored_bytes,
 )
@@ -41,6 +50,7 @@ from tests.pg import PgDsn
 
 Client = TestClient[Litestar]
 MIB = 1024 * 1024
+HOUR = 3600 * 1_000_000_000
 
 
 def canary() -> str:
@@ -62,6 +72,30 @@ def encodings(text: str) -> list[bytes]:
 
 def database_bytes(db: Path | PgDsn) -> dict[str, bytes]:
     return stored_bytes(db)
+
+
+def openable_values(db: Path | PgDsn, keyring: Keyring) -> list[bytes]:
+    """Everything the master key still opens in the database: each sealed version whose data key is
+    left, and each stored idempotent answer (a reveal's answer holds its value)."""
+    rows = query(db, "SELECT id, kek_id, wrapped FROM data_keys")
+    keys = {key_id: (kek_id, wrapped) for key_id, kek_id, wrapped in rows}
+    opened = []
+    for stream, body, sealed in query(db, "SELECT stream, body, sealed FROM events WHERE sealed IS NOT NULL"):
+        event = json.loads(bytes(body))
+        if event["data_key_id"] in keys:
+            org = stream.removeprefix("secret:").split("/", 1)[0]
+            opener = keyring.opener(event["data_key_id"], *keys[event["data_key_id"]])
+            opened.append(opener.open(sealed, org, event["name"], event["version"]))
+    for scope, key, kek_id, sealed in query(db, "SELECT scope, key, kek_id, sealed FROM idempotency"):
+        context = f"{scope}\0{key}".encode()
+        if kek_id.startswith("dek_"):  # a reveal's answer, sealed by the revealed version's data key
+            if kek_id not in keys:
+                continue  # destroyed with the value: nothing can open it
+            raw = keyring.opener(kek_id, *keys[kek_id]).open_record(context, sealed)
+        else:
+            raw = keyring.open_record(context, kek_id, sealed)
+        opened.append(msgspec.msgpack.decode(raw, type=StoredAnswer).body)
+    return opened
 
 
 def assert_nowhere_in_files(db: Path | PgDsn, values: list[str]) -> None:
@@ -119,13 +153,17 @@ class Recorded:
 
 
 class Scenario:
-    def __init__(self, client: Client, db: Path | PgDsn) -> None:
+    def __init__(self, client: Client, db: Path | PgDsn, clock: Clock, keyring: Keyring) -> None:
         self.client = client
         self.db = db
+        self.clock = clock
+        self.keyring = keyring
         self.recorded = Recorded(client)
-        self.accepted: dict[str, str] = {}  # name -> canary value stored under it (last one)
+        self.accepted: dict[str, str] = {}  # name -> canary value stored under it (last one), revealable
         self.stored: list[str] = []  # every canary that was accepted into the ledger
         self.refused: list[str] = []  # every canary sent in a refused request
+        self.destroyed: dict[str, int] = {}  # canary -> index of the first response after it was destroyed
+        self.expired: list[str] = []  # names whose reveals answer 410 (still read as metadata)
         self.reason = "REASON-" + uuid.uuid4().hex  # stored on purpose, in plaintext: the positive control
         self.api_keys: list[str] = []  # shown once in their creation answer, stored only as SHA-256
 
@@ -161,6 +199,106 @@ class Scenario:
         response = self.client.request(method, path, json=json, content=content, headers=all_headers)
         body = assert_problem(response, status)
         assert value not in body["detail"]
+
+    def reveal(self, key: Key, name: str, body: dict[str, Any] | None = None,
+               headers: dict[str, str] | None = None) -> httpx.Response:
+        return self.client.post(secret_path(name, "/reveal"), json=body, headers={**key.headers, **(headers or {})})
+
+    def forget(self, name: str, values: list[str]) -> None:
+        """The name's values were destroyed: from now on no response at all may carry them."""
+        self.accepted.pop(name, None)
+        for value in values:
+            self.destroyed[value] = len(self.recorded.responses)
+
+    def run_lifecycle_writes(self, admin: Key, member: Key) -> None:
+        client = self.client
+        # Rollback: version 1's value is the current one again, as version 3 (If-Match, and an
+        # idempotency key replayed); then the member rolls back to 2 and the admin to 3 (version 1's
+        # value once more). No rollback answer carries a value; reveals of each version do.
+        self.upsert(admin, "rolled-back", expect=201)
+        first = self.accepted["rolled-back"]
+        self.upsert(admin, "rolled-back", expect=200)
+        second = self.accepted["rolled-back"]
+        for _ in range(2):
+            rolled = client.post(secret_path("rolled-back", "/rollback"), json={"version": 1},
+                                 headers={**admin.headers, "If-Match": '"2"', "Idempotency-Key": "idem-rollback"})
+            assert (rolled.status_code, rolled.json()["version"]) == (200, 3), rolled.text
+        rolled = client.post(secret_path("rolled-back", "/rollback"), json={"version": 2}, headers=member.headers)
+        assert (rolled.status_code, rolled.json()["version"]) == (200, 4), rolled.text
+        rolled = client.post(secret_path("rolled-back", "/rollback"), json={"version": 3}, headers=admin.headers)
+        assert (rolled.status_code, rolled.json()["version"]) == (200, 5), rolled.text
+        self.accepted["rolled-back"] = first
+        for version, value in ((1, first), (2, second), (3, first), (4, second)):
+            assert self.reveal(admin, "rolled-back", {"version": version}).json()["value"] == value
+        assert self.reveal(member, "rolled-back", {"version": 2, "reason": self.reason},
+                           {"Idempotency-Key": "idem-reveal-version"}).json()["value"] == second
+        # Restore: deleted (listed with ?deleted=true) and restored as it was, with an idempotency key
+        # replayed; then deleted and restored again by the member.
+        self.upsert(admin, "restored", expect=201, scope="agents")
+        self.upsert(admin, "restored", expect=200)
+        assert client.delete(secret_path("restored"), headers=admin.headers).status_code == 204
+        listed = client.get("/v1/secrets", params={"deleted": "true"}, headers=admin.headers)
+        assert "restored" in [s["name"] for s in listed.json()["secrets"]]
+        for _ in range(2):
+            restored = client.post(secret_path("restored", "/restore"),
+                                   headers={**admin.headers, "Idempotency-Key": "idem-restore"})
+            assert (restored.status_code, restored.json()["version"]) == (200, 3), restored.text
+        assert client.delete(secret_path("restored"), headers=member.headers).status_code == 204
+        assert client.post(secret_path("restored", "/restore"), headers=member.headers).status_code == 200
+        assert self.reveal(member, "restored").json()["value"] == self.accepted["restored"]
+        # Expiry: revealed before it expires; afterwards every reveal is a 410 without the value,
+        # also of version 1 and after a rollback (which keeps the expiry).
+        self.upsert(admin, "expiring", expect=201, expires_at=rfc3339(self.clock() + HOUR))
+        value = self.accepted.pop("expiring")
+        self.expired.append("expiring")
+        assert self.reveal(admin, "expiring").json()["value"] == value
+        self.clock.advance(2 * HOUR)
+        for body in (None, {"version": 1}, {"reason": self.reason}):
+            gone = self.reveal(admin, "expiring", body)
+            assert_problem(gone, 410, "expired")
+            assert value not in gone.text
+        rolled = client.post(secret_path("expiring", "/rollback"), json={"version": 1}, headers=admin.headers)
+        assert rolled.status_code in (200, 410), rolled.text
+        assert_problem(self.reveal(member, "expiring"), 410)
+        # Purge of a live secret (revealed first: the value was there), and of a deleted one.
+        self.upsert(admin, "purged", expect=201)
+        purged = [self.accepted["purged"]]
+        self.upsert(admin, "purged", expect=200)
+        purged.append(self.accepted["purged"])
+        assert self.reveal(admin, "purged").json()["value"] == purged[-1]
+        assert client.delete(secret_path("purged"), params={"purge": "true"}, headers=admin.headers).status_code == 204
+        self.forget("purged", purged)
+        self.upsert(admin, "deleted-then-purged", expect=201)
+        assert client.delete(secret_path("deleted-then-purged"), headers=admin.headers).status_code == 204
+        assert client.delete(secret_path("deleted-then-purged"), params={"purge": "true"},
+                             headers=admin.headers).status_code == 204
+        self.forget("deleted-then-purged", [self.stored[-1]])
+        # The org's recovery window: zero days (an idempotent change, replayed), so a delete destroys
+        # at once; then back to 30 days.
+        for _ in range(2):
+            changed = client.put("/v1/org/settings", json={"recovery_window_days": 0},
+                                 headers={**admin.headers, "Idempotency-Key": "idem-settings"})
+            assert changed.json() == {"org": admin.org, "recovery_window_days": 0}
+        self.upsert(admin, "zero-window", expect=201)
+        assert client.delete(secret_path("zero-window"), headers=admin.headers).status_code == 204
+        self.forget("zero-window", [self.stored[-1]])
+        changed = client.put("/v1/org/settings", json={"recovery_window_days": 30}, headers=admin.headers)
+        assert changed.json() == {"org": admin.org, "recovery_window_days": 30}
+        # Nothing brings a destroyed value back: reveals (also of a version), restore, a second purge,
+        # and a rollback or reveal of the old versions once the name holds a new value.
+        for name in ("purged", "deleted-then-purged", "zero-window"):
+            for response in (
+                self.reveal(admin, name),
+                self.reveal(admin, name, {"version": 1}),
+                client.post(secret_path(name, "/restore"), headers=admin.headers),
+                client.delete(secret_path(name), params={"purge": "true"}, headers=admin.headers),
+            ):
+                assert_problem(response, 404)
+        self.upsert(admin, "purged", expect=201)
+        assert_problem(client.post(secret_path("purged", "/rollback"), json={"version": 1}, headers=admin.headers), 404)
+        assert_problem(self.reveal(admin, "purged", {"version": 2}), 404)
+        found = client.get(secret_path("purged", "/versions"), headers=admin.headers).json()["versions"]
+        assert [(v["version"], v["value_exists"]) for v in found] == [(1, False), (2, False), (3, True)]
 
     def run_write_paths(self, admin: Key) -> None:
         client = self.client
@@ -201,10 +339,12 @@ class Scenario:
         self.upsert(admin, "recreated", expect=201)
         assert client.delete(secret_path("recreated"), headers=admin.headers).status_code == 204
         self.upsert(admin, "recreated", expect=201)
+        # Rollback, restore, expiry, purge and the org's recovery window.
+        self.run_lifecycle_writes(admin, member)
         # Every read path afterwards: every GET of the OpenAPI document (itself included), each
-        # export format, point-in-time reads, the audit, compliance and ledger routes.
+        # export format, point-in-time reads, the deleted list, the audit, compliance and ledger routes.
         client.get("/v1/secrets", params={"limit": 1}, headers=member.headers)
-        self.read_everything(admin, [name for name in self.accepted if name != "deleted"])
+        self.read_everything(admin, [name for name in self.accepted if name != "deleted"] + self.expired)
         # Every value that was stored last can be revealed: the positive control of the responses.
         for name, value in self.accepted.items():
             if name not in ("deleted",):
@@ -223,12 +363,16 @@ class Scenario:
                 queries = [{"format": f} for f in ("jsonl", "csv", "ocsf")]
             if "as_of" in names_in_query:
                 queries.append({"as_of": now})
-            for query in queries:
+            if "deleted" in names_in_query:
+                queries.append({"deleted": "true"})
+            for asked in queries:
                 for name in names if "{name}" in path else [""]:
                     extra = {"secret": name or names[0], "version": 1, "days": 0} if "/compliance/" in path else {}
-                    params = {k: v for k, v in {**query, **extra}.items() if k in names_in_query}
+                    params = {k: v for k, v in {**asked, **extra}.items() if k in names_in_query}
                     url = path.replace("{name}", quote(name, safe="")).replace("{key_id}", admin.key_id)
-                    response = self.client.get(url, params=params, headers=admin.headers)
+                    # The server's own routes (master key rotation) take the admin token, not an org's key.
+                    headers = ADMIN_HEADERS if path.startswith("/v1/admin/") else admin.headers
+                    response = self.client.get(url, params=params, headers=headers)
                     assert response.status_code == 200, (url, params, response.text)
 
     def run_refusals(self, admin: Key) -> None:
@@ -355,6 +499,47 @@ class Scenario:
             content=b'{"reason": "' + value.encode() + b'"}',
             value=value,
         )
+        # The new routes: a value next to a rollback's version, or as it; a stale If-Match that carries
+        # the canary; a body sent to restore (which takes none) and to a purge by a member key; a
+        # reveal of an unknown version; expiry times that are not times; bodies of the org's settings.
+        value = canary()
+        self.refuse(422, "POST", secret_path("existing", "/rollback"), key=admin, json={"version": 1, "value": value},
+                    value=value)
+        value = canary()
+        self.refuse(422, "POST", secret_path("existing", "/rollback"), key=admin, json={"version": value}, value=value)
+        value = canary()
+        self.refuse(422, "POST", secret_path("existing", "/rollback"), key=admin,
+                    content=b'{"version": 1, "value": "' + value.encode() + b'",}', value=value)
+        value = canary()
+        self.refuse(412, "POST", secret_path("existing", "/rollback"), key=admin, json={"version": 1},
+                    headers={"If-Match": f'"{value}"'}, value=value)
+        value = canary()
+        self.refuse(409, "POST", secret_path("existing", "/restore"), key=admin, json={"value": value}, value=value)
+        value = canary()
+        self.refuse(404, "POST", secret_path("absent", "/restore"), key=admin, json={"value": value}, value=value)
+        value = canary()
+        self.refuse(403, "DELETE", secret_path("existing") + "?purge=true", key=member,
+                    headers={"If-Match": f'"{value}"'}, value=value)
+        value = canary()
+        self.refuse(422, "POST", secret_path("existing", "/reveal"), key=admin, json={"version": value}, value=value)
+        value = canary()
+        self.refuse(404, "POST", secret_path("existing", "/reveal"), key=admin, json={"version": 99}, value=value,
+                    headers={"X-Note": value})
+        for expires_at in ("tomorrow", "2026-13-45T00:00:00Z", 12345, "1969-12-31T23:59:59Z", "2300-01-01T00:00:00Z"):
+            value = canary()
+            self.refuse(422, "POST", "/v1/secrets", key=admin,
+                        json={"name": "n", "value": value, "expires_at": expires_at}, value=value)
+        value = canary()
+        self.refuse(422, "PUT", "/v1/org/settings", key=admin, json={"recovery_window_days": 7, "value": value},
+                    value=value)
+        value = canary()
+        self.refuse(422, "PUT", "/v1/org/settings", key=admin, json={"recovery_window_days": value}, value=value)
+        value = canary()
+        self.refuse(422, "PUT", "/v1/org/settings", key=admin,
+                    content=b'{"recovery_window_days": "' + value.encode() + b'"', value=value)
+        value = canary()
+        self.refuse(403, "PUT", "/v1/org/settings", key=member, json={"recovery_window_days": 1},
+                    headers={"X-Note": value}, value=value)
         # 503: the append fails; the value was sealed but never committed.
         value = canary()
         client.app.state.ledger.recorder.fail_next_commits = 1
@@ -366,12 +551,27 @@ class Scenario:
         # The value is still there, and revealed once the store works again.
         again = client.post(secret_path("existing", "/reveal"), headers=admin.headers)
         assert again.json()["value"] == self.accepted["existing"]
+        # A rollback and a restore whose append fails: the value was opened and sealed again, but the
+        # answer carries none, and nothing changed.
+        client.app.state.ledger.recorder.fail_next_commits = 1
+        failed = client.post(secret_path("existing", "/rollback"), json={"version": 1}, headers=admin.headers)
+        assert_problem(failed, 503)
+        self.upsert(admin, "to-restore", expect=201)
+        assert client.delete(secret_path("to-restore"), headers=admin.headers).status_code == 204
+        client.app.state.ledger.recorder.fail_next_commits = 1
+        assert_problem(client.post(secret_path("to-restore", "/restore"), headers=admin.headers), 503)
+        assert client.get(secret_path("existing"), headers=admin.headers).json()["version"] == 1
+        assert client.post(secret_path("to-restore", "/restore"), headers=admin.headers).status_code == 200
+        again = client.post(secret_path("to-restore", "/reveal"), headers=admin.headers)
+        assert again.json()["value"] == self.accepted["to-restore"]
 
     def check_responses(self) -> None:
         every = self.stored + self.refused
         reveal_answers = 0
-        for response in self.recorded.responses:
+        for index, response in enumerate(self.recorded.responses):
             text = self.recorded.text_of(response)
+            back = [value for value, since in self.destroyed.items() if index >= since and value in text]
+            assert not back, f"a destroyed value came back: {response.request.url.path} -> {text[:300]}"
             if self.recorded.is_reveal_answer(response):
                 reveal_answers += 1
                 assert any(value in text for value in self.stored), "a reveal answer without its value"
@@ -407,9 +607,22 @@ def test_the_file_scan_finds_every_encoding_at_every_offset(offset: int) -> None
 
 
 @pytest.fixture
-def scenario(client: Client, db_file: Path | PgDsn, caplog: pytest.LogCaptureFixture) -> Iterator[Scenario]:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def app(settings: Settings, clock: Clock) -> Litestar:
+    """The app on the test's clock (expiry is reached by moving it forward)."""
+    return create_app(settings, clock=clock)
+
+
+@pytest.fixture
+def scenario(
+    client: Client, db_file: Path | PgDsn, clock: Clock, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> Iterator[Scenario]:
     with every_logger_at_debug(caplog.handler):
-        yield Scenario(client, db_file)
+        yield Scenario(client, db_file, clock, Keyring(settings.master_key, settings.previous_master_keys))
 
 
 def test_canaries_from_every_write_path_appear_only_in_reveal_answers(
@@ -417,24 +630,54 @@ def test_canaries_from_every_write_path_appear_only_in_reveal_answers(
 ) -> None:
     admin = create_org(scenario.client, "canary-org")
     scenario.run_write_paths(admin)
-    assert len(scenario.stored) >= 10
+    assert len(scenario.stored) >= 10 and len(scenario.destroyed) >= 4
     scenario.check_responses()
     scenario.check_logs(caplog)
     assert_nowhere_in_files(scenario.db, scenario.stored + scenario.api_keys)
     # Positive control: the files are read as they are, WAL included; the reason is stored in plaintext.
     files = b"".join(database_bytes(scenario.db).values())
     assert scenario.reason.encode() in files
+    # With the master key and the whole database, no destroyed value opens any more; every current
+    # value does (positive control), as does an idempotent reveal's stored answer.
+    opened = b"\n".join(openable_values(scenario.db, scenario.keyring))
+    assert [value for value in scenario.destroyed if value.encode() in opened] == []
+    assert all(value.encode() in opened for value in scenario.accepted.values())
+    assert opened.count(b'"value":"CANARY-') >= 2  # the idempotent reveals' answers
 
 
 def test_canaries_in_refused_requests_appear_nowhere(scenario: Scenario, caplog: pytest.LogCaptureFixture) -> None:
     admin = create_org(scenario.client, "canary-org")
     scenario.run_refusals(admin)
-    assert len(scenario.refused) >= 15
+    assert len(scenario.refused) >= 30
     scenario.check_responses()
     scenario.check_logs(caplog)
     # Positive control: the failed commits were logged, so errors do reach the capture.
     assert any(record.name.startswith("keyledger") and record.levelno >= logging.ERROR for record in caplog.records)
     assert_nowhere_in_files(scenario.db, scenario.stored + scenario.refused + scenario.api_keys)
+
+
+# Found by this suite: an idempotent reveal's stored answer (the value itself) once outlived the
+# destruction of its value, sealed under the master key. It is now sealed by the version's data key.
+@pytest.mark.parametrize("how", ["purge", "zero-day window"])
+def test_a_destroyed_value_is_not_replayed_from_an_idempotent_reveal(scenario: Scenario, how: str) -> None:
+    client = scenario.client
+    admin = create_org(client, "canary-org")
+    if how == "zero-day window":
+        changed = client.put("/v1/org/settings", json={"recovery_window_days": 0}, headers=admin.headers)
+        assert changed.status_code == 200
+    scenario.upsert(admin, "destroyed", expect=201)
+    value = scenario.accepted["destroyed"]
+    retry = {"Idempotency-Key": "reveal-before-destruction"}
+    assert scenario.reveal(admin, "destroyed", headers=retry).json()["value"] == value
+    params = {"purge": "true"} if how == "purge" else {}
+    assert client.delete(secret_path("destroyed"), params=params, headers=admin.headers).status_code == 204
+    scenario.forget("destroyed", [value])
+    assert_problem(scenario.reveal(admin, "destroyed"), 404)
+    replayed = scenario.reveal(admin, "destroyed", headers=retry)
+    assert value not in replayed.text, (replayed.status_code, dict(replayed.headers), replayed.text)
+    assert_problem(replayed, 404, "destroyed")
+    assert value.encode() not in b"\n".join(openable_values(scenario.db, scenario.keyring))
+    scenario.check_responses()
 
 
 def test_no_canary_in_the_database_files_after_shutdown(tmp_path: Path) -> None:
@@ -453,5 +696,11 @@ def test_no_canary_in_the_database_files_after_shutdown(tmp_path: Path) -> None:
                 secret_path(f"s{i}", "/reveal"), headers={**admin.headers, "Idempotency-Key": f"r{i}"}
             )
             assert revealed.json()["value"] == values[15 + i]
+        # A rollback, a delete and restore, and a purge write values (sealed again) and destroy them.
+        rolled = client.post(secret_path("s0", "/rollback"), json={"version": 1}, headers=admin.headers)
+        assert rolled.status_code == 200
+        assert client.delete(secret_path("s1"), headers=admin.headers).status_code == 204
+        assert client.post(secret_path("s1", "/restore"), headers=admin.headers).status_code == 200
+        assert client.delete(secret_path("s2"), params={"purge": "true"}, headers=admin.headers).status_code == 204
         assert client.post("/v1/admin/orgs", json={"org": "other"}, headers=ADMIN_HEADERS).status_code == 201
     assert_nowhere_in_files(db, values)

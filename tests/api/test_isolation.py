@@ -1,8 +1,10 @@
 """Invariant 9, org isolation: a name of another org answers exactly like a missing one.
 
-Two worlds are built the same way (orgs `acme` and `globex`); only in the first does `acme` hold
-the secret `target`. `globex` asks both worlds the same questions and must get the same answers:
-same status, same headers and the same body, apart from the request id.
+Worlds are built the same way (orgs `acme` and `globex`); only in some does `acme` hold the secret
+`target` (live, or deleted and still restorable) and the expired secret `lapsed`. `globex` asks every
+world the same questions and must get the same answers: same status, same headers and the same body,
+apart from the request id. Its attempts to change acme's names (rollback, restore, purge, reveal of a
+version) are refused like those of missing names, and leave acme's secrets as they were.
 """
 
 from __future__ import annotations
@@ -48,15 +50,23 @@ class World:
         self.globex = globex
 
 
+# acme's `target` expires long after these tests (so /v1/compliance/expiring lists it for acme);
+# its `lapsed` expired long ago (so acme's reveals of it answer 410).
+FAR_EXPIRY = "2099-01-01T00:00:00.000000Z"  # as the API prints it
+PAST_EXPIRY = "2001-01-01T00:00:00Z"
+
+
 def open_world(db: Path | PgDsn, *, with_target: bool, deleted: bool = False) -> Generator[World, None, None]:
     app = create_app(Settings(db=db, master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN))
     with make_client(app) as client:
         acme = create_org(client, "acme")
         globex = create_org(client, "globex")
         if with_target:
-            upsert(client, acme, "target", "acme-only-value", scope="tools", category="provider", expect=201)
+            upsert(client, acme, "target", "acme-only-value", scope="tools", category="provider",
+                   expires_at=FAR_EXPIRY, expect=201)
             upsert(client, acme, "target", "acme-only-value-2", expect=200)
             assert client.post(secret_path("target", "/reveal"), headers=acme.headers).status_code == 200
+            upsert(client, acme, "lapsed", "acme-only-value-lapsed", expires_at=PAST_EXPIRY, expect=201)
             if deleted:
                 assert client.delete(secret_path("target"), headers=acme.headers).status_code == 204
         yield World(client, db, acme, globex)
@@ -68,11 +78,17 @@ def foreign(db_file: Path | PgDsn) -> Iterator[World]:
     yield from open_world(db_file, with_target=True)
 
 
+@pytest.fixture
+def foreign_deleted(db_file: Path | PgDsn) -> Iterator[World]:
+    """`acme` held `target` (version 2) and deleted it: restorable for its 30-day window."""
+    yield from open_world(db_file, with_target=True, deleted=True)
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def three_worlds(request: pytest.FixtureRequest,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, World, World]]:
-    """Foreign, foreign-deleted and missing worlds, shared by the read-only questions (each asserts
-    that it changed nothing), on each backend."""
+    """Foreign, foreign-deleted and missing worlds, shared by the read-only questions and the refused
+    changes (each asserts that it changed nothing), on each backend."""
     with contextlib.ExitStack() as stack:
         if request.param == "sqlite":
             folder = tmp_path_factory.mktemp("worlds")
@@ -130,6 +146,16 @@ QUESTIONS: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
     ("GET", "/v1/compliance/reveal-counts", None, {}),
     ("GET", "/v1/compliance/denied-reveals", None, {}),
     ("GET", "/v1/compliance/revoked-key-reveals", None, {}),
+    ("GET", secret_path("target", "/versions"), None, {}),
+    ("GET", secret_path("lapsed"), None, {}),
+    ("GET", secret_path("lapsed", "/versions"), None, {}),
+    ("GET", "/v1/secrets", None, {"deleted": "true"}),
+    ("GET", "/v1/secrets", None, {"deleted": "true", "limit": "1"}),
+    ("GET", "/v1/secrets", None, {"deleted": "true", "cursor": base64.urlsafe_b64encode(b"a").decode().rstrip("=")}),
+    ("GET", "/v1/org/settings", None, {}),
+    ("GET", "/v1/compliance/expiring", None, {}),
+    ("GET", "/v1/compliance/expiring", None, {"days": "36500"}),
+    ("GET", "/v1/compliance/exposure", None, {"secret": "lapsed", "version": "1"}),
 ]
 # Parts of an answer that differ between two worlds built alike (ids, times, positions, hashes).
 VOLATILE = {"seq", "time", "at", "key_id", "actor", "request_id", "prev_hash", "hash", "next_cursor", "created_at",
@@ -177,6 +203,117 @@ def test_a_foreign_name_answers_exactly_like_a_missing_one(
     assert answers[0] == answers[1] == answers[2]
     # acme's secret is untouched.
     assert foreign.client.get(secret_path("target"), headers=foreign.acme.headers).json()["version"] == 2
+
+
+def test_acme_itself_sees_what_globex_asks_about(three_worlds: tuple[World, World, World]) -> None:
+    """Positive control of the new questions: asked with acme's key, they show acme's secrets."""
+    foreign, foreign_deleted, _ = three_worlds
+    client, acme = foreign.client, foreign.acme
+    found = client.get(secret_path("target", "/versions"), headers=acme.headers)
+    assert [(v["version"], v["how"], v["value_exists"]) for v in found.json()["versions"]] == [
+        (1, "create", True), (2, "update", True)]
+    expiring = client.get("/v1/compliance/expiring", params={"days": "36500"}, headers=acme.headers).json()
+    assert [s["name"] for s in expiring["secrets"]] == ["lapsed", "target"]
+    assert client.get("/v1/org/settings", headers=acme.headers).json() == {"org": "acme", "recovery_window_days": 30}
+    deleted = foreign_deleted.client.get("/v1/secrets", params={"deleted": "true"},
+                                         headers=foreign_deleted.acme.headers)
+    assert [(s["name"], s["version"]) for s in deleted.json()["secrets"]] == [("target", 2)]
+
+
+# Requests that would change acme's secret if they reached it: globex's are refused (no event).
+WRITES: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
+    ("POST", secret_path("target", "/rollback"), {"version": 1}, {}),
+    ("POST", secret_path("target", "/rollback"), {"version": 3}, {}),
+    ("POST", secret_path("target", "/rollback"), {"version": 1}, {"If-Match": '"2"'}),
+    ("POST", secret_path("target", "/rollback"), {"version": 1}, {"If-Match": "*"}),
+    ("POST", secret_path("target", "/rollback"), {"version": 1}, {"Idempotency-Key": "globex-rollback"}),
+    ("POST", secret_path("target", "/restore"), None, {}),
+    ("POST", secret_path("target", "/restore"), None, {"Idempotency-Key": "globex-restore"}),
+    ("DELETE", secret_path("target"), None, {"purge": "true"}),
+    ("DELETE", secret_path("target"), None, {"purge": "true", "If-Match": '"2"'}),
+    ("POST", secret_path("target", "/reveal"), {"version": 1}, {}),
+    ("POST", secret_path("target", "/reveal"), {"version": 2, "reason": "curious"}, {}),
+    ("POST", secret_path("target", "/reveal"), {"version": 3}, {}),
+    ("POST", secret_path("lapsed", "/reveal"), None, {}),
+    ("POST", secret_path("lapsed", "/reveal"), {"version": 1}, {}),
+    ("POST", secret_path("lapsed", "/rollback"), {"version": 1}, {}),
+    ("POST", secret_path("lapsed", "/restore"), None, {}),
+    ("DELETE", secret_path("lapsed"), None, {"purge": "true"}),
+]
+
+
+def acme_holdings(world: World) -> tuple[Any, ...]:
+    """What acme holds, seen by acme: its secrets' versions (whether each value exists) and its deleted
+    list (with the destruction time)."""
+    headers = world.acme.headers
+    return (
+        [comparable(world.client.get(secret_path(name, "/versions"), headers=headers))
+         for name in ("target", "lapsed")],
+        comparable(world.client.get("/v1/secrets", params={"deleted": "true"}, headers=headers)),
+    )
+
+
+def send(world: World, key: Key, method: str, path: str, body: dict[str, Any] | None,
+         extra: dict[str, str]) -> httpx.Response:
+    headers = {k: v for k, v in extra.items() if k[0].isupper()}
+    params = {k: v for k, v in extra.items() if not k[0].isupper()}
+    return world.client.request(method, path, json=body, params=params, headers={**key.headers, **headers})
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "extra"), WRITES, ids=[f"{m} {p} {b} {h}" for m, p, b, h in WRITES]
+)
+def test_a_change_to_a_foreign_name_is_refused_exactly_like_one_to_a_missing_name(
+    three_worlds: tuple[World, World, World],
+    method: str, path: str, body: dict[str, Any] | None, extra: dict[str, str],
+) -> None:
+    foreign, foreign_deleted, missing = three_worlds
+    answers = []
+    for world in (foreign, foreign_deleted, missing):
+        held = acme_holdings(world)
+        before = max_seq(world.db)
+        response = send(world, world.globex, method, path, body, extra)
+        assert response.status_code in (404, 412), response.text
+        assert max_seq(world.db) == before, "a refused change appended an event"
+        assert acme_holdings(world) == held, "acme's secret changed"
+        assert "acme-only-value" not in response.text and "acme" not in response.text
+        answers.append(comparable(response))
+    assert answers[0] == answers[1] == answers[2]
+    # acme's values are untouched: both versions of target still open, and lapsed is still expired.
+    client, acme = foreign.client, foreign.acme
+    for version, value in ((1, "acme-only-value"), (2, "acme-only-value-2")):
+        revealed = client.post(secret_path("target", "/reveal"), json={"version": version}, headers=acme.headers)
+        assert revealed.json() == {"name": "target", "value": value, "version": version}
+    assert client.post(secret_path("lapsed", "/reveal"), headers=acme.headers).status_code == 410
+
+
+def test_acme_restores_its_deleted_secret_after_another_orgs_changes(foreign_deleted: World) -> None:
+    client, acme, globex = foreign_deleted.client, foreign_deleted.acme, foreign_deleted.globex
+    listed = client.get("/v1/secrets", params={"deleted": "true"}, headers=acme.headers).json()["secrets"]
+    for method, path, body, extra in WRITES:
+        assert send(foreign_deleted, globex, method, path, body, extra).status_code in (404, 412)
+    # globex's own secrets of the same names: one purged, then a zero-day window and a delete that
+    # destroys the other at once. None of it reaches acme's secrets, window or deleted list.
+    upsert(client, globex, "target", "globex-value", expect=201)
+    assert client.delete(secret_path("target"), params={"purge": "true"}, headers=globex.headers).status_code == 204
+    changed = client.put("/v1/org/settings", json={"recovery_window_days": 0}, headers=globex.headers)
+    assert changed.json() == {"org": "globex", "recovery_window_days": 0}
+    upsert(client, globex, "lapsed", "globex-value", expect=201)
+    assert client.delete(secret_path("lapsed"), headers=globex.headers).status_code == 204
+    assert client.get("/v1/org/settings", headers=acme.headers).json() == {"org": "acme", "recovery_window_days": 30}
+    assert client.get("/v1/secrets", params={"deleted": "true"}, headers=acme.headers).json()["secrets"] == listed
+    restored = client.post(secret_path("target", "/restore"), headers=acme.headers)
+    assert restored.status_code == 200, restored.text
+    assert (restored.json()["version"], restored.json()["expires_at"]) == (3, FAR_EXPIRY)
+    for version, value in ((None, "acme-only-value-2"), (1, "acme-only-value"), (2, "acme-only-value-2")):
+        revealed = client.post(secret_path("target", "/reveal"), json={"version": version}, headers=acme.headers)
+        assert revealed.json()["value"] == value, revealed.text
+    found = client.get(secret_path("target", "/versions"), headers=acme.headers).json()["versions"]
+    assert [(v["version"], v["how"], v["from_version"], v["value_exists"]) for v in found] == [
+        (1, "create", None, True), (2, "update", None, True), (3, "restore", 2, True)]
+    lapsed = client.get(secret_path("lapsed", "/versions"), headers=acme.headers).json()["versions"]
+    assert [(v["version"], v["value_exists"]) for v in lapsed] == [(1, True)]
+    assert client.post(secret_path("lapsed", "/reveal"), headers=acme.headers).status_code == 410
 
 
 def test_an_upsert_of_a_foreign_name_creates_the_orgs_own_secret(foreign: World, missing: World) -> None:
@@ -250,7 +387,7 @@ def test_another_orgs_key_never_lists_its_secrets(foreign: World) -> None:
             assert {s["name"] for s in page.json()["secrets"]} <= {"b1", "m-globex"}
     # ...and acme sees only its own.
     acme_names = [s["name"] for s in client.get("/v1/secrets", headers=acme.headers).json()["secrets"]]
-    assert acme_names == ["a1", "a2", "m-acme", "target", "z-acme"]
+    assert acme_names == ["a1", "a2", "lapsed", "m-acme", "target", "z-acme"]
 
 
 def test_another_orgs_key_never_lists_its_keys(foreign: World) -> None:
@@ -277,6 +414,20 @@ def every_operation(client: Client) -> list[tuple[str, str]]:
             if path.startswith("/v1/") and path != "/v1/ledger/public-key"]
 
 
+# Routes the enumeration must include (it reads the OpenAPI document: a route missing from it would
+# silently escape the check), and query parameters that take a route down another branch.
+LIFECYCLE_OPERATIONS = {
+    ("GET", "/v1/secrets/{name}/versions"), ("POST", "/v1/secrets/{name}/rollback"),
+    ("POST", "/v1/secrets/{name}/restore"), ("DELETE", "/v1/secrets/{name}"), ("GET", "/v1/org/settings"),
+    ("PUT", "/v1/org/settings"), ("GET", "/v1/compliance/expiring"),
+}
+QUERY_VARIANTS = {
+    ("DELETE", "/v1/secrets/{name}"): {"purge": "true"},
+    ("GET", "/v1/secrets"): {"deleted": "true"},
+    ("GET", "/v1/compliance/expiring"): {"days": "0"},
+}
+
+
 def test_revoked_and_malformed_credentials_are_401_on_every_route_and_method(foreign: World) -> None:
     client = foreign.client
     revoked = create_key(client, foreign.acme, role="admin")
@@ -284,16 +435,19 @@ def test_revoked_and_malformed_credentials_are_401_on_every_route_and_method(for
     before = max_seq(foreign.db)
     operations = every_operation(client)
     assert len(operations) >= 20
+    assert set(operations) >= LIFECYCLE_OPERATIONS
     credentials = [*MALFORMED, f"Bearer {revoked.api_key}", f"Bearer {foreign.acme.api_key}x"]
-    bodies: list[Any] = [None, {"name": "target", "value": "v"}, {"org": "x"}, "not json", {"name": 5}]
+    bodies: list[Any] = [None, {"name": "target", "value": "v"}, {"org": "x"}, "not json", {"name": 5},
+                         {"version": 1}, {"recovery_window_days": 0}]
     for method, path in operations:
         url = path.replace("{name}", "target").replace("{key_id}", foreign.acme.key_id)
         for i, credential in enumerate(credentials):
             headers = {} if credential is None else {"Authorization": credential.encode("utf-8")}
             body = bodies[i % len(bodies)] if method in ("POST", "PUT") else None
-            response = client.request(method, url, headers=headers, **(
+            params = QUERY_VARIANTS.get((method, path), {}) if i % 2 else {}
+            response = client.request(method, url, headers=headers, params=params, **(
                 {"content": body} if isinstance(body, str) else {"json": body}))
-            assert response.status_code == 401, (method, url, credential, response.text)
+            assert response.status_code == 401, (method, url, params, credential, response.text)
             assert response.headers["content-type"].startswith("application/problem+json")
             assert response.headers["www-authenticate"].startswith("Bearer")
     assert max_seq(foreign.db) == before

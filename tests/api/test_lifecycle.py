@@ -17,6 +17,7 @@ from api.settings import Settings
 from ledger.crypto import Keyring
 from ledger.errors import CryptoError
 from tests.api.conftest import (
+    Clock,
     Key,
     assert_problem,
     audit_after,
@@ -32,19 +33,6 @@ from tests.api.conftest import (
 from tests.pg import PgDsn
 
 DAY = 86_400 * 1_000_000_000
-
-
-class Clock:
-    """The server's clock: real time plus an offset the test moves forward (never back)."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-
-    def __call__(self) -> int:
-        return time.time_ns() + self.offset
-
-    def advance(self, ns: int) -> None:
-        self.offset += ns
 
 
 @pytest.fixture
