@@ -67,7 +67,7 @@ class SecretMetadata(msgspec.Struct, kw_only=True):
     updated_at: str
     created_by: str
     updated_by: str
-    expires_at: str | None = None
+    expires_at: str | msgspec.UnsetType = msgspec.UNSET  # present only when the secret has an expiry
     # Only in `GET /v1/secrets?deleted=true`: when it was deleted, and when it will be destroyed
     # unless restored first (null: kept until purged).
     deleted_at: str | msgspec.UnsetType = msgspec.UNSET

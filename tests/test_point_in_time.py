@@ -55,8 +55,13 @@ def test_as_of_every_seq_and_every_time_matches_the_model(history: list[Any], ch
         head = records[-1].seq
         assert snapshots[-1].seq == head
         times = sorted({r.at for r in records})
+        # Between two events of one command (a purge deletes and destroys) no command has ended.
+        ends = sorted({s.seq for s in snapshots})
+        inside = {seq for a, b in itertools.pairwise(ends) for seq in range(a + 1, b)}
         for org in ORGS:
             for seq in range(head + 2):  # every point, and one past the head
+                if seq in inside:
+                    continue
                 want = state_at_seq(snapshots, seq).secrets[org]
                 got = await secrets_as_of(recorder, org, lambda s, _, seq=seq: s <= seq, chunk)
                 assert got == want, (org, "seq", seq)

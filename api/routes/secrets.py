@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
-from msgspec import UnsetType
+from msgspec import UNSET, UnsetType
 
 from api.auth import Principal, principal_of, require_api_key
 from api.idempotent import json_answer, run_command
@@ -47,7 +47,7 @@ AsOfParam = Annotated[
 
 def metadata_of(meta: SecretMeta) -> SecretMetadata:
     return SecretMetadata(
-        expires_at=None if meta.expires_at is None else rfc3339(meta.expires_at),
+        expires_at=UNSET if meta.expires_at is None else rfc3339(meta.expires_at),
         name=meta.name,
         scope=meta.scope,  # type: ignore[arg-type]
         category=meta.category,  # type: ignore[arg-type]
@@ -353,5 +353,5 @@ def _metadata_from_outcome(outcome: UpsertOutcome) -> SecretMetadata:
         updated_at=rfc3339(event.at),
         created_by=outcome.created_by,
         updated_by=event.actor.key_id,
-        expires_at=None if isinstance(event.expires_at, UnsetType) else rfc3339(event.expires_at),
+        expires_at=UNSET if isinstance(event.expires_at, UnsetType) else rfc3339(event.expires_at),
     )
