@@ -33,6 +33,10 @@ Action = Literal[
     "secret.reveal_denied",
     "master_key.rotated",
     "secret.version_destroyed",
+    "secret.rolled_back",
+    "secret.restored",
+    "secret.destroyed",
+    "org.settings_changed",
 ]
 Outcome = Literal["ok", "granted", "denied"]
 MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv", "ocsf": "application/x-ndjson"}

@@ -333,3 +333,55 @@ def test_an_expired_secret_answers_410_and_records_a_denied_reveal(
     upsert(client, acme, "db", "renewed", expect=200, expires_at=None)
     assert reveal(client, acme, "db").json()["value"] == "renewed"
     assert_problem(upsert(client, acme, "db", "x", expires_at="tomorrow"), 422)
+
+
+# -- the record ------------------------------------------------------------------------------------
+
+
+def test_every_event_type_can_be_asked_for_in_the_audit_view() -> None:
+    from typing import get_args
+
+    from api.routes.audit import Action
+    from ledger.events import EVENT_TYPES
+
+    assert set(get_args(Action)) == {str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
+
+
+def test_every_lifecycle_action_is_in_the_audit_view_and_every_export(
+    client: TestClient[Litestar], acme: Key, clock: Clock
+) -> None:
+    import json
+
+    from ledger.timefmt import rfc3339
+
+    upsert(client, acme, "db", "one", expect=201)
+    upsert(client, acme, "db", "two", expect=200, expires_at=rfc3339(clock() + DAY))
+    client.post(secret_path("db", "/rollback"), json={"version": 1}, headers=acme.headers)
+    client.delete(secret_path("db"), headers=acme.headers)
+    client.post(secret_path("db", "/restore"), headers=acme.headers)
+    client.put("/v1/org/settings", json={"recovery_window_days": 3}, headers=acme.headers)
+    clock.advance(2 * DAY)
+    reveal(client, acme, "db")  # expired: denied
+    client.delete(secret_path("db"), params={"purge": "true"}, headers=acme.headers)
+    expected = {
+        "secret.rolled_back": ("db", 3, "ok"), "secret.restored": ("db", 4, "ok"),
+        "org.settings_changed": (None, None, "ok"), "secret.reveal_denied": ("db", 4, "denied"),
+        "secret.destroyed": ("db", None, "ok"),
+    }
+    for action, (secret, version, outcome) in expected.items():
+        answer = client.get("/v1/audit", params={"action": action}, headers=acme.headers)
+        assert answer.status_code == 200, answer.text
+        (event,) = answer.json()["events"]
+        assert (event["secret"], event["version"], event["outcome"]) == (secret, version, outcome), action
+    destroyed = client.get("/v1/audit", params={"action": "secret.destroyed"}, headers=acme.headers).json()
+    assert destroyed["events"][0]["detail"] == "purge: versions 1, 2, 3, 4"
+    lines = client.get("/v1/audit/export", params={"format": "jsonl"}, headers=acme.headers).text.splitlines()
+    assert {json.loads(line)["type"] for line in lines} >= set(expected)
+    csv_text = client.get("/v1/audit/export", params={"format": "csv"}, headers=acme.headers).text
+    assert all(action in csv_text for action in expected)
+    ocsf = [json.loads(line) for line in
+            client.get("/v1/audit/export", params={"format": "ocsf"}, headers=acme.headers).text.splitlines()]
+    operations = {e["unmapped"]["keyledger_type"]: e.get("api", {}).get("operation") for e in ocsf}
+    assert operations["secret.rolled_back"] == "RollbackSecret" and operations["secret.restored"] == "RestoreSecret"
+    assert operations["secret.destroyed"] == "DestroySecret"
+    assert operations["org.settings_changed"] == "ChangeOrgSettings"
