@@ -99,7 +99,8 @@ async def _seal_answer(view: WriteView, context: bytes, result: object, data: by
 
 async def _open_answer(view: WriteView, context: bytes, row: IdempotencyRow) -> bytes:
     if row.kek_id.startswith(DATA_KEY_PREFIX):
-        data_key = await view.data_key(row.kek_id)
+        # From the store, not the writer's cache: another process may have destroyed the key.
+        data_key = await view.recorder.get_data_key(row.kek_id)
         if data_key is None:
             raise NotFoundError("the revealed value was destroyed since: this reveal cannot be answered again")
         return view.opener(data_key).open_record(context, row.sealed)

@@ -103,6 +103,40 @@ async def test_two_writers_lose_no_update_and_never_decide_on_stale_state(dsn: s
         await two.stop()
 
 
+@needs_postgres
+async def test_a_purge_by_one_writer_ends_what_the_other_can_reveal_or_replay(dsn: str) -> None:
+    from ledger.idempotency import StoredAnswer
+
+    keyring = Keyring(MasterKey.generate()[0])
+    one, two = ledger_on(dsn, keyring), ledger_on(dsn, keyring)
+    await one.start()
+    await two.start()
+    try:
+        ctx = as_key((await one.create_org(ADMIN, "acme")).key_id)
+        await one.upsert_secret(ctx, "acme", "db", b"v1")
+        await one.upsert_secret(ctx, "acme", "db", b"v2")
+
+        def render(revealed: object, error: object) -> StoredAnswer:
+            return StoredAnswer(status=200, body=getattr(revealed, "value", b""))
+
+        def idempotent_reveal() -> object:
+            command = one.reveal_secret_command(ctx, "acme", "db", version=1)
+            return one.submit_idempotent(command, "acme/k", "retry-1", "fp", render)
+
+        first = await idempotent_reveal()
+        assert first.answer.body == b"v1"  # type: ignore[attr-defined]
+        assert (await one.reveal_secret(ctx, "acme", "db", version=1)).value == b"v1"  # both keys cached by one
+        await two.delete_secret(ctx, "acme", "db", purge=True)
+        for version in (1, 2):
+            with pytest.raises(NotFoundError):
+                await one.reveal_secret(ctx, "acme", "db", version=version)
+        with pytest.raises(NotFoundError, match="destroyed"):
+            await idempotent_reveal()  # its stored answer died with the data key
+    finally:
+        await one.stop()
+        await two.stop()
+
+
 # -- a tailing reader ---------------------------------------------------------------------------
 
 
