@@ -267,6 +267,8 @@ class SecretsController(Controller):
         purge: Annotated[bool, QueryParameter(
             description="Admin keys only: destroy every version's value now (also of a deleted secret)")] = False,
     ) -> None:
+        if purge:
+            principal.require_admin()  # a refusal of the caller comes before any precondition (RFC 9110 13.2.1)
         expected = await _expected_version(projections, principal, name, if_match)
         await ledger.delete_secret(principal.ctx, principal.org, name, if_match=expected, purge=purge)
 
