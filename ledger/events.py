@@ -103,8 +103,8 @@ class SecretDeleted(Event, frozen=True, kw_only=True, tag="secret.deleted"):
     destroy_at: int | UnsetType = UNSET
 
 
-class SecretRolledBack(Event, frozen=True, kw_only=True, tag="secret.rolled_back"):
-    """A new version holding an earlier version's value (sealed again under a new data key)."""
+class _VersionCopied(Event, frozen=True, kw_only=True):
+    """A new version holding an earlier version's value, sealed again under a new data key."""
 
     name: str
     version: int
@@ -117,18 +117,12 @@ class SecretRolledBack(Event, frozen=True, kw_only=True, tag="secret.rolled_back
     expires_at: int | UnsetType = UNSET
 
 
-class SecretRestored(Event, frozen=True, kw_only=True, tag="secret.restored"):
-    """A deleted secret back as it was: a new version holding the value current at the delete."""
+class SecretRolledBack(_VersionCopied, frozen=True, kw_only=True, tag="secret.rolled_back"):
+    """A rollback: the value of `from_version`, as the next version."""
 
-    name: str
-    version: int
-    from_version: int
-    scope: Scope
-    category: Category
-    description: str = ""
-    data_key_id: str
-    sealed_sha256: str
-    expires_at: int | UnsetType = UNSET
+
+class SecretRestored(_VersionCopied, frozen=True, kw_only=True, tag="secret.restored"):
+    """A deleted secret back as it was: the value current at the delete, as the next version."""
 
 
 class SecretDestroyed(Event, frozen=True, kw_only=True, tag="secret.destroyed"):

@@ -817,24 +817,27 @@ class HttpMachine(RuleBasedStateMachine):
 
     # -- invariants ----------------------------------------------------------------------------
 
+    def list_all(self, org: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every page of `GET /v1/secrets` with these parameters, as the org's observer sees it."""
+        listed: list[dict[str, Any]] = []
+        params = dict(params)
+        for _ in range(len(NAMES) + 2):
+            page = self.send("GET", "/v1/secrets", self.observer[org], params=params)
+            assert page.status_code == 200, page.text
+            body = page.json()
+            assert len(body["secrets"]) <= params["limit"]
+            listed.extend(body["secrets"])
+            if body["next_cursor"] is None:
+                return listed
+            params["cursor"] = body["next_cursor"]
+        raise AssertionError("pagination did not end")
+
     @invariant()
     def listing_matches_model(self) -> None:
         if not self.observer:
             return
         for org in ORGS:
-            listed: list[dict[str, Any]] = []
-            params: dict[str, Any] = {"limit": 2}
-            for _ in range(len(NAMES) + 2):
-                page = self.send("GET", "/v1/secrets", self.observer[org], params=params)
-                assert page.status_code == 200, page.text
-                body = page.json()
-                assert len(body["secrets"]) <= 2
-                listed.extend(body["secrets"])
-                if body["next_cursor"] is None:
-                    break
-                params["cursor"] = body["next_cursor"]
-            else:
-                raise AssertionError("pagination did not end")
+            listed = self.list_all(org, {"limit": 2})
             live = sorted(name for name, model in self.secrets[org].items() if model.exists)
             assert [row["name"] for row in listed] == live
             for row in listed:
@@ -854,19 +857,7 @@ class HttpMachine(RuleBasedStateMachine):
             return
         self.deleted_checked = deleted
         for org in ORGS:
-            listed: list[dict[str, Any]] = []
-            params: dict[str, Any] = {"deleted": "true", "limit": 3}
-            for _ in range(len(NAMES) + 2):
-                page = self.send("GET", "/v1/secrets", self.observer[org], params=params)
-                assert page.status_code == 200, page.text
-                body = page.json()
-                assert len(body["secrets"]) <= 3
-                listed.extend(body["secrets"])
-                if body["next_cursor"] is None:
-                    break
-                params["cursor"] = body["next_cursor"]
-            else:
-                raise AssertionError("pagination did not end")
+            listed = self.list_all(org, {"deleted": "true", "limit": 3})
             restorable = sorted(name for name, model in self.secrets[org].items() if model.restorable)
             assert [row["name"] for row in listed] == restorable
             for row in listed:
