@@ -44,7 +44,7 @@ async def keep_destroying(ledger: Ledger, projections: Projections, clock: Calla
         await asyncio.sleep(interval)
         try:
             await destroy_due(ledger, projections, clock)
-        except LedgerError as exc:  # e.g. the database is unavailable for a moment
+        except Exception as exc:  # e.g. the database is unavailable for a moment: the task must live on
             log.warning("destroying due secrets failed, retrying in %.0f s: %s", interval, type(exc).__name__)
 
 
