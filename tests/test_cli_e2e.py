@@ -723,3 +723,34 @@ def test_rotate_master_key_help_and_key_only_from_the_environment(server: Server
     in_argv = new_master_key()
     refused = cli(server.url, "admin", "rotate-master-key", in_argv, env=admin_env)
     assert refused.returncode == 2
+
+
+def test_rotate_master_key_rewraps_a_running_server_and_the_new_key_alone_opens_everything(tmp_path: Path) -> None:
+    old_key, new_key = new_master_key(), new_master_key()
+    db = tmp_path / "k.db"
+
+    def serve(master: str, previous: str = "") -> Server:
+        env = clean_env(KEYLEDGER_MASTER_KEY=master, KEYLEDGER_ADMIN_TOKEN=ADMIN_TOKEN,
+                        KEYLEDGER_PREVIOUS_MASTER_KEYS=previous)
+        return start_server(tmp_path, ["--host", HOST, "--port", str(free_port()), "--db", str(db)], env)
+
+    server = serve(old_key)
+    try:
+        created = http(server, "POST", "/v1/admin/orgs", ADMIN_TOKEN, json={"org": "acme"}).json()
+        for i in range(5):
+            put_secret(server, created["api_key"], f"S{i}", f"value-{i}")
+        env = {"KEYLEDGER_ADMIN_TOKEN": ADMIN_TOKEN, "KEYLEDGER_NEW_MASTER_KEY": new_key}
+        result = ok(cli(server.url, "admin", "rotate-master-key", "-o", "json", env=env))
+        status = json.loads(result.stdout)
+        assert status["state"] == "done" and status["done"] == 5
+        assert status["new_kek_id"] in result.stderr and "KEYLEDGER_PREVIOUS_MASTER_KEYS" in result.stderr
+        assert new_key not in result.stdout + result.stderr
+        assert reveal_over_http(server, created["api_key"], "S3") == "value-3"
+    finally:
+        server.stop()
+    server = serve(new_key)  # the new key alone
+    try:
+        assert [reveal_over_http(server, created["api_key"], f"S{i}") for i in range(5)] == [
+            f"value-{i}" for i in range(5)]
+    finally:
+        server.stop()
