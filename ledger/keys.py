@@ -46,14 +46,7 @@ Progress = Callable[[int, int], None]  # (data keys moved so far, data keys to m
 
 async def stale_data_keys(recorder: Recorder, kek_id: str) -> dict[str, int]:
     """How many data keys each master key other than `kek_id` still wraps."""
-    counts: dict[str, int] = {}
-    after = ""
-    while rows := await recorder.data_keys_after(after, limit=REWRAP_CHUNK):
-        for row in rows:
-            if row.kek_id != kek_id:
-                counts[row.kek_id] = counts.get(row.kek_id, 0) + 1
-        after = rows[-1].id
-    return counts
+    return {kek: count for kek, count in (await recorder.data_keys_by_kek()).items() if kek != kek_id}
 
 
 async def rewrap_all(

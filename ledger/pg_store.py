@@ -488,6 +488,10 @@ class PostgresRecorder(Recorder):
         )
         return [DataKeyRow(id=r[0], kek_id=r[1], wrapped=r[2]) for r in rows]
 
+    async def data_keys_by_kek(self) -> dict[str, int]:
+        rows = await self.pool.fetch("SELECT kek_id, COUNT(*) FROM data_keys GROUP BY kek_id")
+        return {str(r[0]): int(r[1]) for r in rows}
+
     # -- migration -------------------------------------------------------------------------
 
     async def import_records(self, records: Sequence[StoredRecord], events: Sequence[Event]) -> None:

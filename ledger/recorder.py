@@ -173,6 +173,10 @@ class Recorder(abc.ABC):
         """Wrapped data keys with id > `data_key_id`, by id (for rewrapping in chunks)."""
 
     @abc.abstractmethod
+    async def data_keys_by_kek(self) -> dict[str, int]:
+        """How many data keys each master key id wraps (one query: checked at every start)."""
+
+    @abc.abstractmethod
     async def replace_data_keys(self, rows: Sequence[DataKeyRow]) -> None:
         """Overwrite wrapped data keys in place (rewrap); the caller records the event."""
 

@@ -351,6 +351,9 @@ class RecorderContract(abc.ABC):
         await recorder.import_data_keys([DataKeyRow(id="dek_1", kek_id="kek_b", wrapped="other"), rows[2]])
         await recorder.import_data_keys([])
         assert await recorder.data_keys_after("", limit=10) == rows
+        assert await recorder.data_keys_by_kek() == {"kek_a": 3}
+        await recorder.replace_data_keys([DataKeyRow(id="dek_0", kek_id="kek_b", wrapped="rewrapped")])
+        assert await recorder.data_keys_by_kek() == {"kek_a": 2, "kek_b": 1}
 
     async def test_a_projection_whose_tables_changed_shape_is_dropped_and_rebuilt_at_open(
         self, tmp_path: Path
