@@ -43,6 +43,7 @@ def _secret_links(name: str) -> dict[str, Link]:
         ),
         "SecretReveals": _link("SecretReveals", "Who revealed the secret", {"query.secret": name}),
         "SecretEvents": _link("QueryAudit", "The secret's events", {"query.secret": name}),
+        "SecretVersions": _link("ListSecretVersions", "Every version of the secret", {"path.name": name}),
     }
 
 
@@ -67,8 +68,12 @@ LINKS: dict[str, dict[str, dict[str, Link]]] = {
         "204": {
             "GetSecret": _link("GetSecret", "The deleted secret: not found", {"path.name": "$request.path.name"}),
             "RecreateSecret": _link("UpsertSecret", "Create the secret again", {}, {"name": "$request.path.name"}),
+            "RestoreSecret": _link("RestoreSecret", "Bring the deleted secret back as it was",
+                                   {"path.name": "$request.path.name"}),
         }
     },
+    "RestoreSecret": {"200": _secret_links(NAME)},
+    "RollbackSecret": {"200": _secret_links(NAME)},
     "ListSecrets": {
         "200": {
             "GetSecret": _link(
