@@ -80,6 +80,10 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str = ""
 
 
+# The server acting on its own (destroying secrets whose window ended, finishing a rotation).
+SYSTEM = Context(actor=Actor(key_id="system", label="keyledger", kind="system"))
+
+
 class CreatedKey(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str
     org: str
@@ -352,7 +356,7 @@ class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
             raise NotFoundError(f"secret {self.name!r} not found")
         expired = state.expires_at is not None and view.at >= state.expires_at
         if self.version is not None and self.version != state.version:
-            state = await _earlier_version(view, state, self.version)
+            state = await earlier_version(view, state, self.version)
         key_scope: Scope = caller.scope if caller is not None else "all"
         common = envelope(view, self.org, secret_stream(self.org, self.name), None, self.ctx)
         if expired:
@@ -379,7 +383,7 @@ class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
                                                         data_key_id=state.data_key_id))
 
 
-async def _earlier_version(view: WriteView, state: SecretState, version: int) -> SecretState:
+async def earlier_version(view: WriteView, state: SecretState, version: int) -> SecretState:
     """The state as of an earlier version of the name (its value and data key), from the stream's records."""
     if version > state.version or version < 1:
         raise NotFoundError(f"secret {state.name!r} has no version {version}")

@@ -11,11 +11,10 @@ from collections.abc import Callable
 
 import msgspec
 
-from ledger.codec import decode_event
-from ledger.commands import Context
+from ledger.commands import SYSTEM, Context, value_events
 from ledger.crypto import Keyring, MasterKey
 from ledger.errors import NotFoundError
-from ledger.events import Actor, MasterKeyRotated, SecretCreated, SecretUpdated, SecretVersionDestroyed
+from ledger.events import MasterKeyRotated, SecretVersionDestroyed
 from ledger.model import secret_stream
 from ledger.recorder import Recorder
 from ledger.records import DataKeyRow
@@ -102,8 +101,7 @@ async def resume_rewrap(ledger: Ledger, progress: Progress | None = None) -> int
     current one (the configuration names the new key current and the old one previous). 0: none."""
     if not await stale_data_keys(ledger.recorder, ledger.keyring.current.kek_id):
         return 0
-    system = Context(actor=Actor(key_id="system", label="keyledger", kind="system"))
-    return await rewrap_all(ledger, ledger.keyring.current, system, progress)
+    return await rewrap_all(ledger, ledger.keyring.current, SYSTEM, progress)
 
 
 class DestroySecretVersion(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,13 +116,10 @@ class DestroySecretVersion(msgspec.Struct, frozen=True, kw_only=True):
             raise NotFoundError(f"secret {self.name!r} not found")
         if self.version in state.destroyed_versions:
             raise NotFoundError(f"secret {self.name!r} version {self.version} is already destroyed")
-        data_key_id = None
-        for record in await view.recorder.read_stream(secret_stream(self.org, self.name)):
-            event = decode_event(record.body)
-            if isinstance(event, SecretCreated | SecretUpdated) and event.version == self.version:
-                data_key_id = event.data_key_id
-        if data_key_id is None:
+        found = (await value_events(view, state)).get(self.version)
+        if found is None:
             raise NotFoundError(f"secret {self.name!r} has no version {self.version}")
+        data_key_id = found[0].data_key_id
         event = SecretVersionDestroyed(
             org=self.org, stream=secret_stream(self.org, self.name), stream_version=state.stream_version + 1,
             at=view.at, actor=self.ctx.actor, source=self.ctx.source, request_id=self.ctx.request_id,

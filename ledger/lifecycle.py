@@ -16,9 +16,9 @@ from ledger.commands import (
     UpsertOutcome,
     caller_key,
     destroy_remaining,
+    earlier_version,
     envelope,
     open_version,
-    value_events,
 )
 from ledger.crypto import new_data_key, new_data_key_id, seal_value, sealed_sha256
 from ledger.errors import AlreadyExistsError, NotFoundError, PermissionDeniedError, PreconditionFailedError
@@ -32,14 +32,7 @@ async def _copy_version(
     view: WriteView, state: SecretState, source: int, ctx: Context, kind: type[SecretRolledBack | SecretRestored]
 ) -> Decision[UpsertOutcome]:
     """A new version (state.version + 1) holding version `source`'s value, with the state's metadata."""
-    found = (await value_events(view, state)).get(source)
-    if found is None:
-        raise NotFoundError(f"secret {state.name!r} has no version {source}")
-    event, sealed = found
-    if source in state.destroyed_versions:
-        raise NotFoundError(f"secret {state.name!r} version {source} was destroyed")
-    source_state = msgspec.structs.replace(state, version=source, data_key_id=event.data_key_id, sealed=sealed)
-    value = await open_version(view, source_state)
+    value = await open_version(view, await earlier_version(view, state, source))  # 404 when destroyed
     version = state.version + 1
     data_key_id = new_data_key_id()
     data_key = new_data_key()

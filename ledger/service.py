@@ -14,6 +14,7 @@ from msgspec import UNSET, UnsetType
 
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.commands import (
+    SYSTEM,
     Context,
     CreateApiKey,
     CreatedKey,
@@ -29,7 +30,7 @@ from ledger.commands import (
 )
 from ledger.crypto import Keyring, SigningKey
 from ledger.errors import ValidationError
-from ledger.events import Actor, Category, Scope
+from ledger.events import Category, Scope
 from ledger.idempotency import Answer, Idempotent, Render, validate_idempotency_key
 from ledger.lifecycle import (
     ChangeOrgSettings,
@@ -208,11 +209,10 @@ class Ledger:
 
     async def destroy_due(self, due: list[tuple[str, str]]) -> int:
         """Destroy deleted secrets whose recovery window ended; returns how many were destroyed."""
-        ctx = Context(actor=Actor(key_id="system", label="keyledger", kind="system"))
         destroyed = 0
         for org, name in due:
             try:
-                await self.submit(DestroyDue(org=org, ctx=ctx, name=name))
+                await self.submit(DestroyDue(org=org, ctx=SYSTEM, name=name))
                 destroyed += 1
             except NothingDue:
                 pass  # restored, re-created or destroyed since the projection was read

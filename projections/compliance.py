@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from ledger.model import DAY_NS
 from projections.reader import (
     AuditFilter,
     Projections,
@@ -16,7 +17,6 @@ from projections.reader import (
 )
 from projections.views import AuditRow, SecretMeta
 
-DAY_NS = 86_400 * 1_000_000_000
 MAX_ROWS = 100_000
 
 QUERIES = ("stale-secrets", "reveals", "exposure", "never-revealed", "revoked-key-reveals", "denied-reveals",

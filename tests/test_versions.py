@@ -62,3 +62,21 @@ async def test_a_destroyed_version_is_flagged_and_never_revealed(store: tuple[Le
     assert (await ledger.reveal_secret(ctx, "acme", "db", version=1)).value == b"one"
     assert (await ledger.reveal_secret(ctx, "acme", "db")).value == b"three"
     assert await projections.versions("acme", "nothing") == []
+
+
+async def test_a_version_made_by_a_rollback_or_a_restore_can_be_destroyed(store: tuple[Ledger, Projections]) -> None:
+    ledger, projections = store
+    ctx = ctx_for(await ledger.create_org(ADMIN, "acme"))
+    await ledger.upsert_secret(ctx, "acme", "db", b"one")
+    await ledger.upsert_secret(ctx, "acme", "db", b"two")
+    await ledger.submit(ledger.rollback_secret_command(ctx, "acme", "db", 1))  # version 3
+    await ledger.delete_secret(ctx, "acme", "db")
+    await ledger.submit(ledger.restore_secret_command(ctx, "acme", "db"))  # version 4
+    await destroy_version(ledger, ctx, "acme", "db", 3)
+    assert [(v.version, v.how, v.destroyed_at is not None) for v in await projections.versions("acme", "db")] == [
+        (1, "create", False), (2, "update", False), (3, "rollback", True), (4, "restore", False)]
+    with pytest.raises(NotFoundError, match="destroyed"):
+        await ledger.reveal_secret(ctx, "acme", "db", version=3)
+    # Each copy has its own data key: version 4 (a copy of 3) and version 1 (3's source) still open.
+    assert (await ledger.reveal_secret(ctx, "acme", "db")).value == b"one"
+    assert (await ledger.reveal_secret(ctx, "acme", "db", version=1)).value == b"one"

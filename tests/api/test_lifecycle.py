@@ -4,18 +4,23 @@ window setting and expiry."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from api.app import create_app
+from api.params import parse_time
+from api.routes.audit import Action
 from api.settings import Settings
 from ledger.crypto import Keyring
 from ledger.errors import CryptoError
+from ledger.events import EVENT_TYPES
+from ledger.timefmt import rfc3339
 from tests.api.conftest import (
     Clock,
     Key,
@@ -72,8 +77,6 @@ def data_key_exists(db: Path | PgDsn, data_key_id: str) -> bool:
 
 def value_records(db: Path | PgDsn, org: str, name: str) -> list[tuple[int, str, str]]:
     """(version, data key id, sealed value) of every version of the name, read from the events."""
-    import json
-
     rows = query(db, "SELECT body, sealed FROM events WHERE stream = ? AND sealed IS NOT NULL ORDER BY seq",
                  (f"secret:{org}/{name}",))
     out = []
@@ -139,8 +142,6 @@ def test_a_deleted_secret_is_listed_with_its_destruction_time_and_restores_as_it
     assert "db" not in [s["name"] for s in client.get("/v1/secrets", headers=acme.headers).json()["secrets"]]
     listed = deleted_names(client, acme)["db"]
     deleted_at, destroy_at = listed["deleted_at"], listed["destroy_at"]
-    from api.params import parse_time
-
     assert parse_time(destroy_at, "t") - parse_time(deleted_at, "t") == 30 * DAY  # type: ignore[operator]
     restored = client.post(secret_path("db", "/restore"), headers=acme.headers)
     assert restored.status_code == 200, restored.text
@@ -308,8 +309,6 @@ def test_another_orgs_settings_and_deleted_secrets_stay_apart(client: TestClient
 def test_an_expired_secret_answers_410_and_records_a_denied_reveal(
     client: TestClient[Litestar], acme: Key, clock: Clock, db_file: Path | PgDsn
 ) -> None:
-    from ledger.timefmt import rfc3339
-
     soon = rfc3339(clock() + 2 * DAY)
     created = upsert(client, acme, "db", "canary-expiring", expect=201, expires_at=soon)
     assert created.json()["expires_at"] == soon
@@ -339,21 +338,12 @@ def test_an_expired_secret_answers_410_and_records_a_denied_reveal(
 
 
 def test_every_event_type_can_be_asked_for_in_the_audit_view() -> None:
-    from typing import get_args
-
-    from api.routes.audit import Action
-    from ledger.events import EVENT_TYPES
-
     assert set(get_args(Action)) == {str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
 
 
 def test_every_lifecycle_action_is_in_the_audit_view_and_every_export(
     client: TestClient[Litestar], acme: Key, clock: Clock
 ) -> None:
-    import json
-
-    from ledger.timefmt import rfc3339
-
     upsert(client, acme, "db", "one", expect=201)
     upsert(client, acme, "db", "two", expect=200, expires_at=rfc3339(clock() + DAY))
     client.post(secret_path("db", "/rollback"), json={"version": 1}, headers=acme.headers)
