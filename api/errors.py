@@ -19,7 +19,9 @@ from api.schemas import Problem
 from ledger.errors import (
     AlreadyExistsError,
     ConcurrencyError,
+    ConflictError,
     CryptoError,
+    ExternalSecretError,
     GoneError,
     IdempotencyConflictError,
     IntegrityError,
@@ -27,6 +29,7 @@ from ledger.errors import (
     NotFoundError,
     PermissionDeniedError,
     PreconditionFailedError,
+    RotationFailedError,
     StaleReadError,
     StoreUnavailableError,
     UnauthenticatedError,
@@ -49,6 +52,9 @@ STATUS_BY_ERROR: tuple[tuple[type[LedgerError], int, str], ...] = (
     (GoneError, 410, "Gone"),
     (AlreadyExistsError, 409, "Conflict"),
     (ConcurrencyError, 409, "Conflict"),
+    (ConflictError, 409, "Conflict"),
+    (ExternalSecretError, 502, "External secret manager error"),
+    (RotationFailedError, 502, "Rotation failed"),
     (PreconditionFailedError, 412, "Precondition failed"),
     (StoreUnavailableError, 503, "Service unavailable"),
     (StaleReadError, 503, "Service unavailable"),
@@ -69,6 +75,7 @@ TITLES = {
     422: "Invalid request",
     429: "Too many requests",
     500: "Internal error",
+    502: "Bad gateway",
     503: "Service unavailable",
 }
 

@@ -103,3 +103,22 @@ class MasterKeyError(CryptoError):
 
 class IdempotencyConflictError(LedgerError):
     """An idempotency key was reused with a different request."""
+
+
+class ExternalSecretError(LedgerError):
+    """An external secret manager could not give a referenced value. `reason` is one of
+    "not_found", "access_denied", "unavailable" or "invalid"; the message names the reference's
+    location and the manager's error code, never a value."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ConflictError(LedgerError):
+    """The request cannot apply to the thing's current state (for example: a pool with no active member,
+    rotating a secret without a rotation policy)."""
+
+
+class RotationFailedError(LedgerError):
+    """A rotation attempt failed (a `secret.rotation_failed` event was recorded); the reason never holds a value."""
