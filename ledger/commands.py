@@ -17,7 +17,9 @@ from ledger.codec import decode_event
 from ledger.crypto import new_data_key, new_data_key_id, seal_value, sealed_sha256
 from ledger.errors import (
     AlreadyExistsError,
+    ConflictError,
     GoneError,
+    LedgerError,
     NotFoundError,
     PermissionDeniedError,
     PreconditionFailedError,
@@ -39,6 +41,7 @@ from ledger.events import (
     SecretDestroyed,
     SecretRevealDenied,
     SecretRevealed,
+    SecretRevealFailed,
     SecretUpdated,
     Source,
     ValueEvent,
@@ -48,7 +51,9 @@ from ledger.model import (
     KeyState,
     SecretState,
     key_stream,
+    member_aad_name,
     org_stream,
+    pick_member,
     scope_covers,
     secret_stream,
 )
@@ -100,8 +105,10 @@ class CreatedKey(msgspec.Struct, frozen=True, kw_only=True):
 class Revealed(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     version: int
-    value: bytes
+    value: bytes  # for an external reference: the reference, which the caller resolves after the commit
     data_key_id: str = ""  # the version's data key: a stored answer holding the value is sealed by it
+    member: str | None = None  # the pool member answered
+    external: str | None = None  # the reference's scheme when `value` is a reference
 
     def __repr__(self) -> str:
         return f"Revealed(name={self.name!r}, version={self.version})"
@@ -117,6 +124,15 @@ async def caller_key(view: WriteView, org: str, ctx: Context, *, admin_token: bo
     if key is None or key.revoked or key.org != org:
         raise UnauthenticatedError("the API key is unknown or revoked")
     return key
+
+
+def seal_new(view: WriteView, value: bytes, org: str, aad_name: str, version: int) -> tuple[str, str, DataKeyRow]:
+    """A value sealed under a fresh data key: (data key id, sealed value, the wrapped data key's row)."""
+    data_key_id = new_data_key_id()
+    data_key = new_data_key()
+    kek_id, wrapped = view.keyring.wrap(data_key_id, data_key)
+    sealed = seal_value(data_key, value, org, aad_name, version)
+    return data_key_id, sealed, DataKeyRow(id=data_key_id, kek_id=kek_id, wrapped=wrapped)
 
 
 def envelope(view: WriteView, org: str, stream: str, version: int | None, ctx: Context) -> dict[str, object]:
@@ -224,6 +240,7 @@ class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
     description: str | None = None
     if_match: int | None = None
     expires_at: int | UnsetType | None = UNSET  # UNSET keeps the current expiry; None removes it
+    external: str | None = None  # the scheme when `value` is a reference to an external manager
 
     def __repr__(self) -> str:
         return f"UpsertSecret(org={self.org!r}, name={self.name!r})"
@@ -236,10 +253,7 @@ class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
             raise PreconditionFailedError(self.if_match, current.version if current else None)
         version = (state.version if state else 0) + 1
         stream_version = (state.stream_version if state else 0) + 1
-        data_key_id = new_data_key_id()
-        data_key = new_data_key()
-        kek_id, wrapped = view.keyring.wrap(data_key_id, data_key)
-        sealed = seal_value(data_key, self.value, self.org, self.name, version)
+        data_key_id, sealed, data_key_row = seal_new(view, self.value, self.org, self.name, version)
         common = envelope(view, self.org, secret_stream(self.org, self.name), stream_version, self.ctx)
         fields = {
             "name": self.name, "version": version, "data_key_id": data_key_id,
@@ -248,6 +262,7 @@ class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
         kept = current.expires_at if current is not None else None
         expires_at = kept if isinstance(self.expires_at, UnsetType) else self.expires_at
         fields["expires_at"] = UNSET if expires_at is None else expires_at
+        fields["external"] = UNSET if self.external is None else self.external
         event: SecretCreated | SecretUpdated
         if current is None:
             event = SecretCreated(
@@ -263,7 +278,7 @@ class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
             )
         return Decision(
             events=[event], sealed=[sealed],
-            data_keys=[DataKeyRow(id=data_key_id, kek_id=kek_id, wrapped=wrapped)],
+            data_keys=[data_key_row],
             result=UpsertOutcome(
                 created=current is None, event=event,
                 created_at=view.at if current is None else current.created_at,
@@ -330,18 +345,23 @@ async def destroy_remaining(
     """The event destroying every version whose data key still exists; None when none is left."""
     versions = await value_events(view, state)
     alive = sorted(v for v in versions if v not in state.destroyed_versions)
-    if not alive:
+    if not alive and not state.members:
         return None
+    # Pool members' values go too: their data keys follow the versions' in the list.
+    data_key_ids = [versions[v][0].data_key_id for v in alive] + [m.data_key_id for m in state.members]
     return SecretDestroyed(
         **envelope(  # type: ignore[arg-type]
             view, state.org, secret_stream(state.org, state.name), stream_version, ctx
         ),
-        name=state.name, versions=alive, data_key_ids=[versions[v][0].data_key_id for v in alive], reason=reason,
+        name=state.name, versions=alive, data_key_ids=data_key_ids, reason=reason,
     )
 
 
 class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
-    """Record a reveal, or a denied one; the value is answered only after the event commits."""
+    """Record a reveal, or a denied one; the value is answered only after the event commits.
+
+    Checks in order: expiry (410), the key's scope, the secret's reveal policy (403). A pool answers
+    one active member; a reference answers the reference, which the caller resolves after the commit."""
 
     org: str
     ctx: Context
@@ -355,32 +375,72 @@ class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
         if state is None or not state.exists:
             raise NotFoundError(f"secret {self.name!r} not found")
         expired = state.expires_at is not None and view.at >= state.expires_at
+        pool = bool(state.members) and self.version is None
         if self.version is not None and self.version != state.version:
             state = await earlier_version(view, state, self.version)
         key_scope: Scope = caller.scope if caller is not None else "all"
         common = envelope(view, self.org, secret_stream(self.org, self.name), None, self.ctx)
-        if expired:
-            denied = SecretRevealDenied(
-                **common,  # type: ignore[arg-type]
-                name=self.name, version=state.version, key_scope=key_scope, secret_scope=state.scope,
-                reason="the secret expired", request_reason=self.reason,
-            )
-            return Decision(events=[denied], error=GoneError(f"secret {self.name!r} expired"))
-        if not scope_covers(key_scope, state.scope):
-            why = f"key scope {key_scope!r} does not cover secret scope {state.scope!r}"
+
+        def deny(why: str, error: LedgerError) -> Decision[Revealed]:
             denied = SecretRevealDenied(
                 **common,  # type: ignore[arg-type]
                 name=self.name, version=state.version, key_scope=key_scope, secret_scope=state.scope,
                 reason=why, request_reason=self.reason,
             )
-            return Decision(events=[denied], error=RevealDeniedError(why))
+            return Decision(events=[denied], error=error)
+
+        if expired:
+            return deny("the secret expired", GoneError(f"secret {self.name!r} expired"))
+        if not scope_covers(key_scope, state.scope):
+            why = f"key scope {key_scope!r} does not cover secret scope {state.scope!r}"
+            return deny(why, RevealDeniedError(why))
+        if caller is not None and not state.policy.allows(caller):
+            why = f"the secret's reveal policy does not allow key {caller.key_id!r}"
+            return deny(why, RevealDeniedError(why))
+        if pool:
+            member = pick_member(state)
+            if member is None:
+                why = "the pool has no active member"
+                return deny(why, ConflictError(f"secret {self.name!r}: {why}"))
+            row = await view.data_key(member.data_key_id)
+            if row is None:
+                raise NotFoundError(f"secret {self.name!r} member {member.name!r} was destroyed")
+            value = view.opener(row).open(member.sealed, self.org, member_aad_name(self.name, member.name),
+                                          member.member_version)
+            event = SecretRevealed(
+                **common,  # type: ignore[arg-type]
+                name=self.name, version=state.version, key_scope=key_scope, reason=self.reason, member=member.name,
+            )
+            return Decision(events=[event], result=Revealed(
+                name=self.name, version=state.version, value=value, data_key_id=member.data_key_id,
+                member=member.name,
+            ))
         value = await open_version(view, state)
         event = SecretRevealed(
             **common,  # type: ignore[arg-type]
             name=self.name, version=state.version, key_scope=key_scope, reason=self.reason,
+            external=UNSET if state.external is None else state.external,
         )
         return Decision(events=[event], result=Revealed(name=self.name, version=state.version, value=value,
-                                                        data_key_id=state.data_key_id))
+                                                        data_key_id=state.data_key_id, external=state.external))
+
+
+class RecordRevealFailed(msgspec.Struct, frozen=True, kw_only=True):
+    """After a granted reveal of a reference whose value could not be fetched: the record says so."""
+
+    org: str
+    ctx: Context
+    name: str
+    version: int
+    reason: str
+
+    async def decide(self, view: WriteView) -> Decision[None]:
+        await caller_key(view, self.org, self.ctx)
+        event = SecretRevealFailed(
+            **envelope(view, self.org, secret_stream(self.org, self.name), None, self.ctx),  # type: ignore[arg-type]
+            name=self.name, version=self.version, reason=self.reason,
+        )
+        return Decision(events=[event])
 
 
 async def earlier_version(view: WriteView, state: SecretState, version: int) -> SecretState:
@@ -391,7 +451,8 @@ async def earlier_version(view: WriteView, state: SecretState, version: int) -> 
     if found is None:
         raise NotFoundError(f"secret {state.name!r} has no version {version}")
     event, sealed = found
-    return msgspec.structs.replace(state, version=version, data_key_id=event.data_key_id, sealed=sealed)
+    return msgspec.structs.replace(state, version=version, data_key_id=event.data_key_id, sealed=sealed,
+                                   external=None if isinstance(event.external, UnsetType) else event.external)
 
 
 async def open_version(view: WriteView, state: SecretState) -> bytes:

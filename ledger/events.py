@@ -16,6 +16,8 @@ from typing import Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from ledger.generator import Rotator
+
 ActorKind = Literal["api_key", "admin", "system"]
 Role = Literal["admin", "member"]
 Scope = Literal["all", "agents", "tools", "sandboxes"]
@@ -24,6 +26,9 @@ Category = Literal["provider", "tool", "custom"]
 SCOPES: tuple[str, ...] = ("all", "agents", "tools", "sandboxes")
 CATEGORIES: tuple[str, ...] = ("provider", "tool", "custom")
 ROLES: tuple[str, ...] = ("admin", "member")
+MemberState = Literal["active", "disabled"]
+Selection = Literal["round_robin", "least_recent"]
+SELECTIONS: tuple[str, ...] = ("round_robin", "least_recent")
 
 
 class Actor(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +85,8 @@ class SecretCreated(Event, frozen=True, kw_only=True, tag="secret.created"):
     # Fields added after release default to UNSET, which msgspec never encodes: the bytes of events
     # written before they existed stay exactly as they were.
     expires_at: int | UnsetType = UNSET  # after it, reveals are refused (410)
+    # The scheme ("aws-sm", "vault-kv") when the sealed value is a reference to an external manager.
+    external: str | UnsetType = UNSET
 
 
 class SecretUpdated(Event, frozen=True, kw_only=True, tag="secret.updated"):
@@ -93,6 +100,14 @@ class SecretUpdated(Event, frozen=True, kw_only=True, tag="secret.updated"):
     data_key_id: str
     sealed_sha256: str
     expires_at: int | UnsetType = UNSET
+    external: str | UnsetType = UNSET
+
+
+class SecretRotated(SecretUpdated, frozen=True, kw_only=True, tag="secret.rotated"):
+    """A new value made by the secret's rotator (an update in every other respect)."""
+
+    rotator: str  # "generator" or "webhook"
+    attempt: int  # 1 for the first try of this rotation, more after failures
 
 
 class SecretDeleted(Event, frozen=True, kw_only=True, tag="secret.deleted"):
@@ -115,6 +130,7 @@ class _VersionCopied(Event, frozen=True, kw_only=True):
     data_key_id: str
     sealed_sha256: str
     expires_at: int | UnsetType = UNSET
+    external: str | UnsetType = UNSET
 
 
 class SecretRolledBack(_VersionCopied, frozen=True, kw_only=True, tag="secret.rolled_back"):
@@ -143,6 +159,8 @@ class SecretRevealed(Event, frozen=True, kw_only=True, tag="secret.revealed"):
     version: int
     key_scope: Scope = "all"
     reason: str = ""
+    member: str | UnsetType = UNSET  # the pool member whose value was answered
+    external: str | UnsetType = UNSET  # the scheme, when the value was fetched from an external manager
 
 
 class SecretRevealDenied(Event, frozen=True, kw_only=True, tag="secret.reveal_denied"):
@@ -152,6 +170,92 @@ class SecretRevealDenied(Event, frozen=True, kw_only=True, tag="secret.reveal_de
     secret_scope: Scope = "all"
     reason: str = ""  # why it was denied
     request_reason: str = ""  # the reason the caller gave
+
+
+class SecretRevealFailed(Event, frozen=True, kw_only=True, tag="secret.reveal_failed"):
+    """A granted reveal whose external value could not be fetched: no value was answered."""
+
+    name: str
+    version: int
+    reason: str
+
+
+class SecretPolicyChanged(Event, frozen=True, kw_only=True, tag="secret.policy_changed"):
+    """Who may reveal the secret, on top of the scope rule; all three empty: no restriction."""
+
+    name: str
+    key_ids: list[str]
+    labels: list[str]  # `*` globs over key labels
+    roles: list[Role]
+
+
+class SecretRotationConfigured(Event, frozen=True, kw_only=True, tag="secret.rotation_configured"):
+    """The secret's rotation policy; `rotator` None removes it."""
+
+    name: str
+    interval_seconds: int
+    rotator: Rotator | None
+    next_due_at: int | None
+
+
+class SecretRotationStarted(Event, frozen=True, kw_only=True, tag="secret.rotation_started"):
+    """An attempt began; until `lease_until` no other attempt starts (a webhook call is in flight)."""
+
+    name: str
+    attempt: int
+    rotator: str
+    lease_until: int
+    call_id: str = ""  # the fresh request id a webhook is called with
+
+
+class SecretRotationFailed(Event, frozen=True, kw_only=True, tag="secret.rotation_failed"):
+    name: str
+    attempt: int
+    reason: str  # never a value
+    next_attempt_at: int
+
+
+class SecretMemberAdded(Event, frozen=True, kw_only=True, tag="secret.member_added"):
+    """A pool member with its own value (sealed under its own data key, bound to `name/member`)."""
+
+    name: str
+    member: str
+    label: str = ""
+    member_version: int
+    data_key_id: str
+    sealed_sha256: str
+
+
+class SecretMemberUpdated(Event, frozen=True, kw_only=True, tag="secret.member_updated"):
+    """A member's new value (and label); the previous value's data key is deleted."""
+
+    name: str
+    member: str
+    label: str = ""
+    member_version: int
+    data_key_id: str
+    sealed_sha256: str
+    dropped_data_key_id: str
+
+
+class SecretMemberStateChanged(Event, frozen=True, kw_only=True, tag="secret.member_state_changed"):
+    name: str
+    member: str
+    state: MemberState
+    reason: str = ""
+
+
+class SecretMemberRemoved(Event, frozen=True, kw_only=True, tag="secret.member_removed"):
+    """The member is gone; its value's data key was deleted with this event."""
+
+    name: str
+    member: str
+    data_key_id: str
+
+
+class SecretPoolConfigured(Event, frozen=True, kw_only=True, tag="secret.pool_configured"):
+    name: str
+    selection: Selection
 
 
 class MasterKeyRotated(Event, frozen=True, kw_only=True, tag="master_key.rotated"):
@@ -185,6 +289,17 @@ AnyEvent = (
     | SecretRestored
     | SecretDestroyed
     | OrgSettingsChanged
+    | SecretRotated
+    | SecretRevealFailed
+    | SecretPolicyChanged
+    | SecretRotationConfigured
+    | SecretRotationStarted
+    | SecretRotationFailed
+    | SecretMemberAdded
+    | SecretMemberUpdated
+    | SecretMemberStateChanged
+    | SecretMemberRemoved
+    | SecretPoolConfigured
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -202,11 +317,26 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SecretRestored,
     SecretDestroyed,
     OrgSettingsChanged,
+    SecretRotated,
+    SecretRevealFailed,
+    SecretPolicyChanged,
+    SecretRotationConfigured,
+    SecretRotationStarted,
+    SecretRotationFailed,
+    SecretMemberAdded,
+    SecretMemberUpdated,
+    SecretMemberStateChanged,
+    SecretMemberRemoved,
+    SecretPoolConfigured,
 )
 
 # Events that make a new version with a value (each stores a sealed value beside its body).
+# SecretRotated is a SecretUpdated, so it is one of them.
 ValueEvent = SecretCreated | SecretUpdated | SecretRolledBack | SecretRestored
 VALUE_EVENTS = (SecretCreated, SecretUpdated, SecretRolledBack, SecretRestored)
+# Events that store a pool member's value.
+MemberValueEvent = SecretMemberAdded | SecretMemberUpdated
+MEMBER_VALUE_EVENTS = (SecretMemberAdded, SecretMemberUpdated)
 
 
 def when(value: int | UnsetType) -> int | None:
@@ -238,9 +368,18 @@ def outcome_of(event: Event) -> tuple[str, str]:
     if isinstance(event, SecretRevealDenied):
         return "denied", event.reason
     if isinstance(event, SecretRevealed):
-        return "granted", event.reason
+        return "granted", event.reason if isinstance(event.member, UnsetType) else (
+            f"member {event.member}" + (f"; {event.reason}" if event.reason else ""))
     if isinstance(event, SecretRolledBack | SecretRestored):
         return "ok", f"from version {event.from_version}"
     if isinstance(event, SecretDestroyed):
         return "ok", f"{event.reason}: versions {', '.join(map(str, event.versions))}"
+    if isinstance(event, SecretRevealFailed | SecretRotationFailed):
+        return "failed", event.reason
+    if isinstance(event, SecretRotated):
+        return "ok", f"by {event.rotator}, attempt {event.attempt}"
+    if isinstance(event, SecretMemberStateChanged):
+        return "ok", f"{event.member} {event.state}" + (f": {event.reason}" if event.reason else "")
+    if isinstance(event, SecretMemberAdded | SecretMemberUpdated | SecretMemberRemoved):
+        return "ok", f"member {event.member}"
     return "ok", ""

@@ -21,7 +21,6 @@ from ledger.events import (
     ApiKeyCreated,
     ApiKeyRevoked,
     Event,
-    SecretRevealDenied,
     Source,
     event_type,
     outcome_of,
@@ -112,7 +111,13 @@ _API_ACTIVITY = {"secret.created": (1, "CreateSecret"), "secret.updated": (3, "U
                  "secret.reveal_denied": (2, "RevealSecret"), "secret.version_destroyed": (4, "DestroySecretVersion"),
                  "secret.rolled_back": (3, "RollbackSecret"), "secret.restored": (3, "RestoreSecret"),
                  "secret.destroyed": (4, "DestroySecret"), "org.settings_changed": (3, "ChangeOrgSettings"),
-                 "master_key.rotated": (3, "RotateMasterKey")}
+                 "master_key.rotated": (3, "RotateMasterKey"), "secret.rotated": (3, "RotateSecret"),
+                 "secret.reveal_failed": (2, "RevealSecret"), "secret.policy_changed": (3, "SetRevealPolicy"),
+                 "secret.rotation_configured": (3, "ConfigureRotation"),
+                 "secret.rotation_started": (3, "RotateSecret"), "secret.rotation_failed": (3, "RotateSecret"),
+                 "secret.member_added": (1, "AddPoolMember"), "secret.member_updated": (3, "UpdatePoolMember"),
+                 "secret.member_state_changed": (3, "ChangePoolMemberState"),
+                 "secret.member_removed": (4, "RemovePoolMember"), "secret.pool_configured": (3, "ConfigurePool")}
 
 
 def ocsf_event(record: StoredRecord, event: Event, product_version: str = "0.1.0") -> dict[str, object]:
@@ -133,7 +138,7 @@ def ocsf_event(record: StoredRecord, event: Event, product_version: str = "0.1.0
         })
         return base
     activity, operation = _API_ACTIVITY.get(record.type, (99, record.type))
-    denied = isinstance(event, SecretRevealDenied)
+    denied = outcome_of(event)[0] in ("denied", "failed")
     base.update({
         "category_uid": 6, "class_uid": 6003, "activity_id": activity, "type_uid": 600300 + activity,
         "status_id": 2 if denied else 1, "status_detail": outcome_of(event)[1] if denied else None,

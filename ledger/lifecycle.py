@@ -19,12 +19,12 @@ from ledger.commands import (
     earlier_version,
     envelope,
     open_version,
+    seal_new,
 )
-from ledger.crypto import new_data_key, new_data_key_id, seal_value, sealed_sha256
+from ledger.crypto import sealed_sha256
 from ledger.errors import AlreadyExistsError, NotFoundError, PermissionDeniedError, PreconditionFailedError
 from ledger.events import OrgSettingsChanged, SecretRestored, SecretRolledBack
 from ledger.model import SecretState, org_stream, secret_stream
-from ledger.records import DataKeyRow
 from ledger.writer import Decision, WriteView
 
 
@@ -32,20 +32,19 @@ async def _copy_version(
     view: WriteView, state: SecretState, source: int, ctx: Context, kind: type[SecretRolledBack | SecretRestored]
 ) -> Decision[UpsertOutcome]:
     """A new version (state.version + 1) holding version `source`'s value, with the state's metadata."""
-    value = await open_version(view, await earlier_version(view, state, source))  # 404 when destroyed
+    earlier = await earlier_version(view, state, source)
+    value = await open_version(view, earlier)  # 404 when destroyed
     version = state.version + 1
-    data_key_id = new_data_key_id()
-    data_key = new_data_key()
-    kek_id, wrapped = view.keyring.wrap(data_key_id, data_key)
-    resealed = seal_value(data_key, value, state.org, state.name, version)
+    data_key_id, resealed, data_key_row = seal_new(view, value, state.org, state.name, version)
     made = kind(
         **envelope(view, state.org, secret_stream(state.org, state.name), state.stream_version + 1, ctx),  # type: ignore[arg-type]
         name=state.name, version=version, from_version=source, scope=state.scope, category=state.category,
         description=state.description, data_key_id=data_key_id, sealed_sha256=sealed_sha256(resealed),
         expires_at=UNSET if state.expires_at is None else state.expires_at,
+        external=UNSET if earlier.external is None else earlier.external,
     )
     return Decision(
-        events=[made], sealed=[resealed], data_keys=[DataKeyRow(id=data_key_id, kek_id=kek_id, wrapped=wrapped)],
+        events=[made], sealed=[resealed], data_keys=[data_key_row],
         result=UpsertOutcome(created=False, event=made, created_at=state.created_at, created_by=state.created_by),
     )
 

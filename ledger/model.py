@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from fnmatch import fnmatchcase
 
 import msgspec
+from msgspec import UnsetType
 
 from ledger.errors import ValidationError, ValueTooLargeError
 from ledger.events import (
@@ -19,6 +21,7 @@ from ledger.events import (
     ApiKeyRevoked,
     Category,
     Event,
+    MemberState,
     OrgCreated,
     OrgSettingsChanged,
     Role,
@@ -26,12 +29,25 @@ from ledger.events import (
     SecretCreated,
     SecretDeleted,
     SecretDestroyed,
+    SecretMemberAdded,
+    SecretMemberRemoved,
+    SecretMemberStateChanged,
+    SecretMemberUpdated,
+    SecretPolicyChanged,
+    SecretPoolConfigured,
     SecretRestored,
+    SecretRevealed,
     SecretRolledBack,
+    SecretRotated,
+    SecretRotationConfigured,
+    SecretRotationFailed,
+    SecretRotationStarted,
     SecretUpdated,
     SecretVersionDestroyed,
+    Selection,
     when,
 )
+from ledger.generator import Rotator
 
 MAX_NAME_CHARS = 256
 MAX_VALUE_BYTES = 65_536
@@ -60,7 +76,8 @@ def secret_stream(org: str, name: str) -> str:
 
 DEFAULT_RECOVERY_WINDOW_DAYS = 30
 MAX_RECOVERY_WINDOW_DAYS = 365
-DAY_NS = 86_400 * 1_000_000_000
+SECOND_NS = 1_000_000_000
+DAY_NS = 86_400 * SECOND_NS
 
 
 class OrgState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -78,6 +95,48 @@ class KeyState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     key_sha256: str
     revoked: bool
     stream_version: int
+
+
+class Policy(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Who may reveal a secret besides the scope rule: a key matching any entry."""
+
+    key_ids: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()  # `*` globs
+    roles: tuple[str, ...] = ()
+
+    @property
+    def restricts(self) -> bool:
+        return bool(self.key_ids or self.labels or self.roles)
+
+    def allows(self, key: KeyState) -> bool:
+        return (
+            not self.restricts
+            or key.key_id in self.key_ids
+            or key.role in self.roles
+            or any(fnmatchcase(key.label, pattern) for pattern in self.labels)
+        )
+
+
+class RotationState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    interval_seconds: int
+    rotator: Rotator
+    next_due_at: int  # the next attempt: interval after the last new value, or a failure's backoff
+    attempt: int = 0  # the attempt in flight, or the failures since the last new value
+    lease_until: int | None = None  # while an attempt is in flight
+
+
+class Member(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A pool member: its own value (sealed under its own data key), label and state."""
+
+    name: str
+    label: str
+    state: MemberState
+    member_version: int
+    data_key_id: str
+    sealed: str
+    added_at: int
+    last_revealed_at: int = 0
+    reveals: int = 0
 
 
 class SecretState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -98,6 +157,12 @@ class SecretState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     created_by: str = ""
     expires_at: int | None = None
     destroy_at: int | None = None  # while deleted: when the recovery window ends (None: never)
+    external: str | None = None  # the scheme when the value is a reference to an external manager
+    policy: Policy = Policy()
+    rotation: RotationState | None = None
+    members: tuple[Member, ...] = ()  # in the order they were added
+    selection: Selection = "round_robin"
+    last_member: str = ""  # the member the last reveal answered
 
 
 def evolve_org(state: OrgState | None, event: Event) -> OrgState | None:
@@ -121,36 +186,121 @@ def evolve_key(state: KeyState | None, event: Event) -> KeyState | None:
 
 
 def evolve_secret(state: SecretState | None, event: Event, sealed: str | None) -> SecretState | None:
-    """Fold one state-changing secret event; `sealed` is the record's sealed value, if any."""
+    """Fold one secret event; `sealed` is the record's sealed value, if any. Reveals of pool members
+    are folded too (they steer the member selection); other reveals change nothing."""
     if isinstance(event, SecretCreated | SecretUpdated | SecretRolledBack | SecretRestored):
+        kept = state if state is not None else None
+        rotation = kept.rotation if kept else None
+        if rotation is not None:  # a new value restarts the interval, whoever made it
+            rotation = msgspec.structs.replace(
+                rotation, next_due_at=event.at + rotation.interval_seconds * SECOND_NS, attempt=0,
+                lease_until=None if isinstance(event, SecretRotated) else rotation.lease_until,
+            )
         return SecretState(
             org=event.org, name=event.name, version=event.version, exists=True, scope=event.scope,
             category=event.category, description=event.description, data_key_id=event.data_key_id,
             sealed=sealed or "", stream_version=event.stream_version or 0,
-            destroyed_versions=state.destroyed_versions if state else frozenset(),
-            created_at=event.at if isinstance(event, SecretCreated) or state is None else state.created_at,
+            destroyed_versions=kept.destroyed_versions if kept else frozenset(),
+            created_at=event.at if isinstance(event, SecretCreated) or kept is None else kept.created_at,
             created_by=(
-                event.actor.key_id if isinstance(event, SecretCreated) or state is None else state.created_by
+                event.actor.key_id if isinstance(event, SecretCreated) or kept is None else kept.created_by
             ),
             expires_at=when(event.expires_at),
+            external=None if isinstance(event.external, UnsetType) else event.external,
+            policy=kept.policy if kept else Policy(),
+            rotation=rotation,
+            members=kept.members if kept else (),
+            selection=kept.selection if kept else "round_robin",
+            last_member=kept.last_member if kept else "",
         )
-    if isinstance(event, SecretDeleted) and state is not None:
-        return msgspec.structs.replace(state, exists=False, stream_version=event.stream_version or 0,
+    if state is None:
+        return None
+    if isinstance(event, SecretRevealed):
+        if isinstance(event.member, UnsetType):
+            return state
+        member = event.member
+        return msgspec.structs.replace(state, last_member=member, members=tuple(
+            msgspec.structs.replace(m, last_revealed_at=event.at, reveals=m.reveals + 1) if m.name == member else m
+            for m in state.members
+        ))
+    stream_version = event.stream_version or state.stream_version
+    if isinstance(event, SecretDeleted):
+        return msgspec.structs.replace(state, exists=False, stream_version=stream_version,
                                        destroy_at=when(event.destroy_at))
-    if isinstance(event, SecretDestroyed) and state is not None:
+    if isinstance(event, SecretDestroyed):
         return msgspec.structs.replace(
             state,
             destroyed_versions=state.destroyed_versions | set(event.versions),
-            stream_version=event.stream_version or 0,
+            stream_version=stream_version,
             destroy_at=None,
+            members=(),  # their data keys went with the versions'
+            last_member="",
         )
-    if isinstance(event, SecretVersionDestroyed) and state is not None:
+    if isinstance(event, SecretVersionDestroyed):
         return msgspec.structs.replace(
             state,
             destroyed_versions=state.destroyed_versions | {event.version},
-            stream_version=event.stream_version or 0,
+            stream_version=stream_version,
         )
+    if isinstance(event, SecretPolicyChanged):
+        policy = Policy(key_ids=tuple(event.key_ids), labels=tuple(event.labels), roles=tuple(event.roles))
+        return msgspec.structs.replace(state, policy=policy, stream_version=stream_version)
+    if isinstance(event, SecretRotationConfigured):
+        rotation = None if event.rotator is None or event.next_due_at is None else RotationState(
+            interval_seconds=event.interval_seconds, rotator=event.rotator, next_due_at=event.next_due_at,
+            lease_until=state.rotation.lease_until if state.rotation else None,
+            attempt=state.rotation.attempt if state.rotation and state.rotation.lease_until else 0,
+        )
+        return msgspec.structs.replace(state, rotation=rotation, stream_version=stream_version)
+    if isinstance(event, SecretRotationStarted) and state.rotation is not None:
+        return msgspec.structs.replace(state, stream_version=stream_version, rotation=msgspec.structs.replace(
+            state.rotation, attempt=event.attempt, lease_until=event.lease_until))
+    if isinstance(event, SecretRotationFailed) and state.rotation is not None:
+        return msgspec.structs.replace(state, stream_version=stream_version, rotation=msgspec.structs.replace(
+            state.rotation, attempt=event.attempt, lease_until=None, next_due_at=event.next_attempt_at))
+    if isinstance(event, SecretMemberAdded):
+        added = Member(name=event.member, label=event.label, state="active", member_version=event.member_version,
+                       data_key_id=event.data_key_id, sealed=sealed or "", added_at=event.at)
+        return msgspec.structs.replace(state, members=(*state.members, added), stream_version=stream_version)
+    if isinstance(event, SecretMemberUpdated):
+        return msgspec.structs.replace(state, stream_version=stream_version, members=tuple(
+            msgspec.structs.replace(m, label=event.label, member_version=event.member_version,
+                                    data_key_id=event.data_key_id, sealed=sealed or "")
+            if m.name == event.member else m
+            for m in state.members
+        ))
+    if isinstance(event, SecretMemberStateChanged):
+        return msgspec.structs.replace(state, stream_version=stream_version, members=tuple(
+            msgspec.structs.replace(m, state=event.state) if m.name == event.member else m for m in state.members
+        ))
+    if isinstance(event, SecretMemberRemoved):
+        return msgspec.structs.replace(state, stream_version=stream_version,
+                                       members=tuple(m for m in state.members if m.name != event.member))
+    if isinstance(event, SecretPoolConfigured):
+        return msgspec.structs.replace(state, selection=event.selection, stream_version=stream_version)
     return state
+
+
+def member_aad_name(name: str, member: str) -> str:
+    """The name a member's value is sealed under: unambiguous, since neither part may contain '/'."""
+    return f"{name}/{member}"
+
+
+def pick_member(state: SecretState) -> Member | None:
+    """The active member the next reveal answers: round robin after the last one answered, or the
+    least recently revealed (ties: the earliest added). None when no member is active."""
+    active = [m for m in state.members if m.state == "active"]
+    if not active:
+        return None
+    if state.selection == "least_recent":
+        return min(active, key=lambda m: m.last_revealed_at)  # min keeps the first of equals
+    names = [m.name for m in state.members]
+    start = names.index(state.last_member) + 1 if state.last_member in names else 0
+    for offset in range(len(names)):
+        candidate = state.members[(start + offset) % len(names)]
+        if candidate.state == "active":
+            return candidate
+    return None
 
 
 def scope_covers(key_scope: str, secret_scope: str) -> bool:

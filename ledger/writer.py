@@ -111,9 +111,9 @@ class WriteView:
         """Fold a decision's events into the overlay so later commands in the batch see them."""
         sealed = decision.sealed or [None] * len(decision.events)
         for event, value in zip(decision.events, sealed, strict=True):
-            if event.stream_version is None:
-                continue
             stream = event.stream
+            if event.stream_version is None and not stream.startswith("secret:"):
+                continue  # reveals of pool members steer the selection: secret streams fold them all
             if stream.startswith("org:"):
                 self.orgs[stream] = evolve_org(self.orgs.get(stream), event)
             elif stream.startswith("key:"):

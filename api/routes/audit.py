@@ -37,8 +37,19 @@ Action = Literal[
     "secret.restored",
     "secret.destroyed",
     "org.settings_changed",
+    "secret.rotated",
+    "secret.reveal_failed",
+    "secret.policy_changed",
+    "secret.rotation_configured",
+    "secret.rotation_started",
+    "secret.rotation_failed",
+    "secret.member_added",
+    "secret.member_updated",
+    "secret.member_state_changed",
+    "secret.member_removed",
+    "secret.pool_configured",
 ]
-Outcome = Literal["ok", "granted", "denied"]
+Outcome = Literal["ok", "granted", "denied", "failed"]
 MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv", "ocsf": "application/x-ndjson"}
 EXPORT_CHUNK = 2000
 
