@@ -29,18 +29,32 @@ from ledger.events import (
     SecretCreated,
     SecretDeleted,
     SecretDestroyed,
+    SecretMemberAdded,
+    SecretMemberRemoved,
+    SecretMemberStateChanged,
+    SecretMemberUpdated,
+    SecretPolicyChanged,
+    SecretPoolConfigured,
     SecretRestored,
     SecretRevealDenied,
     SecretRevealed,
+    SecretRevealFailed,
     SecretRolledBack,
+    SecretRotated,
+    SecretRotationConfigured,
+    SecretRotationFailed,
+    SecretRotationStarted,
     SecretUpdated,
     SecretVersionDestroyed,
     Source,
     event_type,
 )
+from ledger.generator import GeneratorSpec
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "events_v1"
 AT = 1_767_225_600_123_456_789
+SECOND = 1_000_000_000
+SYSTEM = Actor(key_id="system", label="keyledger", kind="system")
 
 ALL_TAGS = sorted(str(cls.__struct_config__.tag) for cls in EVENT_TYPES)
 
@@ -82,6 +96,44 @@ EXPECTED: dict[str, tuple[type[Event], dict[str, Any]]] = {
     "secret.destroyed": (SecretDestroyed, {"versions": [2, 3, 4], "reason": "recovery window ended",
                                            "actor": Actor(key_id="system", label="keyledger", kind="system")}),
     "org.settings_changed": (OrgSettingsChanged, {"recovery_window_days": 7, "stream": "org:acme"}),
+    # Added with rotation, reveal policies, external references and pools.
+    "secret.rotation_configured": (SecretRotationConfigured, {
+        "name": "STRIPE_SECRET_KEY", "stream": "secret:acme/STRIPE_SECRET_KEY", "stream_version": 2,
+        "interval_seconds": 30 * 86_400,
+        "rotator": GeneratorSpec(length=48, alphabet="alphanumeric", prefix="sk_live_"),
+        "next_due_at": AT + 16 + 30 * 86_400 * SECOND}),
+    "secret.rotation_started": (SecretRotationStarted, {
+        "name": "GITHUB_APP_TOKEN", "stream_version": 3, "attempt": 1, "rotator": "webhook",
+        "lease_until": AT + 17 + 300 * SECOND, "call_id": "rot_8d3f4c37dca554f9801bdce5", "actor": SYSTEM}),
+    "secret.rotation_failed": (SecretRotationFailed, {
+        "name": "GITHUB_APP_TOKEN", "stream_version": 4, "attempt": 1, "reason": "webhook answered HTTP 503",
+        "next_attempt_at": AT + 18 + 60 * SECOND}),
+    "secret.rotated": (SecretRotated, {
+        "name": "GITHUB_APP_TOKEN", "version": 2, "stream_version": 6, "scope": "tools", "category": "tool",
+        "data_key_id": "dek_c021b527c5d116f7f46f8ef6",
+        "sealed_sha256": "f42546d5ecdd452509808b2d6d0413b5a738c70a793b99ccf8ed6f423aac83d3",
+        "rotator": "webhook", "attempt": 2, "expires_at": msgspec.UNSET, "external": msgspec.UNSET}),
+    "secret.reveal_failed": (SecretRevealFailed, {
+        "name": "DB_PASSWORD", "version": 1, "stream_version": None,
+        "reason": "aws-sm: AccessDeniedException (HTTP 400)"}),
+    "secret.policy_changed": (SecretPolicyChanged, {
+        "name": "OPENAI_API_KEY", "stream_version": 10, "key_ids": ["key_0123456789abcdef"],
+        "labels": ["deploy-*"], "roles": ["admin"], "actor": Actor(key_id="admin", label="admin token", kind="admin")}),
+    "secret.member_added": (SecretMemberAdded, {
+        "name": "ANTHROPIC_API_KEY", "member": "k2", "label": "team b", "member_version": 1,
+        "data_key_id": "dek_e4e2bf0db38b634ca3675433",
+        "sealed_sha256": "976b6ff921d41625662a66166afa8c2ad2489dd146b7f4f036d91efb85b6ca71", "stream_version": 2}),
+    "secret.member_updated": (SecretMemberUpdated, {
+        "member": "k2", "member_version": 2, "data_key_id": "dek_3b677f10efe155276d111394",
+        "sealed_sha256": "6fc00dff6b5b447ed24323665c0c900f23237b324bc8b7c190faabadac39c771",
+        "dropped_data_key_id": "dek_e4e2bf0db38b634ca3675433", "stream_version": 3}),
+    "secret.member_state_changed": (SecretMemberStateChanged, {
+        "member": "k2", "state": "disabled", "reason": "rate limited (HTTP 429)", "stream_version": 4}),
+    "secret.member_removed": (SecretMemberRemoved, {
+        "name": "ANTHROPIC_API_KEY", "member": "k1", "data_key_id": "dek_eb1e7f2f984d36535f10aa67",
+        "stream_version": 5}),
+    "secret.pool_configured": (SecretPoolConfigured, {
+        "name": "ANTHROPIC_API_KEY", "selection": "least_recent", "stream_version": 6, "at": AT + 27}),
 }
 
 
@@ -115,6 +167,48 @@ def test_frozen_fixture_decodes_and_reencodes_to_the_same_bytes(tag: str) -> Non
         assert getattr(event, name) == value, name
     # The hash chain covers stored bytes; deterministic encoding keeps old bytes reproducible.
     assert encode_event(event) == stored
+
+
+# Fields added after these events were first stored: absent from the frozen bytes, so they must decode
+# as UNSET and never be encoded, or the old bytes (and the hash chain over them) would change.
+_ADDED_LATER: dict[str, tuple[str, ...]] = {
+    "secret.created": ("external",),
+    "secret.updated": ("external",),
+    "secret.rolled_back": ("external",),
+    "secret.restored": ("external",),
+    "secret.revealed": ("member", "external"),
+}
+
+
+@pytest.mark.parametrize("tag", sorted(_ADDED_LATER))
+def test_old_fixture_decodes_added_fields_as_unset_and_reencodes_the_same(tag: str) -> None:
+    stored = fixture_bytes(tag)
+    event = decode_event(stored)
+    for name in _ADDED_LATER[tag]:
+        assert f'"{name}"'.encode() not in stored, name
+        assert getattr(event, name) is msgspec.UNSET, name
+    assert encode_event(event) == stored
+
+
+def test_revealed_with_member_round_trips_and_encodes_the_member() -> None:
+    old = decode_event(fixture_bytes("secret.revealed"))
+    assert isinstance(old, SecretRevealed)
+    event = msgspec.structs.replace(old, member="k2")
+    body = encode_event(event)
+    assert b'"member":"k2"' in body
+    assert b'"external"' not in body  # still UNSET: not encoded
+    decoded = decode_event(body)
+    assert type(decoded) is SecretRevealed
+    assert decoded == event and decoded.member == "k2"
+    assert encode_event(decoded) == body
+    assert body != fixture_bytes("secret.revealed")
+
+
+def test_external_on_a_value_event_round_trips() -> None:
+    event = msgspec.structs.replace(decode_event(fixture_bytes("secret.created")), external="aws-sm")
+    body = encode_event(event)
+    assert b'"external":"aws-sm"' in body
+    assert decode_event(body) == event and encode_event(decode_event(body)) == body
 
 
 def test_unknown_tag_is_an_integrity_error() -> None:
@@ -179,6 +273,7 @@ def test_encoder_is_deterministic_for_equal_events() -> None:
 
 
 _text = st.text(max_size=40)
+_maybe_text = st.one_of(st.just(msgspec.UNSET), _text)  # an optional field added later: absent or set
 
 
 @st.composite
@@ -199,11 +294,11 @@ def secret_events(draw: st.DrawFn) -> Event:
         return SecretCreated(
             **envelope, stream_version=draw(st.integers(1, 2**40)), name=name, version=version, scope=scope,
             category=draw(st.sampled_from(["provider", "tool", "custom"])), description=draw(_text),
-            data_key_id=draw(_text), sealed_sha256=draw(_text),
+            data_key_id=draw(_text), sealed_sha256=draw(_text), external=draw(_maybe_text),
         )
     if kind == "revealed":
         return SecretRevealed(**envelope, stream_version=None, name=name, version=version, key_scope=scope,
-                              reason=draw(_text))
+                              reason=draw(_text), member=draw(_maybe_text), external=draw(_maybe_text))
     return SecretRevealDenied(**envelope, stream_version=None, name=name, version=version, key_scope=scope,
                               secret_scope=scope, reason=draw(_text), request_reason=draw(_text))
 
