@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import httpx
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema, SecurityScheme
@@ -20,6 +21,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.middleware import before_send
 from api.openapi_links import add_links
 from api.ratelimit import RateLimiters
+from api.rotation_runner import RotationSettings, keep_rotating
 from api.routes.admin import AdminController
 from api.routes.audit import AuditController
 from api.routes.compliance import ComplianceController
@@ -31,6 +33,7 @@ from api.routes.secrets import SecretsController
 from api.settings import Settings
 from ledger.crypto import Keyring
 from ledger.errors import CryptoError, MasterKeyError
+from ledger.external import ExternalStores
 from ledger.keys import stale_data_keys
 from ledger.pg_store import PostgresRecorder
 from ledger.recorder import Recorder
@@ -46,13 +49,14 @@ log = logging.getLogger("keyledger")
 VERSION = "0.1.0"
 
 
-def build_ledger(settings: Settings, clock: Callable[[], int] = time.time_ns) -> Ledger:
+def build_ledger(settings: Settings, clock: Callable[[], int] = time.time_ns,
+                 external: ExternalStores | None = None) -> Ledger:
     recorder: Recorder
     if settings.db.dsn is not None:
         recorder = PostgresRecorder(settings.db.dsn, pg_tables.all_projectors(), pool_size=settings.pool_size)
     else:
         recorder = SqliteRecorder(settings.db.path, sqlite_tables.all_projectors(), synchronous=settings.synchronous)
-    return Ledger(recorder, Keyring(settings.master_key, settings.previous_master_keys), clock)
+    return Ledger(recorder, Keyring(settings.master_key, settings.previous_master_keys), clock, external=external)
 
 
 def build_projections(settings: Settings, ledger: Ledger) -> Projections:
@@ -87,16 +91,22 @@ async def check_master_key(ledger: Ledger) -> bool:
     return bool(stale)
 
 
-def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns) -> Litestar:
-    """The app; `clock` (UTC nanoseconds) stamps events and decides when recovery windows end."""
+def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns,
+               external: ExternalStores | None = None) -> Litestar:
+    """The app; `clock` (UTC nanoseconds) stamps events and decides when recovery windows end and
+    rotations are due; `external` holds the adapters for references (default: AWS and Vault)."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        ledger = build_ledger(settings, clock)
+        ledger = build_ledger(settings, clock, external)
         await ledger.start()
         projections = build_projections(settings, ledger)
         destroyer: asyncio.Task[None] | None = None
+        rotator: asyncio.Task[None] | None = None
         rotation = RotationJob(ledger)
+        rotation_settings = RotationSettings(webhook_timeout=settings.webhook_timeout_seconds,
+                                             max_answer_bytes=settings.webhook_max_answer_bytes)
+        http = httpx.AsyncClient(follow_redirects=False)
         try:
             unfinished_rotation = await check_master_key(ledger)
             await projections.open()
@@ -104,6 +114,10 @@ def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns) -> L
             await destroy_due(ledger, projections, clock)
             destroyer = asyncio.create_task(
                 keep_destroying(ledger, projections, clock, settings.destroy_sweep_seconds)
+            )
+            # Rotations due while the server was down run at once, then every sweep.
+            rotator = asyncio.create_task(
+                keep_rotating(ledger, projections, clock, rotation_settings, settings.rotation_sweep_seconds)
             )
             if settings.freeze_gc_after_start:
                 gc.collect()
@@ -113,6 +127,8 @@ def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns) -> L
             app.state.settings = settings
             app.state.clock = clock
             app.state.rotation = rotation
+            app.state.rotation_settings = rotation_settings
+            app.state.http = http
             if unfinished_rotation:
                 log.info("data keys remain under a previous master key: rewrapping them in the background")
                 rotation.start(None)
@@ -120,10 +136,12 @@ def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns) -> L
             yield
         finally:
             await rotation.stop()
-            if destroyer is not None:
-                destroyer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await destroyer
+            for task in (destroyer, rotator):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await http.aclose()
             await projections.close()
             await ledger.stop()
 

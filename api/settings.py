@@ -71,6 +71,9 @@ class Settings(msgspec.Struct, kw_only=True):
     rate_limit_per_key: RateLimit | None = RATE_LIMIT_PER_KEY  # None: off
     rate_limit_per_address: RateLimit | None = RATE_LIMIT_PER_ADDRESS
     destroy_sweep_seconds: float = 60.0  # how often deleted secrets past their recovery window are destroyed
+    rotation_sweep_seconds: float = 60.0  # how often secrets due for rotation are rotated
+    webhook_timeout_seconds: float = 10.0  # a rotation webhook's whole exchange
+    webhook_max_answer_bytes: int = 65_536 + 1024  # a rotation webhook's answer, at most
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, Database):  # a bare path, as tests and scripts pass it

@@ -339,6 +339,11 @@ MemberValueEvent = SecretMemberAdded | SecretMemberUpdated
 MEMBER_VALUE_EVENTS = (SecretMemberAdded, SecretMemberUpdated)
 
 
+def external_of(event: ValueEvent) -> str | None:
+    """The scheme of a value event whose value is a reference to an external manager."""
+    return None if isinstance(event.external, UnsetType) else event.external
+
+
 def when(value: int | UnsetType) -> int | None:
     """An optional time field as an int or None."""
     return None if isinstance(value, UnsetType) else value

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import msgspec
 from msgspec import UNSET, UnsetType
 
 from ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -20,6 +21,7 @@ from ledger.commands import (
     CreatedKey,
     CreateOrg,
     DeleteSecret,
+    RecordRevealFailed,
     Revealed,
     RevealSecret,
     RevokeApiKey,
@@ -29,8 +31,10 @@ from ledger.commands import (
     new_key_id,
 )
 from ledger.crypto import Keyring, SigningKey
-from ledger.errors import ValidationError
-from ledger.events import Category, Scope
+from ledger.errors import LedgerError, ValidationError
+from ledger.events import SELECTIONS, Category, Scope
+from ledger.external import ExternalStores, parse_reference
+from ledger.generator import Rotator, validate_rotator
 from ledger.idempotency import Answer, Idempotent, Render, validate_idempotency_key
 from ledger.lifecycle import (
     ChangeOrgSettings,
@@ -54,7 +58,10 @@ from ledger.model import (
     validate_text,
     validate_value,
 )
+from ledger.policy import SetPolicy, validate_policy
+from ledger.pools import ChangeMemberState, ConfigurePool, PutMember, validate_member_name
 from ledger.recorder import Recorder
+from ledger.rotation import ConfigureRotation, NotDue, RotationStarted, StartRotation, validate_interval
 from ledger.writer import Command, Writer
 
 T = TypeVar("T")
@@ -71,6 +78,7 @@ class Ledger:
         *,
         signing_key: SigningKey | None = None,
         checkpoint_every: int = 1000,
+        external: ExternalStores | None = None,
     ) -> None:
         self.recorder = recorder
         self.keyring = keyring
@@ -79,6 +87,7 @@ class Ledger:
         self.writer = Writer(recorder, keyring, clock)
         self.writer.signing_key = self.signing_key
         self.writer.checkpoint_every = checkpoint_every
+        self.external = external or ExternalStores.default()  # adapters for references (AWS, Vault)
 
     async def start(self) -> None:
         await self.recorder.open()
@@ -138,7 +147,10 @@ class Ledger:
         description: str | None = None,
         if_match: int | None = None,
         expires_at: int | UnsetType | None = UNSET,
+        reference: bool = False,
     ) -> UpsertSecret:
+        """With `reference`, `value` is a reference to an external manager (`aws-sm://...`), checked here."""
+        external = parse_reference(value.decode("utf-8", "replace")).scheme if reference else None
         checked_scope: Scope | None = validate_scope(scope) if scope is not None else None
         checked_category: Category | None = validate_category(category) if category is not None else None
         if description is not None:
@@ -146,7 +158,7 @@ class Ledger:
         return UpsertSecret(
             org=org, ctx=ctx, name=validate_name(name), value=validate_value(value),
             scope=checked_scope, category=checked_category, description=description, if_match=if_match,
-            expires_at=expires_at,
+            expires_at=expires_at, external=external,
         )
 
     def rollback_secret_command(self, ctx: Context, org: str, name: str, version: int, *,
@@ -169,6 +181,38 @@ class Ledger:
             raise ValidationError("version", "must be 1 or more")
         return RevealSecret(org=org, ctx=ctx, name=validate_name(name),
                             reason=validate_text(reason, "reason", MAX_REASON_CHARS), version=version)
+
+    def set_policy_command(self, ctx: Context, org: str, name: str, *, key_ids: list[str], labels: list[str],
+                           roles: list[str]) -> SetPolicy:
+        return SetPolicy(org=org, ctx=ctx, name=validate_name(name), policy=validate_policy(key_ids, labels, roles))
+
+    def configure_rotation_command(self, ctx: Context, org: str, name: str, *, interval_seconds: int = 0,
+                                   rotator: Rotator | None = None) -> ConfigureRotation:
+        if rotator is not None:
+            validate_interval(interval_seconds)
+            rotator = validate_rotator(rotator)
+        return ConfigureRotation(org=org, ctx=ctx, name=validate_name(name), interval_seconds=interval_seconds,
+                                 rotator=rotator)
+
+    def put_member_command(self, ctx: Context, org: str, name: str, member: str, value: bytes, *,
+                           label: str | None = None) -> PutMember:
+        if label is not None:
+            validate_text(label, "label", MAX_LABEL_CHARS)
+        return PutMember(org=org, ctx=ctx, name=validate_name(name), member=validate_member_name(member),
+                         value=validate_value(value), label=label)
+
+    def member_state_command(self, ctx: Context, org: str, name: str, member: str, state: str, *,
+                             reason: str = "") -> ChangeMemberState:
+        if state not in ("active", "disabled"):
+            raise ValidationError("state", "must be active or disabled")
+        return ChangeMemberState(org=org, ctx=ctx, name=validate_name(name), member=validate_member_name(member),
+                                 state=state,  # type: ignore[arg-type]
+                                 reason=validate_text(reason, "reason", MAX_REASON_CHARS))
+
+    def pool_command(self, ctx: Context, org: str, name: str, selection: str) -> ConfigurePool:
+        if selection not in SELECTIONS:
+            raise ValidationError("selection", f"must be one of {', '.join(SELECTIONS)}")
+        return ConfigurePool(org=org, ctx=ctx, name=validate_name(name), selection=selection)  # type: ignore[arg-type]
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -220,7 +264,33 @@ class Ledger:
 
     async def reveal_secret(self, ctx: Context, org: str, name: str, *, reason: str = "",
                             version: int | None = None) -> Revealed:
-        return await self.submit(self.reveal_secret_command(ctx, org, name, reason=reason, version=version))
+        return await self.resolve(ctx, org, await self.submit(
+            self.reveal_secret_command(ctx, org, name, reason=reason, version=version)))
+
+    async def resolve(self, ctx: Context, org: str, revealed: Revealed) -> Revealed:
+        """A revealed reference fetched from its external manager; a failure is recorded
+        (`secret.reveal_failed`) and raised. Other reveals pass through."""
+        if revealed.external is None:
+            return revealed
+        try:
+            value = await self.external.fetch(revealed.value.decode("utf-8", "replace"))
+        except LedgerError as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+            await self.submit(RecordRevealFailed(org=org, ctx=ctx, name=revealed.name, version=revealed.version,
+                                                 reason=reason))
+            raise
+        return msgspec.structs.replace(revealed, value=value)
+
+    async def due_rotation_attempts(self, due: list[tuple[str, str]], *, lease_seconds: int) -> list[RotationStarted]:
+        """Start an attempt for each due secret (generators finish at once); the webhooks remain to call."""
+        started = []
+        for org, name in due:
+            try:
+                started.append(await self.submit(StartRotation(org=org, ctx=SYSTEM, name=name,
+                                                               lease_seconds=lease_seconds)))
+            except NotDue:
+                pass  # rotated, reconfigured, deleted or started elsewhere since the projection was read
+        return started
 
 
 __all__ = ("Context", "CreatedKey", "Ledger", "Revealed", "UpsertOutcome")

@@ -15,12 +15,13 @@ from projections.reader import (
     reveals_by_revoked_keys,
     stale_secrets,
 )
-from projections.views import AuditRow, SecretMeta
+from projections.views import AuditRow, RotationRow, SecretMeta
 
 MAX_ROWS = 100_000
 
 QUERIES = ("stale-secrets", "reveals", "exposure", "never-revealed", "revoked-key-reveals", "denied-reveals",
-           "reveal-counts", "expiring")
+           "reveal-counts", "expiring", "rotations", "who-could-reveal")
+OVERDUE_GRACE_NS = 5 * 60 * 1_000_000_000  # the scheduler sweeps every minute: later than this is overdue
 VERSION_MADE = ("secret.created", "secret.updated", "secret.rolled_back", "secret.restored")
 
 
@@ -94,3 +95,26 @@ async def reveals_per_actor(reader: Projections, org: str, since: int | None,
                             until: int | None) -> list[ActorCount]:
     return [ActorCount(actor_key_id=key_id, actor_label=label, reveals=count)
             for key_id, label, count in await reveal_counts(reader, org, since, until)]
+
+
+class RotationStatus(msgspec.Struct, frozen=True, kw_only=True):
+    row: RotationRow
+    status: str  # "failing", "overdue", "in_flight" or "ok"
+
+
+def rotation_status(row: RotationRow, now: int) -> str:
+    if row.lease_until is not None and row.lease_until > now:
+        return "in_flight"
+    if row.failures > 0:
+        return "failing"
+    if now - row.next_due_at > OVERDUE_GRACE_NS:
+        return "overdue"
+    return "ok"
+
+
+async def rotations_needing_attention(reader: Projections, org: str, now: int, *,
+                                      everything: bool = False) -> list[RotationStatus]:
+    """Rotations that are failing (the last attempt failed) or overdue (due for more than five
+    minutes, and not in flight); with `everything`, every rotation and its status."""
+    found = [RotationStatus(row=row, status=rotation_status(row, now)) for row in await reader.rotations(org)]
+    return found if everything else [r for r in found if r.status in ("failing", "overdue")]

@@ -19,6 +19,7 @@ from ledger.events import (
     SecretRestored,
     SecretRolledBack,
     SecretUpdated,
+    external_of,
     when,
 )
 from ledger.recorder import Recorder
@@ -34,7 +35,7 @@ def fold_secrets(events: Iterable[Event]) -> dict[str, SecretMeta]:
             state[event.name] = SecretMeta(
                 org=event.org, name=event.name, scope=event.scope, category=event.category,
                 description=event.description, version=event.version, created_at=event.at, updated_at=event.at,
-                created_by=who, updated_by=who, expires_at=when(event.expires_at),
+                created_by=who, updated_by=who, expires_at=when(event.expires_at), external=external_of(event),
             )
         elif isinstance(event, SecretUpdated | SecretRolledBack | SecretRestored) and event.name in state:
             old = state[event.name]
@@ -42,6 +43,7 @@ def fold_secrets(events: Iterable[Event]) -> dict[str, SecretMeta]:
                 org=event.org, name=event.name, scope=event.scope, category=event.category,
                 description=event.description, version=event.version, created_at=old.created_at,
                 updated_at=event.at, created_by=old.created_by, updated_by=who, expires_at=when(event.expires_at),
+                external=external_of(event),
             )
         elif isinstance(event, SecretDeleted) and event.name in state:
             state[event.name] = msgspec.structs.replace(

@@ -14,14 +14,14 @@ import msgspec
 
 from ledger.events import ApiKeyRevoked, Event
 from ledger.writer import Writer
-from projections.views import ApiKeyRow, AuditRow, SecretMeta, VersionRow
+from projections.views import ApiKeyRow, AuditRow, RotationRow, SecretMeta, VersionRow
 
 Row = Sequence[Any]
 _CACHE_LIMIT = 100_000  # entries per cache; a full cache starts again empty
 
 SECRET_COLUMNS = (
     "org, name, scope, category, description, version, created_at, updated_at, created_by, updated_by, deleted, "
-    "expires_at, deleted_at, destroy_at"
+    "expires_at, deleted_at, destroy_at, external"
 )
 KEY_COLUMNS = "key_id, org, label, role, scope, created_at, revoked_at, last_used_at"
 _AUDIT_COLUMNS = (
@@ -36,6 +36,7 @@ def secret_of_row(row: Row) -> SecretMeta:
         version=int(row[5]), created_at=int(row[6]), updated_at=int(row[7]),
         created_by=str(row[8]), updated_by=str(row[9]), deleted=bool(row[10]),
         expires_at=_int_or_none(row[11]), deleted_at=_int_or_none(row[12]), destroy_at=_int_or_none(row[13]),
+        external=None if row[14] is None else str(row[14]),
     )
 
 
@@ -196,6 +197,31 @@ class Projections:
             "AND destroyed_at IS NULL ORDER BY destroy_at, org, name LIMIT ?", (now, limit),
         )
         return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def due_rotations(self, now: int, limit: int = 100) -> list[tuple[str, str]]:
+        """(org, name) of live secrets due for rotation at `now`, with no attempt in flight (or one
+        whose lease ended: the server that started it stopped)."""
+        rows = await self.db.all(
+            "SELECT r.org, r.name FROM secret_rotation r JOIN secrets s ON s.org = r.org AND s.name = r.name "
+            "WHERE s.deleted = 0 AND (r.next_due_at <= ? OR r.lease_until <= ?) "
+            "AND (r.lease_until IS NULL OR r.lease_until <= ?) ORDER BY r.next_due_at, r.org, r.name LIMIT ?",
+            (now, now, now, limit),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def rotations(self, org: str) -> list[RotationRow]:
+        """Every live secret's rotation schedule, by name."""
+        rows = await self.db.all(
+            "SELECT r.name, r.interval_seconds, r.rotator, r.next_due_at, r.failures, r.lease_until, "
+            "r.last_rotated_at, r.last_error, r.last_error_at FROM secret_rotation r "
+            "JOIN secrets s ON s.org = r.org AND s.name = r.name WHERE r.org = ? AND s.deleted = 0 ORDER BY r.name",
+            (org,),
+        )
+        return [RotationRow(
+            name=str(r[0]), interval_seconds=int(r[1]), rotator=str(r[2]), next_due_at=int(r[3]),
+            failures=int(r[4]), lease_until=_int_or_none(r[5]), last_rotated_at=_int_or_none(r[6]),
+            last_error=None if r[7] is None else str(r[7]), last_error_at=_int_or_none(r[8]),
+        ) for r in rows]
 
     async def audit(self, org: str, *, after_seq: int = 0, limit: int = 1000) -> list[AuditRow]:
         rows = await self.db.all(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ledger.events import (
+    VALUE_EVENTS,
     ApiKeyCreated,
     ApiKeyRevoked,
     Event,
@@ -18,14 +19,20 @@ from ledger.events import (
     SecretDestroyed,
     SecretRestored,
     SecretRolledBack,
+    SecretRotated,
+    SecretRotationConfigured,
+    SecretRotationFailed,
+    SecretRotationStarted,
     SecretUpdated,
     SecretVersionDestroyed,
     event_type,
+    external_of,
     outcome_of,
     secret_name,
     secret_version,
     when,
 )
+from ledger.generator import GeneratorSpec
 from ledger.recorder import Projector, Statement
 from ledger.records import StoredRecord
 
@@ -44,15 +51,16 @@ def _coalesce(statements: list[tuple[str, tuple[object, ...]]]) -> list[Statemen
 
 
 _SECRET_CREATED = """INSERT INTO secrets (org, name, scope, category, description, version, created_at,
-    updated_at, created_by, updated_by, deleted, deleted_at, expires_at, destroy_at, destroyed_at)
-    VALUES (?,?,?,?,?,?,?,?,?,?,0,NULL,?,NULL,NULL)
+    updated_at, created_by, updated_by, deleted, deleted_at, expires_at, destroy_at, destroyed_at, external)
+    VALUES (?,?,?,?,?,?,?,?,?,?,0,NULL,?,NULL,NULL,?)
     ON CONFLICT(org, name) DO UPDATE SET scope=excluded.scope, category=excluded.category,
     description=excluded.description, version=excluded.version, created_at=excluded.created_at,
     updated_at=excluded.updated_at, created_by=excluded.created_by, updated_by=excluded.updated_by,
-    deleted=0, deleted_at=NULL, expires_at=excluded.expires_at, destroy_at=NULL, destroyed_at=NULL"""
+    deleted=0, deleted_at=NULL, expires_at=excluded.expires_at, destroy_at=NULL, destroyed_at=NULL,
+    external=excluded.external"""
 # An update, a rollback and a restore all make the new version current (a restore also undeletes).
 _SECRET_UPDATED = """UPDATE secrets SET scope=?, category=?, description=?, version=?, updated_at=?,
-    updated_by=?, expires_at=?, deleted=0, deleted_at=NULL, destroy_at=NULL WHERE org=? AND name=?"""
+    updated_by=?, expires_at=?, external=?, deleted=0, deleted_at=NULL, destroy_at=NULL WHERE org=? AND name=?"""
 _SECRET_DELETED = "UPDATE secrets SET deleted=1, deleted_at=?, destroy_at=? WHERE org=? AND name=?"
 _SECRET_DESTROYED = "UPDATE secrets SET destroyed_at=?, destroy_at=NULL WHERE org=? AND name=?"
 
@@ -69,7 +77,7 @@ class SecretsProjector:
                 description TEXT NOT NULL, version INTEGER NOT NULL, created_at INTEGER NOT NULL,
                 updated_at INTEGER NOT NULL, created_by TEXT NOT NULL, updated_by TEXT NOT NULL,
                 deleted INTEGER NOT NULL, deleted_at INTEGER, expires_at INTEGER, destroy_at INTEGER,
-                destroyed_at INTEGER,
+                destroyed_at INTEGER, external TEXT,
                 PRIMARY KEY (org, name)) WITHOUT ROWID""",
             # The sweeper's question: which deleted secrets are due for destruction.
             "CREATE INDEX IF NOT EXISTS secrets_destroy_at ON secrets(destroy_at) WHERE destroy_at IS NOT NULL",
@@ -88,12 +96,12 @@ class SecretsProjector:
             if isinstance(event, SecretCreated):
                 rows.append((_SECRET_CREATED, (
                     event.org, event.name, event.scope, event.category, event.description, event.version,
-                    event.at, event.at, who, who, when(event.expires_at),
+                    event.at, event.at, who, who, when(event.expires_at), external_of(event),
                 )))
             elif isinstance(event, SecretUpdated | SecretRolledBack | SecretRestored):
                 rows.append((_SECRET_UPDATED, (
                     event.scope, event.category, event.description, event.version, event.at, who,
-                    when(event.expires_at), event.org, event.name,
+                    when(event.expires_at), external_of(event), event.org, event.name,
                 )))
             elif isinstance(event, SecretDeleted):
                 rows.append((_SECRET_DELETED, (event.at, when(event.destroy_at), event.org, event.name)))
@@ -105,7 +113,8 @@ class SecretsProjector:
 _VERSION_MADE = """INSERT INTO secret_versions (org, name, version, made_at, made_by, how, from_version,
     destroyed_at) VALUES (?,?,?,?,?,?,?,NULL)"""
 _VERSION_DESTROYED = "UPDATE secret_versions SET destroyed_at=? WHERE org=? AND name=? AND version=?"
-_HOW = {SecretCreated: "create", SecretUpdated: "update", SecretRolledBack: "rollback", SecretRestored: "restore"}
+_HOW = {SecretCreated: "create", SecretUpdated: "update", SecretRolledBack: "rollback", SecretRestored: "restore",
+        SecretRotated: "rotate"}
 
 
 class SecretVersionsProjector:
@@ -226,8 +235,65 @@ class AuditProjector:
         return [Statement(_AUDIT_INSERT, rows)]
 
 
+_ROTATION_SET = """INSERT INTO secret_rotation (org, name, interval_seconds, rotator, next_due_at, failures,
+    lease_until, last_rotated_at, last_error, last_error_at) VALUES (?,?,?,?,?,0,NULL,NULL,NULL,NULL)
+    ON CONFLICT(org, name) DO UPDATE SET interval_seconds=excluded.interval_seconds, rotator=excluded.rotator,
+    next_due_at=excluded.next_due_at"""
+_ROTATION_REMOVED = "DELETE FROM secret_rotation WHERE org=? AND name=?"
+_ROTATION_STARTED = "UPDATE secret_rotation SET lease_until=? WHERE org=? AND name=?"
+_ROTATION_FAILED = """UPDATE secret_rotation SET failures=?, lease_until=NULL, next_due_at=?, last_error=?,
+    last_error_at=? WHERE org=? AND name=?"""
+# Any new value restarts the interval (as in the write model); a rotation also ends its attempt.
+_ROTATION_NEW_VALUE = """UPDATE secret_rotation SET next_due_at=? + interval_seconds * 1000000000, failures=0,
+    lease_until=CASE WHEN ? THEN NULL ELSE lease_until END,
+    last_rotated_at=CASE WHEN ? THEN ? ELSE last_rotated_at END WHERE org=? AND name=?"""
+
+
+class RotationsProjector:
+    """Each secret's rotation policy and schedule: when it is due, failures in a row, the last error."""
+
+    name = "secret_rotation"
+
+    def schema(self) -> list[str]:
+        return [
+            """CREATE TABLE IF NOT EXISTS secret_rotation (
+                org TEXT NOT NULL, name TEXT NOT NULL, interval_seconds INTEGER NOT NULL, rotator TEXT NOT NULL,
+                next_due_at INTEGER NOT NULL, failures INTEGER NOT NULL, lease_until INTEGER,
+                last_rotated_at INTEGER, last_error TEXT, last_error_at INTEGER,
+                PRIMARY KEY (org, name)) WITHOUT ROWID""",
+            # The scheduler's question: which secrets are due.
+            "CREATE INDEX IF NOT EXISTS secret_rotation_due ON secret_rotation(next_due_at)",
+        ]
+
+    def reset(self) -> list[str]:
+        return ["DELETE FROM secret_rotation"]
+
+    def drop(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS secret_rotation"]
+
+    def project(self, batch: Batch) -> list[Statement]:
+        rows: list[tuple[str, tuple[object, ...]]] = []
+        for _, event in batch:
+            if isinstance(event, SecretRotationConfigured):
+                if event.rotator is None or event.next_due_at is None:
+                    rows.append((_ROTATION_REMOVED, (event.org, event.name)))
+                else:
+                    kind = "generator" if isinstance(event.rotator, GeneratorSpec) else "webhook"
+                    rows.append((_ROTATION_SET, (event.org, event.name, event.interval_seconds, kind,
+                                                 event.next_due_at)))
+            elif isinstance(event, SecretRotationStarted):
+                rows.append((_ROTATION_STARTED, (event.lease_until, event.org, event.name)))
+            elif isinstance(event, SecretRotationFailed):
+                rows.append((_ROTATION_FAILED, (event.attempt, event.next_attempt_at, event.reason, event.at,
+                                                event.org, event.name)))
+            elif isinstance(event, VALUE_EVENTS):
+                rotated = isinstance(event, SecretRotated)
+                rows.append((_ROTATION_NEW_VALUE, (event.at, rotated, rotated, event.at, event.org, event.name)))
+        return _coalesce(rows)
+
+
 def all_projectors() -> list[Projector]:
-    return [SecretsProjector(), ApiKeysProjector(), AuditProjector(), SecretVersionsProjector()]
+    return [SecretsProjector(), ApiKeysProjector(), AuditProjector(), SecretVersionsProjector(), RotationsProjector()]
 
 
-PROJECTION_TABLES = ("secrets", "api_keys", "audit", "secret_versions")
+PROJECTION_TABLES = ("secrets", "api_keys", "audit", "secret_versions", "secret_rotation")

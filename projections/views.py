@@ -22,6 +22,7 @@ class SecretMeta(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     expires_at: int | None = None
     deleted_at: int | None = None
     destroy_at: int | None = None  # a deleted secret's end of recovery (None: kept until purged)
+    external: str | None = None  # the scheme, when the value is a reference to an external manager
 
 
 class ApiKeyRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -61,3 +62,17 @@ class VersionRow(msgspec.Struct, frozen=True, kw_only=True):
     how: str  # create, update, rollback, restore
     from_version: int | None  # the version a rollback or restore copied
     destroyed_at: int | None
+
+
+class RotationRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A live secret's rotation schedule (never a value)."""
+
+    name: str
+    interval_seconds: int
+    rotator: str  # "generator" or "webhook"
+    next_due_at: int  # the next attempt: an interval after the last new value, or a failure's retry time
+    failures: int  # failed attempts in a row since the last new value
+    lease_until: int | None  # while an attempt is in flight
+    last_rotated_at: int | None
+    last_error: str | None
+    last_error_at: int | None

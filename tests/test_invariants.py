@@ -139,7 +139,7 @@ async def reopen(ledger: Ledger, keyring: Keyring) -> Ledger:
 _LEDGER_WRITES = re.compile(
     r"\b(UPDATE\s+(OR\s+\w+\s+)?events\b|DELETE\s+FROM\s+events\b|(INSERT\s+OR\s+)?REPLACE\s+INTO\s+events\b"
     # Projection tables are derived and may be dropped and rebuilt (their schema changed); nothing else.
-    r"|DROP\s+TRIGGER\b|DROP\s+TABLE\s+(IF\s+EXISTS\s+)?(?!(IF|secrets|api_keys|audit|secret_versions)\b)\w+"
+    r"|DROP\s+TRIGGER\b|DROP\s+TABLE\s+(IF\s+EXISTS\s+)?(?!(IF|secrets|api_keys|audit|secret_versions|secret_rotation)\b)\w+"
     r"|ALTER\s+TABLE\s+events\b)",
     re.IGNORECASE,
 )

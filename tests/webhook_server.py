@@ -52,7 +52,7 @@ class _Step:
 
 
 def _json_answer(value: str) -> bytes:
-    return json.dumps({"value": value}).encode()
+    return json.dumps({"value": value}, ensure_ascii=False).encode()  # UTF-8, as most servers answer
 
 
 class _Server(ThreadingHTTPServer):
