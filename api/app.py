@@ -29,6 +29,7 @@ from api.routes.health import healthz, readyz
 from api.routes.keys import KeysController
 from api.routes.ledger_routes import LedgerController
 from api.routes.org import OrgController
+from api.routes.secret_access import SecretAccessController
 from api.routes.secrets import SecretsController
 from api.settings import Settings
 from ledger.crypto import Keyring
@@ -148,6 +149,7 @@ def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns,
     app = Litestar(
         route_handlers=[
             SecretsController,
+            SecretAccessController,
             KeysController,
             AdminController,
             AuditController,

@@ -47,6 +47,31 @@ def _secret_links(name: str) -> dict[str, Link]:
     }
 
 
+def _access_links(name: str) -> dict[str, Link]:
+    """Where a secret's name leads among its reveal policy, rotation and pool."""
+    return {
+        "GetPolicy": _link("GetPolicy", "The secret's reveal policy", {"path.name": name}),
+        "PutPolicy": _link("PutPolicy", "Restrict who may reveal the secret", {"path.name": name}),
+        "GetMembers": _link("GetMembers", "The secret's pool members", {"path.name": name}),
+        "PutMember": _link("PutMember", "Add a member to the secret's pool", {"path.name": name}),
+        "PutRotation": _link("PutRotation", "Rotate the secret automatically", {"path.name": name}),
+    }
+
+
+MEMBER = "$response.body#/member"
+
+
+def _member_links(name: str, member: str) -> dict[str, Link]:
+    """Where a pool member (the secret's name and the member's) leads."""
+    at = {"path.name": name, "path.member": member}
+    return {
+        "DisableMember": _link("DisableMember", "Disable the member", at),
+        "EnableMember": _link("EnableMember", "Enable the member", at),
+        "DeleteMember": _link("DeleteMember", "Remove the member", at),
+        "GetMembers": _link("GetMembers", "The pool's members", {"path.name": name}),
+    }
+
+
 def _version_exposure(description: str) -> Link:
     return _link("VersionExposure", description, {"query.secret": NAME, "query.version": VERSION})
 
@@ -54,8 +79,40 @@ def _version_exposure(description: str) -> Link:
 # operationId -> status -> link name -> link
 LINKS: dict[str, dict[str, dict[str, Link]]] = {
     "UpsertSecret": {
-        status: {**_secret_links(NAME), "VersionExposure": _version_exposure("Every reveal of this version")}
+        status: {**_secret_links(NAME), "VersionExposure": _version_exposure("Every reveal of this version"),
+                 **_access_links(NAME)}
         for status in ("200", "201")
+    },
+    "PutPolicy": {
+        "200": {
+            "GetPolicy": _link("GetPolicy", "The policy just set", {"path.name": "$request.path.name"}),
+            "WhoCouldReveal": _link("WhoCouldReveal", "The keys the policy lets reveal the secret",
+                                    {"query.secret": "$request.path.name"}),
+        }
+    },
+    "PutRotation": {
+        "200": {
+            "GetRotation": _link("GetRotation", "The rotation policy just set", {"path.name": "$request.path.name"}),
+            "RotateSecret": _link("RotateSecret", "Rotate the secret now", {"path.name": "$request.path.name"}),
+            "DeleteRotation": _link("DeleteRotation", "Remove the rotation policy",
+                                    {"path.name": "$request.path.name"}),
+        }
+    },
+    "DeleteRotation": {
+        "204": {
+            "GetRotation": _link("GetRotation", "The removed policy: not found", {"path.name": "$request.path.name"}),
+            "RotateSecret": _link("RotateSecret", "Rotate without a policy: a conflict",
+                                  {"path.name": "$request.path.name"}),
+        }
+    },
+    "PutMember": {status: _member_links("$request.path.name", MEMBER) for status in ("200", "201")},
+    "DisableMember": {"200": _member_links("$request.path.name", MEMBER)},
+    "EnableMember": {"200": _member_links("$request.path.name", MEMBER)},
+    "DeleteMember": {
+        "204": {
+            "DeleteAgain": _link("DeleteMember", "Remove it again: not found",
+                                 {"path.name": "$request.path.name", "path.member": "$request.path.member"}),
+        }
     },
     "GetSecret": {"200": _secret_links("$request.path.name")},
     "RevealSecret": {

@@ -25,7 +25,12 @@ class Problem(msgspec.Struct, kw_only=True):
 
 class UpsertSecretBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: SecretName
-    value: Annotated[str, msgspec.Meta(description="At most 65,536 bytes of UTF-8")]
+    # Exactly one of `value` and `reference` (a value kept in an external manager: aws-sm://REGION/ID[#KEY]
+    # or vault-kv://MOUNT/PATH[#KEY]; fetched at each reveal, never stored).
+    value: Annotated[str, msgspec.Meta(description="At most 65,536 bytes of UTF-8")] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+    reference: Annotated[str, msgspec.Meta(max_length=2048)] | msgspec.UnsetType = msgspec.UNSET
     scope: Scope | None = None
     category: Category | None = None
     description: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
@@ -68,6 +73,7 @@ class SecretMetadata(msgspec.Struct, kw_only=True):
     created_by: str
     updated_by: str
     expires_at: str | msgspec.UnsetType = msgspec.UNSET  # present only when the secret has an expiry
+    external: str | msgspec.UnsetType = msgspec.UNSET  # present only for a reference: its manager's scheme
     # Only in `GET /v1/secrets?deleted=true`: when it was deleted, and when it will be destroyed
     # unless restored first (null: kept until purged).
     deleted_at: str | msgspec.UnsetType = msgspec.UNSET
@@ -98,6 +104,8 @@ class RevealedSecret(msgspec.Struct, kw_only=True):
     name: str
     value: str
     version: int
+    member: str | msgspec.UnsetType = msgspec.UNSET  # a pool's member whose value this is
+    external: str | msgspec.UnsetType = msgspec.UNSET  # the external manager the value was fetched from
 
     def __repr__(self) -> str:
         return f"RevealedSecret(name={self.name!r}, version={self.version})"

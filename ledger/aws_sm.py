@@ -71,8 +71,9 @@ class AwsSecretValue(msgspec.Struct, frozen=True, kw_only=True):
 class AwsSecretsManager:
     """The `aws-sm` adapter; thread-safe. One boto3 client per region, made on first use.
 
-    `endpoint_url` overrides boto3's own endpoint settings (tests point it at an emulator). Timeouts and
-    retries are short: a reveal waits on this."""
+    `endpoint_url` overrides boto3's own endpoint settings (tests point it at an emulator); `session`, a
+    boto3 Session, other credentials than the standard ones. Timeouts and retries are short: a reveal waits
+    on this."""
 
     scheme = "aws-sm"
 
@@ -83,6 +84,7 @@ class AwsSecretsManager:
         connect_timeout: float = 3.0,
         read_timeout: float = 5.0,
         max_attempts: int = 2,
+        session: Any = None,
     ) -> None:
         self.endpoint_url = endpoint_url
         self._config = botocore.config.Config(
@@ -92,7 +94,7 @@ class AwsSecretsManager:
             user_agent_extra="keyledger",
         )
         self._clients: dict[str, Any] = {}
-        self._session: Any = None
+        self._session: Any = session
         self._lock = threading.Lock()
 
     def client(self, region: str) -> Any:

@@ -104,7 +104,7 @@ class SecretUpdated(Event, frozen=True, kw_only=True, tag="secret.updated"):
 
 
 class SecretRotated(SecretUpdated, frozen=True, kw_only=True, tag="secret.rotated"):
-    """A new value made by the secret's rotator (an update in every other respect)."""
+    """A new value made by the secret's rotator (in every other respect, an update)."""
 
     rotator: str  # "generator" or "webhook"
     attempt: int  # 1 for the first try of this rotation, more after failures

@@ -31,7 +31,7 @@ from ledger.commands import (
     new_key_id,
 )
 from ledger.crypto import Keyring, SigningKey
-from ledger.errors import LedgerError, ValidationError
+from ledger.errors import ExternalSecretError, LedgerError, ValidationError
 from ledger.events import SELECTIONS, Category, Scope
 from ledger.external import ExternalStores, parse_reference
 from ledger.generator import Rotator, validate_rotator
@@ -274,6 +274,10 @@ class Ledger:
             return revealed
         try:
             value = await self.external.fetch(revealed.value.decode("utf-8", "replace"))
+            try:
+                value.decode("utf-8")  # values travel as JSON strings
+            except UnicodeDecodeError:
+                raise ExternalSecretError("invalid", "the external value is binary, not UTF-8 text") from None
         except LedgerError as exc:
             reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
             await self.submit(RecordRevealFailed(org=org, ctx=ctx, name=revealed.name, version=revealed.version,

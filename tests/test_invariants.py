@@ -611,7 +611,7 @@ async def test_bug_invariant_7_appends_move_the_positions_of_projectors_that_did
     await ledger.upsert_secret(ctx_for(admin), "acme", "db", b"v")
     positions = await ledger.recorder.projection_positions()
     await ledger.stop()
-    assert positions == {"secrets": 3, "api_keys": 2, "audit": 2, "secret_versions": 2}
+    assert positions == {"secrets": 3, "api_keys": 2, "audit": 2, "secret_versions": 2, "secret_rotation": 2}
 
     ledger = Ledger(SqliteRecorder(db_path, all_projectors()), keyring)
     await ledger.start()

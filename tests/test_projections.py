@@ -153,9 +153,12 @@ def scribble(path: Path) -> None:
         conn.execute("UPDATE secrets SET version = version + 100, description = 'scribbled', deleted = 1 - deleted")
         conn.execute(
             "INSERT INTO secrets VALUES ('acme', 'ghost', 'all', 'custom', '', 1, 1, 1, 'x', 'x', 0, NULL, NULL, "
-            "NULL, NULL)"
+            "NULL, NULL, NULL)"
             " ON CONFLICT DO NOTHING"
         )
+        conn.execute("INSERT INTO secret_rotation VALUES ('acme', 'ghost', 60, 'generator', 1, 3, NULL, NULL, "
+                     "'scribbled', 1) ON CONFLICT DO NOTHING")
+        conn.execute("UPDATE secret_rotation SET failures = failures + 7")
         conn.execute("UPDATE api_keys SET last_used_at = NULL, revoked_at = 42, label = 'scribbled'")
         conn.execute("DELETE FROM audit WHERE seq % 2 = 0")
         conn.execute("UPDATE audit SET outcome = 'scribbled'")

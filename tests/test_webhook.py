@@ -11,7 +11,9 @@ import pytest
 from api.webhook import MAX_ANSWER_BYTES, WebhookError, call_webhook
 from ledger.generator import WebhookSpec
 from ledger.model import MAX_VALUE_BYTES
-from tests.webhook_server import WebhookServer, refused_port
+from tests.webhook_server import WebhookServer, refused_port, webhook_server
+
+__all__ = ["webhook_server"]  # the imported fixture: listing it tells ruff (F401, F811) it is meant
 
 CANARY = "CANARY-7f3a9c-do-not-leak"
 SHORT = 0.5  # seconds: the deadline for the slow-server tests

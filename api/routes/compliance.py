@@ -15,10 +15,14 @@ from api.auth import Principal, require_api_key
 from api.params import parse_as_of, parse_time
 from api.routes.audit import AuditEvent, TimeParam, audit_event
 from api.routes.docs import COMMON, problems
+from api.routes.secret_access import PolicyInfo, policy_info
 from api.routes.secrets import metadata_of
 from api.schemas import SecretMetadata, rfc3339
 from ledger.errors import ValidationError
+from ledger.model import Policy
+from ledger.service import Ledger
 from projections import compliance
+from projections.access import who_could_reveal
 from projections.reader import Projections
 
 SecretParam = Annotated[str, QueryParameter(min_length=1, max_length=256)]
@@ -48,6 +52,43 @@ class ActorCountOut(msgspec.Struct, kw_only=True):
 
 class CountsAnswer(msgspec.Struct, kw_only=True):
     actors: list[ActorCountOut]
+
+
+class RotationOut(msgspec.Struct, kw_only=True):
+    name: str
+    interval_seconds: int
+    rotator: str  # "generator" or "webhook"
+    next_due_at: str
+    failures: int  # failed attempts in a row since the last new value
+    in_flight: bool
+    last_rotated_at: str | None
+    last_error: str | None  # never a value: our own words, statuses and limits
+    last_error_at: str | None
+    status: str  # "failing", "overdue", "in_flight" or "ok"
+
+
+class RotationsAnswer(msgspec.Struct, kw_only=True):
+    rotations: list[RotationOut]
+
+
+def _time_or_none(ns: int | None) -> str | None:
+    return None if ns is None else rfc3339(ns)
+
+
+class KeyAccessOut(msgspec.Struct, kw_only=True):
+    key_id: str
+    label: str
+    role: str
+    scope: str
+
+
+class WhoCouldRevealAnswer(msgspec.Struct, kw_only=True):
+    secret: str
+    at: str
+    exists: bool  # the secret existed (not deleted) then
+    expired: bool
+    policy: PolicyInfo  # the secret's reveal policy then
+    keys: list[KeyAccessOut]  # every active key that could have revealed it then
 
 
 class ComplianceController(Controller):
@@ -202,4 +243,58 @@ class ComplianceController(Controller):
             actors=[
                 ActorCountOut(actor_key_id=r.actor_key_id, actor_label=r.actor_label, reveals=r.reveals) for r in rows
             ]
+        )
+
+    @get(
+        "/rotations",
+        operation_id="RotationsNeedingAttention",
+        responses=problems(*COMMON, 403),
+        summary="Rotations failing or overdue (all=true: every rotation policy, with its status)",
+    )
+    async def rotations(
+        self,
+        request: Request[object, object, State],
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[Projections],
+        everything: Annotated[bool, QueryParameter(
+            name="all", description="Every secret with a rotation policy, not only those needing attention")] = False,
+    ) -> RotationsAnswer:
+        principal.require_admin()
+        now = request.app.state.clock()
+        found = await compliance.rotations_needing_attention(projections, principal.org, now, everything=everything)
+        return RotationsAnswer(rotations=[
+            RotationOut(
+                name=r.row.name, interval_seconds=r.row.interval_seconds, rotator=r.row.rotator,
+                next_due_at=rfc3339(r.row.next_due_at), failures=r.row.failures, in_flight=r.status == "in_flight",
+                last_rotated_at=_time_or_none(r.row.last_rotated_at), last_error=r.row.last_error,
+                last_error_at=_time_or_none(r.row.last_error_at), status=r.status,
+            )
+            for r in found
+        ])
+
+    @get(
+        "/who-could-reveal",
+        operation_id="WhoCouldReveal",
+        responses=problems(*COMMON, 403),
+        summary="Every key that could have revealed a secret at a time (default now): keys, scopes and policy then",
+    )
+    async def who_could_reveal(
+        self,
+        request: Request[object, object, State],
+        principal: NamedDependency[Principal],
+        ledger: NamedDependency[Ledger],
+        secret: SecretParam,
+        at: TimeParam = None,
+    ) -> WhoCouldRevealAnswer:
+        principal.require_admin()
+        # A time this API printed covers its whole microsecond (the events stamped in it).
+        moment = parse_time(at, "at", upper=True)
+        found = await who_could_reveal(ledger.recorder, principal.org, secret,
+                                       request.app.state.clock() if moment is None else moment)
+        policy = Policy(key_ids=tuple(found.policy_key_ids), labels=tuple(found.policy_labels),
+                        roles=tuple(found.policy_roles))
+        return WhoCouldRevealAnswer(
+            secret=found.secret, at=rfc3339(found.at), exists=found.exists, expired=found.expired,
+            policy=policy_info(policy),
+            keys=[KeyAccessOut(key_id=k.key_id, label=k.label, role=k.role, scope=k.scope) for k in found.keys],
         )

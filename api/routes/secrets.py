@@ -16,7 +16,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from msgspec import UNSET, UnsetType
 
 from api.auth import Principal, principal_of, require_api_key
-from api.idempotent import json_answer, run_command
+from api.idempotent import IDEMPOTENCY_HEADER, json_answer, problem_answer, run_command, to_response
 from api.params import parse_as_of, parse_time
 from api.routes.docs import COMMON, problems
 from api.schemas import (
@@ -31,7 +31,7 @@ from api.schemas import (
     rfc3339,
 )
 from ledger.commands import Revealed, UpsertOutcome
-from ledger.errors import NotFoundError, PreconditionFailedError, ValidationError
+from ledger.errors import ConflictError, NotFoundError, PreconditionFailedError, ValidationError
 from ledger.events import Category, Scope
 from ledger.idempotency import StoredAnswer
 from ledger.service import Ledger
@@ -48,6 +48,7 @@ AsOfParam = Annotated[
 def metadata_of(meta: SecretMeta) -> SecretMetadata:
     return SecretMetadata(
         expires_at=UNSET if meta.expires_at is None else rfc3339(meta.expires_at),
+        external=UNSET if meta.external is None else meta.external,
         name=meta.name,
         scope=meta.scope,  # type: ignore[arg-type]
         category=meta.category,  # type: ignore[arg-type]
@@ -191,11 +192,15 @@ class SecretsController(Controller):
         ledger, principal = _services(request)
         projections: Projections = request.app.state.projections
         expected = await _expected_version(projections, principal, data.name, if_match)
+        if isinstance(data.value, UnsetType) == isinstance(data.reference, UnsetType):
+            raise ValidationError("value", "give exactly one of value and reference")
+        reference = not isinstance(data.reference, UnsetType)
         command = ledger.upsert_secret_command(
             principal.ctx,
             principal.org,
             data.name,
-            data.value.encode(),
+            (data.reference if isinstance(data.value, UnsetType) else data.value).encode(),  # type: ignore[union-attr]
+            reference=reference,
             scope=data.scope,
             category=data.category,
             description=data.description,
@@ -322,12 +327,26 @@ class SecretsController(Controller):
         reason = data.reason if data is not None else ""
         version = data.version if data is not None else None
         command = ledger.reveal_secret_command(principal.ctx, principal.org, name, reason=reason, version=version)
+        meta = await request.app.state.projections.get_secret(principal.org, name)
+        if IDEMPOTENCY_HEADER not in request.headers or (meta is not None and meta.external is not None):
+            # A reference is fetched at each reveal: its answer is never stored, so a retry fetches again.
+            revealed = await ledger.resolve(principal.ctx, principal.org, await ledger.submit(command))
+            return to_response(_render_revealed(revealed))
 
         def render(revealed: Revealed) -> StoredAnswer:
-            body = RevealedSecret(name=revealed.name, value=revealed.value.decode(), version=revealed.version)
-            return json_answer(HTTP_200_OK, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+            if revealed.external is not None:  # it became a reference since `meta` was read: never store it
+                return problem_answer(request, ConflictError(
+                    f"secret {name!r} is a reference now: retry without an Idempotency-Key"))
+            return _render_revealed(revealed)
 
         return await run_command(request, ledger, command, f"{principal.org}/{principal.key_id}", render)
+
+
+def _render_revealed(revealed: Revealed) -> StoredAnswer:
+    body = RevealedSecret(name=revealed.name, value=revealed.value.decode(), version=revealed.version,
+                          member=UNSET if revealed.member is None else revealed.member,
+                          external=UNSET if revealed.external is None else revealed.external)
+    return json_answer(HTTP_200_OK, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 def deleted_metadata_of(meta: SecretMeta) -> SecretMetadata:
@@ -356,4 +375,5 @@ def _metadata_from_outcome(outcome: UpsertOutcome) -> SecretMetadata:
         created_by=outcome.created_by,
         updated_by=event.actor.key_id,
         expires_at=UNSET if isinstance(event.expires_at, UnsetType) else rfc3339(event.expires_at),
+        external=event.external,
     )
