@@ -135,15 +135,19 @@ def _run(
     label: str,
     question: str,
 ) -> list[SyncResult]:
-    """A dry run as asked; else, unless --yes, a dry run first to ask about its count; then the run, with a bar."""
+    """A dry run as asked; else, unless --yes, a dry run first to ask about its count; then the run, with a
+    progress bar on a terminal."""
     if not dry_run and not yes:
         planned = run(True, None)
         count = sum(1 for result in planned if result.outcome in ("would_create", "would_update"))
         if count == 0:
             return planned
         click.confirm(question.format(count=count), abort=True, err=True)
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a bar in a log or a pipe is noise
+        return run(dry_run, None)
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=console, transient=True) as bar:
         task = bar.add_task(label, total=None)
 
         def progress(done: int, total: int) -> None:

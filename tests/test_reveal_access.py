@@ -72,7 +72,8 @@ def brute_force(events: list[Any], name: str, at: int) -> list[str]:
         key_id for key_id, key in keys.items()
         if not key["revoked"]
         and (key["scope"] == "all" or secret["scope"] in ("all", key["scope"]))
-        and (not restricted or key_id in ids or key["role"] in roles or any(fnmatchcase(key["label"], g) for g in globs))
+        and (not restricted or key_id in ids or key["role"] in roles
+             or any(fnmatchcase(key["label"], g) for g in globs))
     )
 
 

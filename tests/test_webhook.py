@@ -127,7 +127,7 @@ async def test_value_too_large(client: httpx.AsyncClient, webhook_server: Webhoo
 
 
 async def test_compressed_answer_is_refused(client: httpx.AsyncClient, webhook_server: WebhookServer) -> None:
-    webhook_server.raw(b"\x1f\x8b not really gzip", **{"Content-Encoding": "gzip"})
+    webhook_server.raw(b"\x1f\x8b not really gzip", headers={"Content-Encoding": "gzip"})
     assert "Content-Encoding" in await reason(client, webhook_server)
 
 
@@ -173,13 +173,13 @@ def _script_canary(server: WebhookServer, shape: str) -> None:
     canary = CANARY.encode()
     {
         "error body": lambda: server.fail(500, body=canary),
-        "redirect": lambda: server.raw(canary, status=302, Location=f"/{CANARY}"),
+        "redirect": lambda: server.raw(canary, status=302, headers={"Location": f"/{CANARY}"}),
         "not json": lambda: server.raw(b"<" + canary, content_type="text/plain"),
         "wrong type": lambda: server.raw(b'{"value": 1, "detail": "' + canary + b'"}'),
         "oversize": lambda: server.raw(b'{"value": "' + canary * 5000 + b'"}'),
         "value too large": lambda: server.answer(CANARY * (MAX_VALUE_BYTES // len(CANARY) + 1)),
         "lone surrogate": lambda: server.raw(b'{"value": "\\ud800' + canary + b'"}'),
-        "bad encoding": lambda: server.raw(canary, **{"Content-Encoding": CANARY}),
+        "bad encoding": lambda: server.raw(canary, headers={"Content-Encoding": CANARY}),
     }[shape]()
 
 

@@ -172,10 +172,11 @@ class WebhookServer:
         return self
 
     def raw(
-        self, body: bytes, status: int = 200, content_type: str = "application/json", **headers: str
+        self, body: bytes, *, status: int = 200, content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> WebhookServer:
         """Any answer: `body` as is, with a status, content type and extra headers."""
-        return self._queue(_Step(status=status, body=body, headers={"Content-Type": content_type, **headers}))
+        return self._queue(_Step(status=status, body=body, headers={"Content-Type": content_type, **(headers or {})}))
 
     def answer(self, value: str) -> WebhookServer:
         return self.raw(_json_answer(value))
@@ -206,7 +207,7 @@ class WebhookServer:
         return self.raw(b"<html>this is not JSON</html>", content_type="text/html")
 
     def redirect(self, location: str = "/moved", status: int = 302) -> WebhookServer:
-        return self.raw(b"", status=status, content_type="text/plain", Location=location)
+        return self.raw(b"", status=status, content_type="text/plain", headers={"Location": location})
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from litestar import Litestar
@@ -52,7 +53,8 @@ def put_policy(client: Client, key: Key, name: str, **lists: list[str]) -> Any:
 
 
 def put_member(client: Client, key: Key, name: str, member: str, value: str, **fields: Any) -> Any:
-    return client.put(secret_path(name, f"/members/{member}"), json={"value": value, **fields}, headers=key.headers)
+    route = secret_path(name, f"/members/{quote(member, safe='')}")
+    return client.put(route, json={"value": value, **fields}, headers=key.headers)
 
 
 def now_text() -> str:
@@ -379,6 +381,7 @@ def test_member_requests_are_validated_and_never_echo_values(client: Client, db_
         assert "secret-canary" not in answer.text
     assert_problem(put_member(client, acme, "POOL", "a", "x" * 70_000), 413)
     assert_problem(put_member(client, acme, "POOL", "a\x01", "secret-canary"), 422, "member")
+    assert_problem(put_member(client, acme, "POOL", "a/b", "secret-canary"), 404)  # no such route
     assert_problem(client.post(secret_path("POOL", "/members/a/disable"), json={"reason": "x", "y": 1},
                                headers=acme.headers), 422)
     assert max_seq(db_file) == seq
@@ -433,7 +436,7 @@ def test_who_could_reveal_at_a_time(client: Client, acme: Key) -> None:
                               headers=acme.headers), 422, "at")
     assert_problem(client.get("/v1/compliance/who-could-reveal", params={"secret": "S"},
                               headers=create_key(client, acme).headers), 403)
-    assert_problem(client.get("/v1/compliance/who-could-reveal", headers=acme.headers), 400)
+    assert_problem(client.get("/v1/compliance/who-could-reveal", headers=acme.headers), 422)
 
 
 @pytest.fixture
