@@ -327,8 +327,7 @@ class SecretsController(Controller):
         reason = data.reason if data is not None else ""
         version = data.version if data is not None else None
         command = ledger.reveal_secret_command(principal.ctx, principal.org, name, reason=reason, version=version)
-        meta = await request.app.state.projections.get_secret(principal.org, name)
-        if IDEMPOTENCY_HEADER not in request.headers or (meta is not None and meta.external is not None):
+        if IDEMPOTENCY_HEADER not in request.headers or await _is_reference(request, principal.org, name):
             # A reference is fetched at each reveal: its answer is never stored, so a retry fetches again.
             revealed = await ledger.resolve(principal.ctx, principal.org, await ledger.submit(command))
             return to_response(_render_revealed(revealed))
@@ -340,6 +339,11 @@ class SecretsController(Controller):
             return _render_revealed(revealed)
 
         return await run_command(request, ledger, command, f"{principal.org}/{principal.key_id}", render)
+
+
+async def _is_reference(request: Request[object, object, State], org: str, name: str) -> bool:
+    meta = await request.app.state.projections.get_secret(org, name)
+    return meta is not None and meta.external is not None
 
 
 def _render_revealed(revealed: Revealed) -> StoredAnswer:
