@@ -25,7 +25,7 @@ log = logging.getLogger("keyledger")
 
 
 class RotationSettings:
-    def __init__(self, *, webhook_timeout: float = 10.0, max_answer_bytes: int = 65_536 + 1024) -> None:
+    def __init__(self, *, webhook_timeout: float = 10.0, max_answer_bytes: int = 6 * 65_536 + 1024) -> None:
         self.webhook_timeout = webhook_timeout
         self.max_answer_bytes = max_answer_bytes
 

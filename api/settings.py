@@ -73,7 +73,7 @@ class Settings(msgspec.Struct, kw_only=True):
     destroy_sweep_seconds: float = 60.0  # how often deleted secrets past their recovery window are destroyed
     rotation_sweep_seconds: float = 60.0  # how often secrets due for rotation are rotated
     webhook_timeout_seconds: float = 10.0  # a rotation webhook's whole exchange
-    webhook_max_answer_bytes: int = 65_536 + 1024  # a rotation webhook's answer, at most
+    webhook_max_answer_bytes: int = 6 * 65_536 + 1024  # an answer, at most (JSON escapes a byte in up to 6)
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, Database):  # a bare path, as tests and scripts pass it

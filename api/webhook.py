@@ -58,9 +58,7 @@ async def call_webhook(
         async with asyncio.timeout(timeout):
             # httpx's own per-operation timeouts follow too, so a client's shorter default cannot fire first.
             raw = await _exchange(client, spec.url, body, headers, httpx.Timeout(timeout), max_bytes)
-    except TimeoutError:
-        raise WebhookError(f"webhook timed out after {timeout:g} s") from None
-    except httpx.TimeoutException:
+    except (TimeoutError, httpx.TimeoutException):
         raise WebhookError(f"webhook timed out after {timeout:g} s") from None
     except httpx.ConnectError as exc:
         raise WebhookError(f"cannot connect to webhook: {type(exc).__name__}") from None
