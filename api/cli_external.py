@@ -17,13 +17,13 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from api import cli as base  # the module, not its names: api.cli may still be loading when it registers these
-from api.client import ClientError
+from api.client import ClientError, KeyledgerClient
 from ledger.errors import ExternalSecretError
 from ledger.external import AWS_REGION
 
 if TYPE_CHECKING:
     from api.external_sync import SyncResult
+    from ledger.aws_sm import AwsSecretsManager
 
 F = TypeVar("F", bound=Callable[..., Any])
 COLUMNS = ["source", "target", "outcome", "reason"]
@@ -41,7 +41,8 @@ def aws_options(func: F) -> F:
     for option in reversed([
         click.option("--region", envvar=["AWS_REGION", "AWS_DEFAULT_REGION"], required=True, callback=_check_region,
                      help="The AWS region [env AWS_REGION or AWS_DEFAULT_REGION]."),
-        click.option("--prefix", default="", help="Only secrets whose name starts with this (case-sensitive)."),
+        click.option("--prefix", default="",
+                     help="Only secrets whose name starts with this (case-sensitive; prod/ and prod: are the same)."),
         click.option("--dry-run", is_flag=True, help="Show what would happen: read no value, write nothing."),
         click.option("--yes", is_flag=True, help="Do not ask for confirmation."),
         click.option("-o", "--output", type=click.Choice(["table", "json"]), default=None,
@@ -112,8 +113,9 @@ def export_aws(ctx: click.Context, region: str, prefix: str, dry_run: bool, yes:
 
 
 @contextmanager
-def _clients(ctx: click.Context) -> Iterator[tuple[Any, Any]]:
+def _clients(ctx: click.Context) -> Iterator[tuple[KeyledgerClient, AwsSecretsManager]]:
     """The keyledger client and the AWS adapter; whole-run failures become one `error:` line."""
+    from api import cli as base  # noqa: PLC0415  (api.cli imports this module to register its commands)
     from ledger.aws_sm import AwsSecretsManager  # noqa: PLC0415  (boto3 loads only for these commands)
 
     keyledger = base.client(ctx)
@@ -157,6 +159,8 @@ def _run(
 
 
 def _report(results: list[SyncResult], output: str | None, what: str, dry_run: bool) -> None:
+    from api import cli as base  # noqa: PLC0415  (api.cli imports this module to register its commands)
+
     base.emit([msgspec.to_builtins(result) for result in results], output, COLUMNS)
     counts: Counter[str] = Counter(result.outcome for result in results)
     summary = ", ".join(f"{counts[outcome]} {outcome.replace('_', ' ')}" for outcome in ORDER if counts[outcome])

@@ -6,6 +6,7 @@ in a result or an exception. A run's results say, per secret, what happened or w
 Names: keyledger names cannot contain '/', which AWS names often do, while AWS names cannot contain ':'.
 So '/' in an AWS name becomes ':' in keyledger, and ':' in a keyledger name becomes '/' in AWS: the mapping
 is one-to-one, and an imported secret exports back under its AWS name (prod/openai <-> prod:openai).
+A name prefix may be written either way (prod/ or prod:) for both directions.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def import_from_aws(
     Failing to list either side raises (ExternalSecretError or ClientError); a failure of one secret is
     reported in its result and the run goes on.
     """
-    sources = aws.list_secrets(region, prefix)
+    sources = aws.list_secrets(region, prefix.replace(":", "/"))
     existing = {row["name"]: row for row in keyledger_secrets(keyledger)}
     results: list[SyncResult] = []
     for done, source in enumerate(sources, start=1):
@@ -168,6 +169,7 @@ def export_to_aws(
     Failing to list either side raises (ExternalSecretError or ClientError); a failure of one secret is
     reported in its result and the run goes on.
     """
+    prefix = prefix.replace("/", ":")
     sources = [row for row in keyledger_secrets(keyledger) if str(row["name"]).startswith(prefix)]
     in_aws = {info.name for info in aws.list_secrets(region, prefix.replace(":", "/"))} if sources else set()
     results: list[SyncResult] = []

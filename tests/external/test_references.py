@@ -42,7 +42,7 @@ ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/openai-AbCdEf"
 )
 def test_good_references(text: str, location: str, path: str, key: str | None) -> None:
     ref = parse_reference(text)
-    scheme = text.split("://")[0]
+    scheme = text.split("://", maxsplit=1)[0]
     assert ref == Reference(scheme=scheme, text=text, location=location, path=path, json_key=key)
 
 
@@ -118,7 +118,7 @@ aws_names = st.from_regex(r"[A-Za-z0-9_+=.@-][A-Za-z0-9/_+=.@-]{0,40}", fullmatc
     lambda name: not name.startswith("arn:"))
 vault_segments = st.from_regex(r"[A-Za-z0-9_@=+-][A-Za-z0-9 _.@=+-]{0,10}[A-Za-z0-9_@=+-]", fullmatch=True)
 keys = st.none() | st.text(min_size=1, max_size=20).filter(
-    lambda key: key == key.strip() and all(ch.isprintable() and not ch.isspace() or ch == " " for ch in key))
+    lambda key: key == key.strip() and all((ch.isprintable() and not ch.isspace()) or ch == " " for ch in key))
 
 
 @given(

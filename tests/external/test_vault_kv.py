@@ -86,7 +86,8 @@ def test_a_deleted_latest_version_is_not_found(openbao: OpenBao, adapter: VaultK
 def test_tokens_vault_refuses_are_access_denied(openbao: OpenBao, path: str) -> None:
     write(openbao, path, {"password": CANARY})
     root = openbao.client()
-    root.sys.create_or_update_policy(name="elsewhere", policy='path "secret/data/elsewhere/*" { capabilities = ["read"] }')
+    policy = 'path "secret/data/elsewhere/*" { capabilities = ["read"] }'
+    root.sys.create_or_update_policy(name="elsewhere", policy=policy)
     limited = root.auth.token.create(policies=["elsewhere"], ttl="10m")["auth"]["client_token"]
     for token in (limited, "not-a-token"):
         error = failure(VaultKv(url=openbao.url, token=token), f"vault-kv://secret/{path}")
