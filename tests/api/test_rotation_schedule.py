@@ -189,8 +189,8 @@ def test_a_failing_webhook_is_retried_with_backoff_and_reported(
     assert [(e["rotator"], e["attempt"]) for e in done] == [("webhook", 4)]
     # The webhook got the secret's name and a fresh request id each time.
     calls = webhook.calls
-    assert [c.json()["name"] for c in calls] == ["HOOKED"] * 4
-    assert len({c.json()["request_id"] for c in calls}) == 4
+    assert [c.json["name"] for c in calls] == ["HOOKED"] * 4
+    assert len({c.json["request_id"] for c in calls}) == 4
     report = client.get("/v1/compliance/rotations", headers=acme.headers)
     assert report.json()["rotations"] == []
     # Nothing of the values in the failure reasons.
@@ -200,7 +200,7 @@ def test_a_failing_webhook_is_retried_with_backoff_and_reported(
 def test_a_restart_mid_rotation_leaves_no_secret_half_rotated(
     settings: Settings, clock: Clock, db_file: Path | PgDsn, webhook: WebhookServer
 ) -> None:
-    webhook.stall(60.0, value="never-delivered")
+    webhook.stall(60.0, value="never-delivered").answer("after-the-restart")  # the first call stalls
     with make_client(create_app(settings, clock=clock)) as first:
         acme = create_org(first, "acme")
         upsert(first, acme, "HOOKED", "initial", expect=201)
@@ -212,7 +212,6 @@ def test_a_restart_mid_rotation_leaves_no_secret_half_rotated(
         assert [e["type"] for e in started] == ["secret.rotation_started"]
     # The server stopped mid-call: no outcome recorded, the value untouched.
     assert [e["type"] for e in rotation_events(db_file, start)] == ["secret.rotation_started"]
-    webhook.answer("after-the-restart")
     with make_client(create_app(settings, clock=clock)) as second:
         let_sweeps_run()
         assert version(second, acme, "HOOKED") == 1  # the lease still holds: no second call yet
