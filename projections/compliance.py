@@ -22,7 +22,7 @@ MAX_ROWS = 100_000
 QUERIES = ("stale-secrets", "reveals", "exposure", "never-revealed", "revoked-key-reveals", "denied-reveals",
            "reveal-counts", "expiring", "rotations", "who-could-reveal")
 OVERDUE_GRACE_NS = 5 * 60 * 1_000_000_000  # the scheduler sweeps every minute: later than this is overdue
-VERSION_MADE = ("secret.created", "secret.updated", "secret.rolled_back", "secret.restored")
+VERSION_MADE = ("secret.created", "secret.updated", "secret.rolled_back", "secret.restored", "secret.rotated")
 
 
 class ActorCount(msgspec.Struct, frozen=True, kw_only=True):
