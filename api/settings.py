@@ -100,7 +100,23 @@ class Settings(msgspec.Struct, kw_only=True):
                                 ("rate_limit_per_address", "KEYLEDGER_RATE_LIMIT_PER_ADDRESS")):
             if env.get(variable):
                 values[field] = RateLimit.parse(env[variable], variable)
+        for field, variable, low, high in (
+            ("rotation_sweep_seconds", "KEYLEDGER_ROTATION_SWEEP_SECONDS", 1.0, 86_400.0),
+            ("webhook_timeout_seconds", "KEYLEDGER_WEBHOOK_TIMEOUT_SECONDS", 0.1, 300.0),
+        ):
+            if env.get(variable):
+                values[field] = _seconds(env[variable], variable, low, high)
         values.update(overrides)
         if "master_key" not in values:
             values["master_key"] = MasterKey.parse(env.get("KEYLEDGER_MASTER_KEY"))
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _seconds(text: str, variable: str, low: float, high: float) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"{variable}: expected a number of seconds, got {text[:40]!r}") from None
+    if not low <= seconds <= high:
+        raise ValueError(f"{variable}: must be {low:g} to {high:g} seconds")
+    return seconds

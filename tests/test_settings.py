@@ -36,3 +36,15 @@ def test_a_postgresql_password_never_reaches_a_message() -> None:
     assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings)
     assert Settings.from_env({"KEYLEDGER_DB": "postgresql://u:pw@h/d", "KEYLEDGER_MASTER_KEY":
                               MasterKey.generate()[1]}).db.dsn == "postgresql://u:pw@h/d"
+
+
+def test_rotation_timings_come_from_the_environment_and_are_checked() -> None:
+    key = MasterKey.generate()[0]
+    env = {"KEYLEDGER_ROTATION_SWEEP_SECONDS": "5", "KEYLEDGER_WEBHOOK_TIMEOUT_SECONDS": "2.5"}
+    settings = Settings.from_env(env, master_key=key)
+    assert (settings.rotation_sweep_seconds, settings.webhook_timeout_seconds) == (5.0, 2.5)
+    assert Settings.from_env({}, master_key=key).webhook_timeout_seconds == 10.0
+    for variable, text in (("KEYLEDGER_ROTATION_SWEEP_SECONDS", "0"), ("KEYLEDGER_WEBHOOK_TIMEOUT_SECONDS", "ten"),
+                           ("KEYLEDGER_WEBHOOK_TIMEOUT_SECONDS", "301")):
+        with pytest.raises(ValueError, match=variable):
+            Settings.from_env({variable: text}, master_key=key)
