@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import click
 import msgspec
@@ -398,6 +399,239 @@ def secrets_restore(ctx: click.Context, name: str, output: str | None) -> None:
     meta = call(ctx, "POST", KeyledgerClient.secret_path(name, "/restore"))
     emit(meta, output, DETAIL)
     click.echo(f"restored {name} as version {meta['version']}", err=True)
+
+
+# -- reveal policies, rotation and pools ----------------------------------------------------------
+
+POLICY = ["key_ids", "labels", "roles", "restricted"]
+ROTATION_COLUMNS = ["interval_seconds", "rotator", "next_due_at", "failures", "in_flight"]
+MEMBER_COLUMNS = ["member", "label", "state", "member_version", "added_at", "last_revealed_at", "reveals"]
+_EVERY = re.compile(r"^([0-9]{1,9})([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _fmt(output: str | None) -> str:
+    return output or ("table" if sys.stdout.isatty() else "json")
+
+
+def _emit_answer(answer: dict[str, Any], shown: dict[str, Any], output: str | None, columns: list[str]) -> None:
+    """JSON: the server's answer as it is; table and env: `shown`, its flattened form."""
+    if _fmt(output) == "json":
+        click.echo(msgspec.json.encode(answer).decode())
+    else:
+        emit(shown, output, columns)
+
+
+def parse_every(text: str) -> int:
+    """An interval such as 30d, 12h, 15m or 3600s (a bare number is seconds), in seconds."""
+    found = _EVERY.fullmatch(text.strip())
+    if found is None:
+        raise click.BadParameter("use a number and a unit: 30d, 12h, 15m or 3600s", param_hint="--every")
+    return int(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+
+
+def _rotator_text(rotator: dict[str, Any]) -> str:
+    if rotator.get("kind") == "webhook":
+        return f"webhook {rotator.get('url')}"
+    prefix = f", prefix {rotator['prefix']!r}" if rotator.get("prefix") else ""
+    return f"generator: {rotator.get('length')} {rotator.get('alphabet')}{prefix}"
+
+
+def _show_policy(answer: dict[str, Any], output: str | None) -> None:
+    shown = {k: ", ".join(answer[k]) if isinstance(answer[k], list) else answer[k] for k in POLICY}
+    _emit_answer(answer, shown, output, POLICY)
+
+
+def _show_rotation(answer: dict[str, Any], output: str | None) -> None:
+    _emit_answer(answer, {**answer, "rotator": _rotator_text(answer["rotator"])}, output, ROTATION_COLUMNS)
+
+
+@secrets.group("policy")
+def secrets_policy() -> None:
+    """Which keys may reveal a secret (on top of their scope)."""
+
+
+@secrets_policy.command("get")
+@click.argument("name")
+@output_option
+@click.pass_context
+def policy_get(ctx: click.Context, name: str, output: str | None) -> None:
+    """Show a secret's reveal policy (empty: any key whose scope covers it)."""
+    _show_policy(call(ctx, "GET", KeyledgerClient.secret_path(name, "/policy")), output)
+
+
+@secrets_policy.command("set")
+@click.argument("name")
+@click.option("--key-id", "key_ids", multiple=True, metavar="ID", help="A key that may reveal it (repeatable).")
+@click.option("--label", "labels", multiple=True, metavar="GLOB",
+              help="Keys whose label matches this `*` glob may reveal it (repeatable).")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["admin", "member"]),
+              help="Keys of this role may reveal it (repeatable).")
+@output_option
+@click.pass_context
+def policy_set(ctx: click.Context, name: str, key_ids: tuple[str, ...], labels: tuple[str, ...],
+               roles: tuple[str, ...], output: str | None) -> None:
+    """Replace a secret's reveal policy (admin keys); a key matching any entry may reveal it. No options: clear it."""
+    body = {"key_ids": list(key_ids), "labels": list(labels), "roles": list(roles)}
+    answer = call(ctx, "PUT", KeyledgerClient.secret_path(name, "/policy"), json=body)
+    _show_policy(answer, output)
+    if not answer["restricted"]:
+        click.echo(f"{name}: no reveal policy; any key whose scope covers it may reveal it", err=True)
+
+
+@secrets.group("rotation")
+def secrets_rotation() -> None:
+    """Automatic rotation of a secret's value."""
+
+
+@secrets_rotation.command("get")
+@click.argument("name")
+@output_option
+@click.pass_context
+def rotation_get(ctx: click.Context, name: str, output: str | None) -> None:
+    """Show a secret's rotation policy and when it is next due."""
+    _show_rotation(call(ctx, "GET", KeyledgerClient.secret_path(name, "/rotation")), output)
+
+
+@secrets_rotation.command("set")
+@click.argument("name")
+@click.option("--every", required=True, metavar="INTERVAL", help="How often: 30d, 12h, 15m or 3600s (at least 60s).")
+@click.option("--generator", is_flag=True, help="New values are random tokens made by the server.")
+@click.option("--length", type=click.IntRange(1, 4096), default=None, help="Generator: token length [default 40].")
+@click.option("--alphabet", default=None,
+              help="Generator: alphanumeric, hex, base64url, numeric, ascii-printable, or chars:CHARACTERS.")
+@click.option("--prefix", default=None, help="Generator: a fixed prefix (e.g. sk_), not counted in the length.")
+@click.option("--webhook", default=None, metavar="URL", help="New values come from this http(s) endpoint.")
+@output_option
+@click.pass_context
+def rotation_set(ctx: click.Context, name: str, every: str, generator: bool, length: int | None,
+                 alphabet: str | None, prefix: str | None, webhook: str | None, output: str | None) -> None:
+    """Rotate a secret every INTERVAL, with a generator or a webhook; the first rotation is one interval away."""
+    if generator == (webhook is not None):
+        fail("give exactly one of --generator and --webhook", 2)
+    if webhook is not None and (length, alphabet, prefix) != (None, None, None):
+        fail("--length, --alphabet and --prefix apply to --generator only", 2)
+    try:
+        interval = parse_every(every)
+    except click.BadParameter as exc:
+        fail(f"--every: {exc.message}", 2)
+        return
+    rotator: dict[str, Any] = {"kind": "webhook", "url": webhook} if webhook is not None else {"kind": "generator"}
+    for field, given in (("length", length), ("alphabet", alphabet), ("prefix", prefix)):
+        if given is not None:
+            rotator[field] = given
+    answer = call(ctx, "PUT", KeyledgerClient.secret_path(name, "/rotation"),
+                  json={"interval_seconds": interval, "rotator": rotator})
+    _show_rotation(answer, output)
+
+
+@secrets_rotation.command("remove")
+@click.argument("name")
+@click.pass_context
+def rotation_remove(ctx: click.Context, name: str) -> None:
+    """Stop rotating a secret automatically."""
+    call(ctx, "DELETE", KeyledgerClient.secret_path(name, "/rotation"))
+    click.echo(f"{name}: no longer rotated", err=True)
+
+
+@secrets.command("rotate")
+@click.argument("name")
+@output_option
+@click.pass_context
+def secrets_rotate(ctx: click.Context, name: str, output: str | None) -> None:
+    """Rotate a secret now with its rotator (the new value is not shown: reveal it)."""
+    meta = call(ctx, "POST", KeyledgerClient.secret_path(name, "/rotate"))
+    emit(meta, output, DETAIL)
+    click.echo(f"rotated {name}: version {meta['version']}", err=True)
+
+
+@secrets.group("members")
+def secrets_members() -> None:
+    """A key pool: members with their own values, answered in turn by reveals."""
+
+
+def _member_path(name: str, member: str, suffix: str = "") -> str:
+    return KeyledgerClient.secret_path(name, f"/members/{quote(member, safe='').replace('.', '%2E')}{suffix}")
+
+
+@secrets_members.command("list")
+@click.argument("name")
+@output_option
+@click.pass_context
+def members_list(ctx: click.Context, name: str, output: str | None) -> None:
+    """List a pool's members (never a value) and how reveals choose among them."""
+    answer = call(ctx, "GET", KeyledgerClient.secret_path(name, "/members"))
+    if _fmt(output) == "json":
+        click.echo(msgspec.json.encode(answer).decode())
+        return
+    click.echo(f"{name}: selection {answer['selection']}", err=True)
+    emit(answer["members"], output, MEMBER_COLUMNS)
+
+
+@secrets_members.command("set")
+@click.argument("name")
+@click.argument("member")
+@click.option("--label", default=None, help="A label for the member (default: kept, or empty for a new one).")
+@click.option("--value-file", type=click.File("rb"), default=None, help="Read the value from a file ('-': stdin).")
+@output_option
+@click.pass_context
+def members_set(ctx: click.Context, name: str, member: str, label: str | None, value_file: click.File | None,
+                output: str | None) -> None:
+    """Add a member to a pool, or give it a new value (from a hidden prompt, stdin, or --value-file)."""
+    body: dict[str, Any] = {"value": read_value(value_file)}
+    if label is not None:
+        body["label"] = label
+    emit(call(ctx, "PUT", _member_path(name, member), json=body), output, MEMBER_COLUMNS)
+
+
+def _member_state(ctx: click.Context, name: str, member: str, action: str, reason: str | None,
+                  output: str | None) -> None:
+    body = {"reason": reason} if reason else None
+    emit(call(ctx, "POST", _member_path(name, member, f"/{action}"), json=body), output, MEMBER_COLUMNS)
+
+
+@secrets_members.command("disable")
+@click.argument("name")
+@click.argument("member")
+@click.option("--reason", default=None, help="Recorded with the change.")
+@output_option
+@click.pass_context
+def members_disable(ctx: click.Context, name: str, member: str, reason: str | None, output: str | None) -> None:
+    """Disable a member: reveals skip it until it is enabled."""
+    _member_state(ctx, name, member, "disable", reason, output)
+
+
+@secrets_members.command("enable")
+@click.argument("name")
+@click.argument("member")
+@click.option("--reason", default=None, help="Recorded with the change.")
+@output_option
+@click.pass_context
+def members_enable(ctx: click.Context, name: str, member: str, reason: str | None, output: str | None) -> None:
+    """Enable a disabled member again."""
+    _member_state(ctx, name, member, "enable", reason, output)
+
+
+@secrets_members.command("remove")
+@click.argument("name")
+@click.argument("member")
+@click.pass_context
+def members_remove(ctx: click.Context, name: str, member: str) -> None:
+    """Remove a member; its value is destroyed."""
+    call(ctx, "DELETE", _member_path(name, member))
+    click.echo(f"removed member {member} of {name}", err=True)
+
+
+@secrets.command("pool")
+@click.argument("name")
+@click.option("--selection", type=click.Choice(["round_robin", "least_recent"]), required=True,
+              help="How reveals choose a member: in turn, or the least recently revealed.")
+@output_option
+@click.pass_context
+def secrets_pool(ctx: click.Context, name: str, selection: str, output: str | None) -> None:
+    """Choose how reveals of a pool pick a member."""
+    answer = call(ctx, "PUT", KeyledgerClient.secret_path(name, "/pool"), json={"selection": selection})
+    emit(answer, output, ["selection"])
 
 
 # -- org -------------------------------------------------------------------------------------------
@@ -906,5 +1140,47 @@ def c_counts(ctx: click.Context, since: str | None, until: str | None, output: s
     _compliance(ctx, "reveal-counts", {"since": since, "until": until}, output)
 
 
+ROTATION_ROWS = ["name", "status", "rotator", "interval_seconds", "next_due_at", "failures", "last_rotated_at",
+                 "last_error"]
+
+
+@compliance.command("rotations")
+@click.option("--all", "everything", is_flag=True, help="Every rotation policy, not only failing or overdue ones.")
+@output_option
+@click.pass_context
+def c_rotations(ctx: click.Context, everything: bool, output: str | None) -> None:
+    """Rotations failing or overdue (--all: every rotation, with its status)."""
+    answer = call(ctx, "GET", "/v1/compliance/rotations", params={"all": "true"} if everything else None)
+    emit(answer["rotations"], output, ROTATION_ROWS)
+
+
+@compliance.command("who-could-reveal")
+@click.argument("secret")
+@click.option("--at", default=None, metavar="TIME", help="RFC 3339 time (default: now).")
+@output_option
+@click.pass_context
+def c_who_could_reveal(ctx: click.Context, secret: str, at: str | None, output: str | None) -> None:
+    """Every key that could have revealed SECRET at a time: keys, scopes and the reveal policy as they were."""
+    answer = call(ctx, "GET", "/v1/compliance/who-could-reveal",
+                  params={k: v for k, v in (("secret", secret), ("at", at)) if v is not None})
+    if _fmt(output) == "json":
+        click.echo(msgspec.json.encode(answer).decode())
+        return
+    state = "did not exist" if not answer["exists"] else "had expired" if answer["expired"] else "existed"
+    policy = answer["policy"]
+    rules = "; ".join(f"{k}: {', '.join(policy[k])}" for k in ("key_ids", "labels", "roles") if policy[k])
+    click.echo(f"{answer['secret']} at {answer['at']}: {state}; reveal policy: {rules or 'none'}", err=True)
+    emit(answer["keys"], output, ["key_id", "label", "role", "scope"])
+
+
 if __name__ == "__main__":
-    main()
+    # `python -m api.cli`: run the module proper (api.cli_external imports it by that name, so registering
+    # from this copy would be a circular import).
+    from api.cli import main as cli_main
+
+    cli_main()
+else:
+    # The external secret managers' import and export commands (last: they use this module's helpers).
+    from api.cli_external import register
+
+    register(main)

@@ -83,37 +83,6 @@ LINKS: dict[str, dict[str, dict[str, Link]]] = {
                  **_access_links(NAME)}
         for status in ("200", "201")
     },
-    "PutPolicy": {
-        "200": {
-            "GetPolicy": _link("GetPolicy", "The policy just set", {"path.name": "$request.path.name"}),
-            "WhoCouldReveal": _link("WhoCouldReveal", "The keys the policy lets reveal the secret",
-                                    {"query.secret": "$request.path.name"}),
-        }
-    },
-    "PutRotation": {
-        "200": {
-            "GetRotation": _link("GetRotation", "The rotation policy just set", {"path.name": "$request.path.name"}),
-            "RotateSecret": _link("RotateSecret", "Rotate the secret now", {"path.name": "$request.path.name"}),
-            "DeleteRotation": _link("DeleteRotation", "Remove the rotation policy",
-                                    {"path.name": "$request.path.name"}),
-        }
-    },
-    "DeleteRotation": {
-        "204": {
-            "GetRotation": _link("GetRotation", "The removed policy: not found", {"path.name": "$request.path.name"}),
-            "RotateSecret": _link("RotateSecret", "Rotate without a policy: a conflict",
-                                  {"path.name": "$request.path.name"}),
-        }
-    },
-    "PutMember": {status: _member_links("$request.path.name", MEMBER) for status in ("200", "201")},
-    "DisableMember": {"200": _member_links("$request.path.name", MEMBER)},
-    "EnableMember": {"200": _member_links("$request.path.name", MEMBER)},
-    "DeleteMember": {
-        "204": {
-            "DeleteAgain": _link("DeleteMember", "Remove it again: not found",
-                                 {"path.name": "$request.path.name", "path.member": "$request.path.member"}),
-        }
-    },
     "GetSecret": {"200": _secret_links("$request.path.name")},
     "RevealSecret": {
         "200": {
@@ -165,6 +134,51 @@ LINKS: dict[str, dict[str, dict[str, Link]]] = {
             "NextPage": _link(
                 "QueryAudit", "The next page", {"query.cursor": NEXT_CURSOR, "query.order": "$request.query.order"}
             ),
+        }
+    },
+    # A secret's reveal policy, rotation and pool (reached from UpsertSecret, above).
+    "GetPolicy": {"200": {"PutPolicy": _link("PutPolicy", "Change the policy", {"path.name": "$request.path.name"})}},
+    "GetMembers": {
+        "200": {
+            "PutMember": _link("PutMember", "Add a member to the pool", {"path.name": "$request.path.name"}),
+            "PutPool": _link("PutPool", "Choose how reveals pick a member", {"path.name": "$request.path.name"}),
+        }
+    },
+    "GetRotation": {
+        "200": {
+            "RotateSecret": _link("RotateSecret", "Rotate the secret now", {"path.name": "$request.path.name"}),
+            "PutRotation": _link("PutRotation", "Change the rotation policy", {"path.name": "$request.path.name"}),
+        }
+    },
+    "PutPolicy": {
+        "200": {
+            "GetPolicy": _link("GetPolicy", "The policy just set", {"path.name": "$request.path.name"}),
+            "WhoCouldReveal": _link("WhoCouldReveal", "The keys the policy lets reveal the secret",
+                                    {"query.secret": "$request.path.name"}),
+        }
+    },
+    "PutRotation": {
+        "200": {
+            "GetRotation": _link("GetRotation", "The rotation policy just set", {"path.name": "$request.path.name"}),
+            "RotateSecret": _link("RotateSecret", "Rotate the secret now", {"path.name": "$request.path.name"}),
+            "DeleteRotation": _link("DeleteRotation", "Remove the rotation policy",
+                                    {"path.name": "$request.path.name"}),
+        }
+    },
+    "DeleteRotation": {
+        "204": {
+            "GetRotation": _link("GetRotation", "The removed policy: not found", {"path.name": "$request.path.name"}),
+            "RotateSecret": _link("RotateSecret", "Rotate without a policy: a conflict",
+                                  {"path.name": "$request.path.name"}),
+        }
+    },
+    "PutMember": {status: _member_links("$request.path.name", MEMBER) for status in ("200", "201")},
+    "DisableMember": {"200": _member_links("$request.path.name", MEMBER)},
+    "EnableMember": {"200": _member_links("$request.path.name", MEMBER)},
+    "DeleteMember": {
+        "204": {
+            "DeleteAgain": _link("DeleteMember", "Remove it again: not found",
+                                 {"path.name": "$request.path.name", "path.member": "$request.path.member"}),
         }
     },
 }

@@ -1,7 +1,8 @@
 """Who may reveal a secret and how its value changes: reveal policies, automatic rotation and key pools.
 
-Every write goes through `run_command` (an `Idempotency-Key` answers a retry with the first answer),
-except `POST .../rotate`, which may call a webhook between its two commits. No answer here carries a
+Every PUT and POST goes through `run_command` (an `Idempotency-Key` answers a retry with the first
+answer), except `POST .../rotate`, which may call a webhook between its two commits; DELETEs are
+idempotent by themselves, as `DELETE /v1/secrets/{name}` is. No answer here carries a
 value: a pool member's value goes in (PUT) and only ever comes out of a reveal.
 """
 
@@ -172,10 +173,6 @@ def _caller(request: Request[object, object, State]) -> tuple[Ledger, Principal,
     return ledger, principal, f"{principal.org}/{principal.key_id}"
 
 
-def _no_content(_: object) -> StoredAnswer:
-    return StoredAnswer(status=HTTP_204_NO_CONTENT, headers={}, body=b"")
-
-
 class SecretAccessController(Controller):
     path = "/v1/secrets"
     before_request = staticmethod(require_api_key)  # Litestar calls it unbound
@@ -237,10 +234,11 @@ class SecretAccessController(Controller):
 
     @delete("/{name:str}/rotation", operation_id="DeleteRotation", tags=ROTATION, status_code=HTTP_204_NO_CONTENT,
             responses=problems(*COMMON, 404), summary="Remove the secret's rotation policy")
-    async def delete_rotation(self, request: Request[object, object, State], name: FromPath[str]) -> Response[None]:
-        ledger, principal, scope = _caller(request)
-        command = ledger.configure_rotation_command(principal.ctx, principal.org, name, rotator=None)
-        return await run_command(request, ledger, command, scope, _no_content)
+    async def delete_rotation(
+        self, name: FromPath[str], principal: NamedDependency[Principal], ledger: NamedDependency[Ledger]
+    ) -> None:
+        # A delete is idempotent by itself (like DELETE /v1/secrets/{name}): no Idempotency-Key handling.
+        await ledger.submit(ledger.configure_rotation_command(principal.ctx, principal.org, name, rotator=None))
 
     @post("/{name:str}/rotate", operation_id="RotateSecret", tags=ROTATION, status_code=HTTP_200_OK,
           responses={**problems(*COMMON, 404, 409), **BAD_GATEWAY},
@@ -326,13 +324,15 @@ class SecretAccessController(Controller):
             status_code=HTTP_204_NO_CONTENT, responses=problems(*COMMON, 404),
             summary="Remove a pool member; its value's data key is deleted")
     async def delete_member(
-        self, request: Request[object, object, State], name: FromPath[str], member: FromPath[str]
-    ) -> Response[None]:
-        ledger, principal, scope = _caller(request)
+        self,
+        name: FromPath[str],
+        member: FromPath[str],
+        principal: NamedDependency[Principal],
+        ledger: NamedDependency[Ledger],
+    ) -> None:
         # Validated as the builders validate (ledger.service has no builder for a removal).
-        command = RemoveMember(org=principal.org, ctx=principal.ctx, name=validate_name(name),
-                               member=validate_member_name(member))
-        return await run_command(request, ledger, command, scope, _no_content)
+        await ledger.submit(RemoveMember(org=principal.org, ctx=principal.ctx, name=validate_name(name),
+                                         member=validate_member_name(member)))
 
     @put("/{name:str}/pool", operation_id="PutPool", tags=POOLS, status_code=HTTP_200_OK,
          responses=problems(*COMMON, 404),
