@@ -14,7 +14,7 @@ import msgspec
 
 from ledger.commands import Context, caller_key, envelope, seal_new
 from ledger.crypto import sealed_sha256
-from ledger.errors import NotFoundError, ValidationError
+from ledger.errors import ConflictError, NotFoundError, ValidationError
 from ledger.events import (
     MemberState,
     SecretMemberAdded,
@@ -88,6 +88,8 @@ class PutMember(msgspec.Struct, frozen=True, kw_only=True):
         state = await _live(view, self.org, self.name)
         if state.external is not None:
             raise ValidationError("member", f"secret {self.name!r} is a reference to an external manager")
+        if state.rotation is not None:
+            raise ConflictError(f"secret {self.name!r} has a rotation policy: remove it before adding members")
         existing = next((m for m in state.members if m.name == self.member), None)
         if existing is None and len(state.members) >= MAX_MEMBERS:
             raise ValidationError("member", f"a pool holds at most {MAX_MEMBERS} members")

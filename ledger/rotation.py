@@ -18,7 +18,7 @@ from msgspec import UNSET
 
 from ledger.commands import Context, caller_key, envelope, seal_new
 from ledger.crypto import sealed_sha256
-from ledger.errors import ConflictError, NotFoundError, ValidationError
+from ledger.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from ledger.events import SecretRotated, SecretRotationConfigured, SecretRotationFailed, SecretRotationStarted
 from ledger.generator import GeneratorSpec, Rotator, WebhookSpec, generate
 from ledger.model import SECOND_NS, SecretState, secret_stream
@@ -101,7 +101,10 @@ class ConfigureRotation(msgspec.Struct, frozen=True, kw_only=True):
     rotator: Rotator | None = None
 
     async def decide(self, view: WriteView) -> Decision[RotationPolicy | None]:
-        await caller_key(view, self.org, self.ctx)
+        caller = await caller_key(view, self.org, self.ctx)
+        # Admin keys only: a webhook makes the server call a URL and keep its answer as the value.
+        if caller is None or caller.role != "admin":
+            raise PermissionDeniedError("only admin keys change rotation policies")
         state = await view.secret(self.org, self.name)
         if state is None or not state.exists:
             raise NotFoundError(f"secret {self.name!r} not found")

@@ -59,7 +59,7 @@ from ledger.model import (
     validate_value,
 )
 from ledger.policy import SetPolicy, validate_policy
-from ledger.pools import ChangeMemberState, ConfigurePool, PutMember, validate_member_name
+from ledger.pools import ChangeMemberState, ConfigurePool, PutMember, RemoveMember, validate_member_name
 from ledger.recorder import Recorder
 from ledger.rotation import ConfigureRotation, NotDue, RotationStarted, StartRotation, validate_interval
 from ledger.writer import Command, Writer
@@ -208,6 +208,9 @@ class Ledger:
         return ChangeMemberState(org=org, ctx=ctx, name=validate_name(name), member=validate_member_name(member),
                                  state=state,  # type: ignore[arg-type]
                                  reason=validate_text(reason, "reason", MAX_REASON_CHARS))
+
+    def remove_member_command(self, ctx: Context, org: str, name: str, member: str) -> RemoveMember:
+        return RemoveMember(org=org, ctx=ctx, name=validate_name(name), member=validate_member_name(member))
 
     def pool_command(self, ctx: Context, org: str, name: str, selection: str) -> ConfigurePool:
         if selection not in SELECTIONS:

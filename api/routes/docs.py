@@ -16,6 +16,7 @@ _DESCRIPTIONS = {
     413: "Request body or value too large",
     422: "Invalid input; the detail names the field",
     429: "Too many requests",
+    502: "An external service (a rotation webhook, an external secret manager) failed; the failure was recorded",
     503: "The ledger could not record the action; nothing was done",
 }
 

@@ -19,20 +19,19 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from api.auth import Principal, principal_of, require_api_key
-from api.errors import PROBLEM_JSON
 from api.idempotent import json_answer, run_command, to_response
 from api.rotation_runner import rotate_now
 from api.routes.docs import COMMON, problems
 from api.routes.secrets import _metadata_from_outcome, etag
-from api.schemas import Problem, SecretMetadata, rfc3339
+from api.schemas import SecretMetadata, rfc3339
 from ledger.commands import UpsertOutcome
 from ledger.errors import NotFoundError
 from ledger.events import MemberState, Role, Selection
 from ledger.generator import GeneratorSpec, Rotator, WebhookSpec
 from ledger.idempotency import StoredAnswer
-from ledger.model import Member, Policy, SecretState, validate_name
+from ledger.model import Member, Policy, SecretState
 from ledger.policy import ReadPolicy
-from ledger.pools import MemberOutcome, ReadPool, RemoveMember, validate_member_name
+from ledger.pools import MemberOutcome, ReadPool
 from ledger.rotation import ReadRotation, RotationPolicy
 from ledger.service import Ledger
 from projections.reader import Projections
@@ -156,10 +155,6 @@ class PoolSelection(msgspec.Struct, kw_only=True):
 
 # -- documentation -----------------------------------------------------------------------------------
 
-BAD_GATEWAY: dict[int, ResponseSpec] = {
-    502: ResponseSpec(data_container=Problem, media_type=PROBLEM_JSON,
-                      description="The rotation webhook failed; the failure and its reason were recorded"),
-}
 POLICIES, ROTATION, POOLS = ["policies"], ["rotation"], ["pools"]
 
 
@@ -216,7 +211,7 @@ class SecretAccessController(Controller):
         return rotation_info(policy)
 
     @put("/{name:str}/rotation", operation_id="PutRotation", tags=ROTATION, status_code=HTTP_200_OK,
-         responses=problems(*COMMON, 404, 409),
+         responses=problems(*COMMON, 403, 404, 409),
          summary="Set the secret's rotation policy; the first rotation is due one interval from now")
     async def put_rotation(
         self, request: Request[object, object, State], name: FromPath[str], data: JSONBody[RotationBody]
@@ -233,7 +228,7 @@ class SecretAccessController(Controller):
         return await run_command(request, ledger, command, scope, render)
 
     @delete("/{name:str}/rotation", operation_id="DeleteRotation", tags=ROTATION, status_code=HTTP_204_NO_CONTENT,
-            responses=problems(*COMMON, 404), summary="Remove the secret's rotation policy")
+            responses=problems(*COMMON, 403, 404), summary="Remove the secret's rotation policy (admin keys)")
     async def delete_rotation(
         self, name: FromPath[str], principal: NamedDependency[Principal], ledger: NamedDependency[Ledger]
     ) -> None:
@@ -241,7 +236,7 @@ class SecretAccessController(Controller):
         await ledger.submit(ledger.configure_rotation_command(principal.ctx, principal.org, name, rotator=None))
 
     @post("/{name:str}/rotate", operation_id="RotateSecret", tags=ROTATION, status_code=HTTP_200_OK,
-          responses={**problems(*COMMON, 404, 409), **BAD_GATEWAY},
+          responses=problems(*COMMON, 404, 409, 502),
           summary="Rotate the secret now with its rotator (409 without a policy or while an attempt runs)")
     async def rotate(self, request: Request[object, object, State], name: FromPath[str]) -> Response[SecretMetadata]:
         ledger, principal, _ = _caller(request)
@@ -331,8 +326,7 @@ class SecretAccessController(Controller):
         ledger: NamedDependency[Ledger],
     ) -> None:
         # Validated as the builders validate (ledger.service has no builder for a removal).
-        await ledger.submit(RemoveMember(org=principal.org, ctx=principal.ctx, name=validate_name(name),
-                                         member=validate_member_name(member)))
+        await ledger.submit(ledger.remove_member_command(principal.ctx, principal.org, name, member))
 
     @put("/{name:str}/pool", operation_id="PutPool", tags=POOLS, status_code=HTTP_200_OK,
          responses=problems(*COMMON, 404),

@@ -314,8 +314,9 @@ class SecretsController(Controller):
         "/{name:str}/reveal",
         operation_id="RevealSecret",
         status_code=HTTP_200_OK,
-        responses=problems(*COMMON, 403, 404, 410),
-        summary="Reveal a secret's value (recorded before it is sent; 410 once it expired)",
+        responses=problems(*COMMON, 403, 404, 409, 410, 502),
+        summary="Reveal a secret's value (recorded before it is sent; 410 once it expired; a pool answers one "
+                "active member, 409 when none is; a reference is fetched, 502 when its manager fails)",
     )
     async def reveal_secret(
         self,

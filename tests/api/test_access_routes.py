@@ -279,6 +279,34 @@ def test_rotation_of_a_pool_is_a_conflict(client: Client, acme: Key) -> None:
                               headers=acme.headers), 409, "pool")
 
 
+def test_members_of_a_rotating_secret_are_a_conflict(client: Client, db_file: Path | PgDsn, acme: Key) -> None:
+    upsert(client, acme, "ROTATING", expect=201)
+    assert client.put(secret_path("ROTATING", "/rotation"), json={"interval_seconds": 3600, "rotator": GENERATOR},
+                      headers=acme.headers).status_code == 200
+    before = max_seq(db_file)
+    assert_problem(put_member(client, acme, "ROTATING", "a", "va"), 409, "rotation policy")
+    assert max_seq(db_file) == before
+
+
+def test_rotation_policies_are_for_admin_keys(client: Client, db_file: Path | PgDsn, acme: Key) -> None:
+    """A webhook makes the server call a URL and keep its answer as the value: members may not set one."""
+    member = create_key(client, acme, role="member")
+    upsert(client, acme, "K", expect=201)
+    before = max_seq(db_file)
+    webhook = {"kind": "webhook", "url": "http://169.254.169.254/latest/meta-data"}
+    for rotator in (webhook, GENERATOR):
+        assert_problem(client.put(secret_path("K", "/rotation"), json={"interval_seconds": 3600, "rotator": rotator},
+                                  headers=member.headers), 403, "admin")
+    assert client.put(secret_path("K", "/rotation"), json={"interval_seconds": 3600, "rotator": GENERATOR},
+                      headers=acme.headers).status_code == 200
+    after_admin = max_seq(db_file)
+    assert after_admin == before + 1
+    assert_problem(client.delete(secret_path("K", "/rotation"), headers=member.headers), 403, "admin")
+    assert max_seq(db_file) == after_admin
+    # Rotating now with the policy an admin set is any key's right, like an upsert.
+    assert client.post(secret_path("K", "/rotate"), headers=member.headers).status_code == 200
+
+
 # -- pools ---------------------------------------------------------------------------------------
 
 
