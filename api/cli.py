@@ -902,7 +902,7 @@ def _flat(event: dict[str, Any]) -> dict[str, Any]:
 @click.option("--action", default=None)
 @click.option("--secret", default=None)
 @click.option("--actor", default=None, help="key id")
-@click.option("--outcome", type=click.Choice(["ok", "granted", "denied"]), default=None)
+@click.option("--outcome", type=click.Choice(["ok", "granted", "denied", "failed"]), default=None)
 @click.option("--since", default=None, help="RFC 3339")
 @click.option("--until", default=None, help="RFC 3339")
 @click.option("--order", type=click.Choice(["newest", "oldest"]), default="newest")
