@@ -436,6 +436,7 @@ class RecordRevealFailed(msgspec.Struct, frozen=True, kw_only=True):
 
     async def decide(self, view: WriteView) -> Decision[None]:
         await caller_key(view, self.org, self.ctx)
+        await view.secret(self.org, self.name)  # loaded: the writer folds every event of a loaded secret
         event = SecretRevealFailed(
             **envelope(view, self.org, secret_stream(self.org, self.name), None, self.ctx),  # type: ignore[arg-type]
             name=self.name, version=self.version, reason=self.reason,

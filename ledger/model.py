@@ -233,8 +233,12 @@ def evolve_secret(state: SecretState | None, event: Event, sealed: str | None) -
             destroyed_versions=state.destroyed_versions | set(event.versions),
             stream_version=stream_version,
             destroy_at=None,
-            members=(),  # their data keys went with the versions'
+            # Gone for good: a re-created name starts afresh (members' data keys went with the versions').
+            members=(),
             last_member="",
+            selection="round_robin",
+            policy=Policy(),
+            rotation=None,
         )
     if isinstance(event, SecretVersionDestroyed):
         return msgspec.structs.replace(

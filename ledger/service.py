@@ -282,9 +282,15 @@ class Ledger:
             except UnicodeDecodeError:
                 raise ExternalSecretError("invalid", "the external value is binary, not UTF-8 text") from None
         except LedgerError as exc:
-            reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+            # The reference itself is sealed configuration: the recorded reason and the answer name the
+            # manager and its error, never the reference (the adapters' messages begin with it).
+            text = str(exc)
+            detail = text.split(": ", 1)[1] if isinstance(exc, ExternalSecretError) and ": " in text else text
+            reason = f"{revealed.external}: {detail}"[:MAX_REASON_CHARS]
             await self.submit(RecordRevealFailed(org=org, ctx=ctx, name=revealed.name, version=revealed.version,
                                                  reason=reason))
+            if isinstance(exc, ExternalSecretError):
+                raise ExternalSecretError(exc.reason, f"secret {revealed.name!r}: {reason}") from None
             raise
         return msgspec.structs.replace(revealed, value=value)
 

@@ -112,8 +112,8 @@ class WriteView:
         sealed = decision.sealed or [None] * len(decision.events)
         for event, value in zip(decision.events, sealed, strict=True):
             stream = event.stream
-            if event.stream_version is None and not stream.startswith("secret:"):
-                continue  # reveals of pool members steer the selection: secret streams fold them all
+            if event.stream_version is None and not (stream.startswith("secret:") and stream in self.secrets):
+                continue  # reveals of pool members steer the selection: fold them into a loaded secret
             if stream.startswith("org:"):
                 self.orgs[stream] = evolve_org(self.orgs.get(stream), event)
             elif stream.startswith("key:"):

@@ -286,6 +286,8 @@ class RotationsProjector:
             elif isinstance(event, SecretRotationFailed):
                 rows.append((_ROTATION_FAILED, (event.attempt, event.next_attempt_at, event.reason, event.at,
                                                 event.org, event.name)))
+            elif isinstance(event, SecretDestroyed):  # gone for good: its rotation policy with it
+                rows.append((_ROTATION_REMOVED, (event.org, event.name)))
             elif isinstance(event, VALUE_EVENTS):
                 rotated = isinstance(event, SecretRotated)
                 rows.append((_ROTATION_NEW_VALUE, (event.at, rotated, rotated, event.at, event.org, event.name)))

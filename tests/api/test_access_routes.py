@@ -307,6 +307,28 @@ def test_rotation_policies_are_for_admin_keys(client: Client, db_file: Path | Pg
     assert client.post(secret_path("K", "/rotate"), headers=member.headers).status_code == 200
 
 
+def test_a_purge_ends_the_policy_and_the_rotation_with_the_secret(client: Client, acme: Key) -> None:
+    """A soft delete keeps both for a restore or a re-creation; a destroyed secret's name starts afresh."""
+    member = create_key(client, acme, role="member")
+    for purge in (False, True):
+        upsert(client, acme, "P", "v1")
+        assert put_policy(client, acme, "P", roles=["admin"]).status_code == 200
+        assert client.put(secret_path("P", "/rotation"), json={"interval_seconds": 3600, "rotator": GENERATOR},
+                          headers=acme.headers).status_code == 200
+        assert client.delete(secret_path("P"), params={"purge": "true"} if purge else None,
+                             headers=acme.headers).status_code == 204
+        upsert(client, acme, "P", "v2", expect=201)
+        policy = client.get(secret_path("P", "/policy"), headers=acme.headers).json()
+        rotation = client.get(secret_path("P", "/rotation"), headers=acme.headers)
+        if purge:
+            assert policy["restricted"] is False and rotation.status_code == 404
+            assert revealed(client, member, "P")["value"] == "v2"
+        else:
+            assert policy["roles"] == ["admin"] and rotation.status_code == 200
+            assert_problem(reveal(client, member, "P"), 403, "policy")
+        assert client.delete(secret_path("P"), params={"purge": "true"}, headers=acme.headers).status_code == 204
+
+
 # -- pools ---------------------------------------------------------------------------------------
 
 

@@ -179,3 +179,23 @@ def test_versions_of_a_reference_stay_references(client: TestClient[Litestar], a
     assert rolled.status_code == 200, rolled.text
     assert rolled.json()["external"] == "aws-sm"
     assert client.post(secret_path("K", "/reveal"), headers=acme.headers).json()["value"] == CANARY
+
+
+def test_a_failed_fetch_names_the_manager_not_the_reference_and_the_secret_stays_usable(
+    client: TestClient[Litestar], aws: MotoServer, db_file: Path | PgDsn
+) -> None:
+    acme = create_org(client, "acme")
+    secret_id = "internal/layout-7c1e0b"  # the reference is configuration, sealed like a value
+    reference(client, acme.headers, "S", f"aws-sm://{REGION}/{secret_id}")
+    start = max_seq(db_file)
+    body = assert_problem(client.post(secret_path("S", "/reveal"), headers=acme.headers), 502, "aws-sm", "not found")
+    assert secret_id not in json.dumps(body)
+    (failed,) = [e for e in events_after(db_file, start) if e["type"] == "secret.reveal_failed"]
+    assert secret_id not in failed["reason"] and failed["reason"].startswith("aws-sm: not found")
+    for table in ("events", "audit"):
+        assert all(secret_id not in repr(row) for row in query(db_file, f"SELECT * FROM {table}"))
+    # The secret is as usable as before the failure.
+    aws.client().create_secret(Name=secret_id, SecretString=CANARY)
+    assert client.post(secret_path("S", "/reveal"), headers=acme.headers).json()["value"] == CANARY
+    assert client.get(secret_path("S", "/policy"), headers=acme.headers).status_code == 200
+    assert client.delete(secret_path("S"), headers=acme.headers).status_code == 204
