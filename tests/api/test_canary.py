@@ -8,6 +8,13 @@ DEBUG), error texts and the database files (main file, -wal, -shm; plaintext, ba
 never carry one, and what the master key still opens in the database never holds a destroyed one.
 Positive controls show that each place looked at would have shown a canary: the reveal responses,
 the stored reveal reason, a logged error and the values the master key opens.
+
+Issue 8's write paths carry values too: pool members (added, replaced, removed; a replaced or removed
+member's value is destroyed at once, also for an idempotent reveal's stored answer), values made by a
+generator rotation (unknown until revealed once, then canaries like the others), and references to an
+external manager. A reference's text is configuration kept sealed: it appears in no response, log or
+file, and the master key opens it. The value fetched through it (from an in-memory Vault KV registered
+in the app) is the secret: it appears in reveal answers only, and never in the database.
 """
 
 from __future__ import annotations
@@ -31,7 +38,10 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api.settings import Settings
 from ledger.crypto import Keyring, MasterKey
+from ledger.errors import ExternalSecretError
+from ledger.external import ExternalStores, Reference
 from ledger.idempotency import StoredAnswer
+from ledger.model import member_aad_name
 from ledger.timefmt import rfc3339
 from tests.api.conftest import (
     ADMIN_HEADERS,
@@ -85,7 +95,11 @@ def openable_values(db: Path | PgDsn, keyring: Keyring) -> list[bytes]:
         if event["data_key_id"] in keys:
             org = stream.removeprefix("secret:").split("/", 1)[0]
             opener = keyring.opener(event["data_key_id"], *keys[event["data_key_id"]])
-            opened.append(opener.open(sealed, org, event["name"], event["version"]))
+            if "member" in event:  # a pool member's value, bound to name/member and the member's version
+                opened.append(opener.open(sealed, org, member_aad_name(event["name"], event["member"]),
+                                          event["member_version"]))
+            else:
+                opened.append(opener.open(sealed, org, event["name"], event["version"]))
     for scope, key, kek_id, sealed in query(db, "SELECT scope, key, kek_id, sealed FROM idempotency"):
         context = f"{scope}\0{key}".encode()
         if kek_id.startswith("dek_"):  # a reveal's answer, sealed by the revealed version's data key
@@ -132,6 +146,23 @@ def every_logger_at_debug(handler: logging.Handler) -> Iterator[None]:
             lg.disabled = disabled
 
 
+class MemoryVault:
+    """A Vault KV in memory: `vault-kv://MOUNT/PATH#KEY` answers the value set for (PATH, KEY)."""
+
+    scheme = "vault-kv"
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str | None], str] = {}
+        self.fetches = 0
+
+    def fetch(self, ref: Reference) -> bytes:
+        self.fetches += 1
+        found = self.values.get((ref.path, ref.json_key))
+        if found is None:
+            raise ExternalSecretError("not_found", f"{ref.text}: no such secret")
+        return found.encode()
+
+
 class Recorded:
     """Every response the client got, with what it was asked."""
 
@@ -153,11 +184,12 @@ class Recorded:
 
 
 class Scenario:
-    def __init__(self, client: Client, db: Path | PgDsn, clock: Clock, keyring: Keyring) -> None:
+    def __init__(self, client: Client, db: Path | PgDsn, clock: Clock, keyring: Keyring, vault: MemoryVault) -> None:
         self.client = client
         self.db = db
         self.clock = clock
         self.keyring = keyring
+        self.vault = vault
         self.recorded = Recorded(client)
         self.accepted: dict[str, str] = {}  # name -> canary value stored under it (last one), revealable
         self.stored: list[str] = []  # every canary that was accepted into the ledger
@@ -166,6 +198,10 @@ class Scenario:
         self.expired: list[str] = []  # names whose reveals answer 410 (still read as metadata)
         self.reason = "REASON-" + uuid.uuid4().hex  # stored on purpose, in plaintext: the positive control
         self.api_keys: list[str] = []  # shown once in their creation answer, stored only as SHA-256
+        self.members: dict[tuple[str, str], str] = {}  # (pool, member) -> its current value
+        self.external: dict[str, str] = {}  # name -> the value its reference fetches now (stored nowhere)
+        self.references: list[str] = []  # reference texts: sealed configuration, in no response at all
+        self.rotating: set[str] = set()  # names with a rotation policy (others answer 404 on /rotation)
 
     def upsert(
         self, key: Key, name: str, *, expect: int, headers: dict[str, str] | None = None, **fields: Any
@@ -179,6 +215,39 @@ class Scenario:
             self.accepted[name] = value
             self.stored.append(value)
         return response
+
+    def put_member(self, key: Key, name: str, member: str, *, expect: int, **fields: Any) -> str:
+        """A new canary value for the member; its previous value (if any) is destroyed with the change."""
+        value = canary()
+        response = self.client.put(secret_path(name, f"/members/{quote(member, safe='')}"),
+                                   json={"value": value, **fields}, headers=key.headers)
+        assert response.status_code == expect, response.text
+        assert response.json()["member"] == member
+        previous = self.members.get((name, member))
+        if previous is not None:
+            self.destroy([previous])
+        self.members[(name, member)] = value
+        self.stored.append(value)
+        return value
+
+    def reference(self, key: Key, name: str, *, expect: int) -> tuple[str, str]:
+        """A reference to a fresh path of the in-memory Vault, which holds a canary there: (path, value)."""
+        path, value = f"canary/{uuid.uuid4().hex}", canary()
+        text = f"vault-kv://secret/{path}#api_key"
+        self.vault.values[(path, "api_key")] = value
+        response = self.client.post("/v1/secrets", json={"name": name, "reference": text}, headers=key.headers)
+        assert response.status_code == expect, response.text
+        assert response.json()["external"] == "vault-kv"
+        self.references.append(text)
+        self.external[name] = value
+        self.stored.append(value)
+        self.accepted.pop(name, None)
+        return path, value
+
+    def destroy(self, values: list[str]) -> None:
+        """The values were destroyed (a member replaced or removed): no response may carry them from now on."""
+        for value in values:
+            self.destroyed[value] = len(self.recorded.responses)
 
     def refuse(
         self,
@@ -207,8 +276,7 @@ class Scenario:
     def forget(self, name: str, values: list[str]) -> None:
         """The name's values were destroyed: from now on no response at all may carry them."""
         self.accepted.pop(name, None)
-        for value in values:
-            self.destroyed[value] = len(self.recorded.responses)
+        self.destroy(values)
 
     def run_lifecycle_writes(self, admin: Key, member: Key) -> None:
         client = self.client
@@ -341,15 +409,93 @@ class Scenario:
         self.upsert(admin, "recreated", expect=201)
         # Rollback, restore, expiry, purge and the org's recovery window.
         self.run_lifecycle_writes(admin, member)
+        # Pools, rotation and references.
+        self.run_access_writes(admin, member)
         # Every read path afterwards: every GET of the OpenAPI document (itself included), each
         # export format, point-in-time reads, the deleted list, the audit, compliance and ledger routes.
         client.get("/v1/secrets", params={"limit": 1}, headers=member.headers)
-        self.read_everything(admin, [name for name in self.accepted if name != "deleted"] + self.expired)
+        pools = sorted({name for name, _ in self.members})
+        self.read_everything(admin, [name for name in self.accepted if name != "deleted"] + self.expired
+                             + pools + list(self.external))
         # Every value that was stored last can be revealed: the positive control of the responses.
         for name, value in self.accepted.items():
-            if name not in ("deleted",):
+            if name not in ("deleted", *pools):
                 revealed = client.post(secret_path(name, "/reveal"), headers=admin.headers)
                 assert revealed.json()["value"] == value
+        for name, value in self.external.items():
+            assert self.reveal(admin, name).json()["value"] == value
+        for pool in pools:
+            current = {member: value for (name, member), value in self.members.items() if name == pool}
+            answered = [self.reveal(admin, pool).json() for _ in range(len(current))]
+            assert {a["member"]: a["value"] for a in answered} == current
+
+    def run_access_writes(self, admin: Key, member: Key) -> None:
+        client = self.client
+        # A pool: members added by the admin, by the member key (with a label), and with an
+        # idempotency key (replayed); each revealed in turn, once with an idempotency key (replayed).
+        self.upsert(admin, "pool", expect=201, scope="agents")
+        self.put_member(admin, "pool", "a", expect=201)
+        self.put_member(member, "pool", "b", expect=201, label="account b")
+        value = canary()
+        for _ in range(2):
+            added = client.put(secret_path("pool", "/members/c"), json={"value": value},
+                               headers={**admin.headers, "Idempotency-Key": "idem-member"})
+            assert added.status_code == 201, added.text
+        self.members[("pool", "c")] = value
+        self.stored.append(value)
+        answered = {}
+        for _ in range(3):
+            body = self.reveal(admin, "pool").json()
+            answered[body["member"]] = body["value"]
+        assert answered == {m: v for (_, m), v in self.members.items()}
+        for _ in range(2):
+            body = self.reveal(member, "pool", {"reason": self.reason}, {"Idempotency-Key": "idem-reveal-pool"}).json()
+            assert body["value"] == self.members[("pool", body["member"])]
+        # A member disabled and enabled, replaced (by the member key, keeping its label), and removed:
+        # the old values are destroyed at once; then the least recently revealed member answers.
+        for action in ("disable", "enable"):
+            changed = client.post(secret_path("pool", f"/members/b/{action}"), json={"reason": "rate limited"},
+                                  headers=admin.headers)
+            assert changed.status_code == 200, changed.text
+        self.put_member(member, "pool", "b", expect=200)
+        self.put_member(admin, "pool", "a", expect=200, label="account a")
+        assert client.delete(secret_path("pool", "/members/c"), headers=admin.headers).status_code == 204
+        self.destroy([self.members.pop(("pool", "c"))])
+        chosen = client.put(secret_path("pool", "/pool"), json={"selection": "least_recent"}, headers=admin.headers)
+        assert chosen.status_code == 200, chosen.text
+        answered = {}
+        for _ in range(2):
+            body = self.reveal(admin, "pool").json()
+            answered[body["member"]] = body["value"]
+        assert answered == {m: v for (_, m), v in self.members.items()}
+        # A value made by a generator rotation: unknown until revealed once, a canary from then on. A
+        # second rotation by the member key; the rotation answers and the compliance list carry none.
+        self.upsert(admin, "rotated", expect=201)
+        rotation = {"interval_seconds": 3600, "rotator": {"kind": "generator", "length": 32, "alphabet": "hex"}}
+        assert client.put(secret_path("rotated", "/rotation"), json=rotation, headers=admin.headers).status_code == 200
+        self.rotating.add("rotated")
+        for key, version in ((admin, 2), (member, 3)):
+            rotated = client.post(secret_path("rotated", "/rotate"), headers=key.headers)
+            assert (rotated.status_code, rotated.json()["version"]) == (200, version), rotated.text
+            value = self.reveal(admin, "rotated").json()["value"]
+            assert len(value) == 32 and value not in self.stored
+            self.accepted["rotated"] = value
+            self.stored.append(value)
+        assert self.reveal(admin, "rotated", {"version": 2}).json()["value"] == self.stored[-2]
+        # A reference: each reveal fetches the manager's current value (also with an idempotency key,
+        # whose answer is never stored); the manager's value changes; the reference itself changes.
+        path, _ = self.reference(admin, "referenced", expect=201)
+        fetched = self.vault.fetches
+        for _ in range(2):
+            body = self.reveal(member, "referenced", {"reason": self.reason}, {"Idempotency-Key": "idem-reveal-ref"})
+            assert body.json() == {"name": "referenced", "value": self.external["referenced"], "version": 1,
+                                   "external": "vault-kv"}, body.text
+        assert self.vault.fetches == fetched + 2
+        self.vault.values[(path, "api_key")] = self.external["referenced"] = canary()
+        self.stored.append(self.external["referenced"])
+        assert self.reveal(admin, "referenced").json()["value"] == self.external["referenced"]
+        self.reference(admin, "referenced", expect=200)
+        assert self.reveal(admin, "referenced").json()["value"] == self.external["referenced"]
 
     def read_everything(self, admin: Key, names: list[str]) -> None:
         document = self.client.get("/schema/openapi.json").json()
@@ -373,6 +519,9 @@ class Scenario:
                     # The server's own routes (master key rotation) take the admin token, not an org's key.
                     headers = ADMIN_HEADERS if path.startswith("/v1/admin/") else admin.headers
                     response = self.client.get(url, params=params, headers=headers)
+                    if "{name}" in path and path.endswith("/rotation") and name not in self.rotating:
+                        assert_problem(response, 404, "no rotation policy")
+                        continue
                     assert response.status_code == 200, (url, params, response.text)
 
     def run_refusals(self, admin: Key) -> None:
@@ -540,6 +689,7 @@ class Scenario:
         value = canary()
         self.refuse(403, "PUT", "/v1/org/settings", key=member, json={"recovery_window_days": 1},
                     headers={"X-Note": value}, value=value)
+        self.run_access_refusals(admin, member)
         # 503: the append fails; the value was sealed but never committed.
         value = canary()
         client.app.state.ledger.recorder.fail_next_commits = 1
@@ -565,6 +715,97 @@ class Scenario:
         again = client.post(secret_path("to-restore", "/reveal"), headers=admin.headers)
         assert again.json()["value"] == self.accepted["to-restore"]
 
+    def run_access_refusals(self, admin: Key, member: Key) -> None:
+        """Canaries sent to the routes of policies, rotation and pools, and as references, all refused."""
+        client = self.client
+        self.upsert(admin, "pool", expect=201)
+        self.put_member(admin, "pool", "a", expect=201)
+        self.reference(admin, "referenced", expect=201)
+        members = secret_path("pool", "/members/a")
+
+        def refuse_each(status: int, method: str, path: str, bodies: list[Any], key: Key = admin,
+                        headers: dict[str, str] | None = None) -> None:
+            for make in bodies:
+                value = canary()
+                self.refuse(status, method, path, key=key, json=make(value), headers=headers, value=value)
+
+        # A member's value with a label too long, an unknown field, the wrong type, a bad member name; a
+        # member of a missing secret, of another org's name, of a reference; a value over 64 KiB.
+        refuse_each(422, "PUT", members, [
+            lambda v: {"value": v, "label": "l" * 201},
+            lambda v: {"value": v, "note": "x"},
+            lambda v: {"value": [v]},
+            lambda v: {"label": v},
+        ])
+        refuse_each(422, "PUT", secret_path("pool", "/members/" + quote("a\x01", safe="")), [lambda v: {"value": v}])
+        refuse_each(404, "PUT", secret_path("absent", "/members/a"), [lambda v: {"value": v, "label": "l"}])
+        other = create_org(client, "other-org")
+        self.api_keys.append(other.api_key)
+        self.upsert(other, "theirs", expect=201)
+        refuse_each(404, "PUT", secret_path("theirs", "/members/a"), [lambda v: {"value": v}])
+        refuse_each(404, "PUT", secret_path("theirs", "/policy"), [lambda v: {"labels": [v]}])
+        refuse_each(422, "PUT", secret_path("referenced", "/members/a"), [lambda v: {"value": v}])
+        refuse_each(413, "PUT", members, [lambda v: {"value": v + "x" * 70_000}])
+        value = canary()
+        self.refuse(422, "PUT", members, key=admin, content=b'{"value": "' + value.encode() + b'",}', value=value)
+        value = canary()
+        self.refuse(413, "PUT", members, key=admin, content=b'{"value": "' + value.encode() + b"y" * MIB + b'"}',
+                    value=value)
+        # An idempotency key reused with another value; the first request stored its value.
+        self.put_member(admin, "pool", "b", expect=201)
+        value = canary()
+        first = client.put(secret_path("pool", "/members/c"), json={"value": value},
+                           headers={**admin.headers, "Idempotency-Key": "reused-member"})
+        assert first.status_code == 201, first.text
+        self.members[("pool", "c")] = value
+        self.stored.append(value)
+        refuse_each(422, "PUT", secret_path("pool", "/members/c"), [lambda v: {"value": v}],
+                    headers={"Idempotency-Key": "reused-member"})
+        # Member states: reasons too long, or for a member or secret that does not exist.
+        refuse_each(422, "POST", secret_path("pool", "/members/a/disable"), [lambda v: {"reason": v + "r" * 1024},
+                                                                            lambda v: {"reason": "r", "value": v}])
+        refuse_each(404, "POST", secret_path("pool", "/members/nobody/disable"), [lambda v: {"reason": v}])
+        refuse_each(404, "POST", secret_path("absent", "/members/a/enable"), [lambda v: {"reason": v}])
+        # A policy by a member key, with entries too long or of an unknown role; of a missing secret.
+        refuse_each(403, "PUT", secret_path("pool", "/policy"), [lambda v: {"labels": [v]}], key=member)
+        refuse_each(422, "PUT", secret_path("pool", "/policy"), [lambda v: {"labels": [v + "l" * 200]},
+                                                                 lambda v: {"roles": ["root"], "labels": [v]},
+                                                                 lambda v: {"key_ids": [v], "value": v}])
+        refuse_each(404, "PUT", secret_path("absent", "/policy"), [lambda v: {"labels": [v]}])
+        # Rotation: a webhook whose URL carries the canary as a password, or is not http(s); a canary as
+        # the rotator's kind or alphabet; a rotation of a pool or a reference; a rotator in a pool body.
+        refuse_each(422, "PUT", secret_path("existing", "/rotation"), [
+            lambda v: {"interval_seconds": 3600, "rotator": {"kind": "webhook", "url": f"https://u:{v}@example.com/"}},
+            lambda v: {"interval_seconds": 3600, "rotator": {"kind": "webhook", "url": f"ftp://example.com/{v}"}},
+            lambda v: {"interval_seconds": 3600, "rotator": {"kind": "sms", "url": v}},
+            lambda v: {"interval_seconds": 3600, "rotator": {"kind": "generator", "alphabet": v}},
+            lambda v: {"interval_seconds": 3600, "rotator": {"kind": "generator"}, "value": v},
+        ])
+        generator = {"kind": "generator", "prefix": "p"}
+        refuse_each(409, "PUT", secret_path("pool", "/rotation"), [lambda v: {"interval_seconds": 3600, "rotator": {
+            **generator, "prefix": v[:64]}}])
+        refuse_each(409, "PUT", secret_path("referenced", "/rotation"), [
+            lambda v: {"interval_seconds": 3600, "rotator": {**generator, "prefix": v[:64]}}])
+        refuse_each(404, "PUT", secret_path("absent", "/rotation"), [
+            lambda v: {"interval_seconds": 3600, "rotator": {**generator, "prefix": v[:64]}}])
+        refuse_each(409, "POST", secret_path("existing", "/rotate"), [lambda v: {"value": v}])
+        refuse_each(422, "PUT", secret_path("pool", "/pool"), [lambda v: {"selection": "random", "note": v},
+                                                               lambda v: {"selection": "round_robin", "value": v}])
+        # References: malformed, of an unknown scheme, given with a value, too long; an update of a
+        # reference with a stale If-Match.
+        refuse_each(422, "POST", "/v1/secrets", [
+            lambda v: {"name": "r", "reference": f"vault-kv://secret/../{v}"},
+            lambda v: {"name": "r", "reference": f"vault-kv://secret/{v}#"},
+            lambda v: {"name": "r", "reference": f"ftp://secret/{v}"},
+            lambda v: {"name": "r", "reference": f" vault-kv://secret/{v}"},
+            lambda v: {"name": "r", "reference": f"aws-sm://mars/{v}"},
+            lambda v: {"name": "r", "reference": f"vault-kv://secret/{v}", "value": "x"},
+            lambda v: {"name": "r", "reference": "vault-kv://secret/x", "value": v},
+            lambda v: {"name": "r", "reference": f"vault-kv://secret/{v}" + "x" * 2048},
+        ])
+        refuse_each(412, "POST", "/v1/secrets", [lambda v: {"name": "referenced", "reference": f"vault-kv://s/{v}"}],
+                    headers={"If-Match": '"7"'})
+
     def check_responses(self) -> None:
         every = self.stored + self.refused
         reveal_answers = 0
@@ -572,6 +813,8 @@ class Scenario:
             text = self.recorded.text_of(response)
             back = [value for value, since in self.destroyed.items() if index >= since and value in text]
             assert not back, f"a destroyed value came back: {response.request.url.path} -> {text[:300]}"
+            shown = [reference for reference in self.references if reference in text]
+            assert not shown, f"a reference's text was shown: {response.request.url.path} -> {text[:300]}"
             if self.recorded.is_reveal_answer(response):
                 reveal_answers += 1
                 assert any(value in text for value in self.stored), "a reveal answer without its value"
@@ -586,7 +829,7 @@ class Scenario:
         logged = caplog.text + "\n".join(
             f"{record.name} {record.getMessage()} {record.exc_text or ''} {record.args!r}" for record in caplog.records
         )
-        for value in self.stored + self.refused + self.api_keys:
+        for value in self.stored + self.refused + self.api_keys + self.references:
             assert value not in logged
 
 
@@ -612,17 +855,28 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def app(settings: Settings, clock: Clock) -> Litestar:
-    """The app on the test's clock (expiry is reached by moving it forward)."""
-    return create_app(settings, clock=clock)
+def vault() -> MemoryVault:
+    return MemoryVault()
+
+
+@pytest.fixture
+def app(settings: Settings, clock: Clock, vault: MemoryVault) -> Litestar:
+    """The app on the test's clock (expiry is reached by moving it forward), with the in-memory Vault
+    as the adapter for vault-kv:// references."""
+    return create_app(settings, clock=clock, external=ExternalStores([vault]))
 
 
 @pytest.fixture
 def scenario(
-    client: Client, db_file: Path | PgDsn, clock: Clock, settings: Settings, caplog: pytest.LogCaptureFixture
+    client: Client,
+    db_file: Path | PgDsn,
+    clock: Clock,
+    settings: Settings,
+    vault: MemoryVault,
+    caplog: pytest.LogCaptureFixture,
 ) -> Iterator[Scenario]:
     with every_logger_at_debug(caplog.handler):
-        yield Scenario(client, db_file, clock, Keyring(settings.master_key, settings.previous_master_keys))
+        yield Scenario(client, db_file, clock, Keyring(settings.master_key, settings.previous_master_keys), vault)
 
 
 def test_canaries_from_every_write_path_appear_only_in_reveal_answers(
@@ -631,9 +885,10 @@ def test_canaries_from_every_write_path_appear_only_in_reveal_answers(
     admin = create_org(scenario.client, "canary-org")
     scenario.run_write_paths(admin)
     assert len(scenario.stored) >= 10 and len(scenario.destroyed) >= 4
+    assert scenario.members and scenario.external and scenario.rotating and scenario.references
     scenario.check_responses()
     scenario.check_logs(caplog)
-    assert_nowhere_in_files(scenario.db, scenario.stored + scenario.api_keys)
+    assert_nowhere_in_files(scenario.db, scenario.stored + scenario.api_keys + scenario.references)
     # Positive control: the files are read as they are, WAL included; the reason is stored in plaintext.
     files = b"".join(database_bytes(scenario.db).values())
     assert scenario.reason.encode() in files
@@ -642,7 +897,12 @@ def test_canaries_from_every_write_path_appear_only_in_reveal_answers(
     opened = b"\n".join(openable_values(scenario.db, scenario.keyring))
     assert [value for value in scenario.destroyed if value.encode() in opened] == []
     assert all(value.encode() in opened for value in scenario.accepted.values())
-    assert opened.count(b'"value":"CANARY-') >= 2  # the idempotent reveals' answers
+    assert all(value.encode() in opened for value in scenario.members.values())
+    # The idempotent reveals' answers (the pool's went with its member's value, replaced or removed since).
+    assert opened.count(b'"value":"CANARY-') >= 2
+    # A reference's text is sealed like a value; what it fetched is not in the database at all.
+    assert all(reference.encode() in opened for reference in scenario.references)
+    assert not [value for value in scenario.external.values() if value.encode() in opened]
 
 
 def test_canaries_in_refused_requests_appear_nowhere(scenario: Scenario, caplog: pytest.LogCaptureFixture) -> None:
@@ -653,7 +913,7 @@ def test_canaries_in_refused_requests_appear_nowhere(scenario: Scenario, caplog:
     scenario.check_logs(caplog)
     # Positive control: the failed commits were logged, so errors do reach the capture.
     assert any(record.name.startswith("keyledger") and record.levelno >= logging.ERROR for record in caplog.records)
-    assert_nowhere_in_files(scenario.db, scenario.stored + scenario.refused + scenario.api_keys)
+    assert_nowhere_in_files(scenario.db, scenario.stored + scenario.refused + scenario.api_keys + scenario.references)
 
 
 # Found by this suite: an idempotent reveal's stored answer (the value itself) once outlived the
@@ -677,6 +937,36 @@ def test_a_destroyed_value_is_not_replayed_from_an_idempotent_reveal(scenario: S
     assert value not in replayed.text, (replayed.status_code, dict(replayed.headers), replayed.text)
     assert_problem(replayed, 404, "destroyed")
     assert value.encode() not in b"\n".join(openable_values(scenario.db, scenario.keyring))
+    scenario.check_responses()
+
+
+def test_a_pool_members_old_value_is_not_replayed_from_an_idempotent_reveal(scenario: Scenario) -> None:
+    """The stored answer of an idempotent pool reveal is sealed by the member's data key: removing the
+    member, giving it a new value or purging the pool destroys the stored answer with the value."""
+    client = scenario.client
+    admin = create_org(client, "canary-org")
+    revealed: dict[str, tuple[str, dict[str, str]]] = {}
+    for how in ("removed", "updated", "purged"):
+        scenario.upsert(admin, how, expect=201)
+        value = scenario.put_member(admin, how, "only", expect=201)
+        retry = {"Idempotency-Key": f"reveal-before-{how}"}
+        first = scenario.reveal(admin, how, headers=retry)
+        assert (first.json()["value"], first.json()["member"]) == (value, "only"), first.text
+        revealed[how] = value, retry
+    assert client.delete(secret_path("removed", "/members/only"), headers=admin.headers).status_code == 204
+    scenario.destroy([scenario.members.pop(("removed", "only"))])
+    scenario.put_member(admin, "updated", "only", expect=200)  # destroys the first value
+    assert scenario.reveal(admin, "updated").json()["value"] == scenario.members[("updated", "only")]
+    assert client.delete(secret_path("purged"), params={"purge": "true"}, headers=admin.headers).status_code == 204
+    scenario.forget("purged", [scenario.accepted["purged"], scenario.members.pop(("purged", "only"))])
+    for how, (value, retry) in revealed.items():
+        replayed = scenario.reveal(admin, how, headers=retry)
+        assert value not in replayed.text, (how, replayed.status_code, dict(replayed.headers), replayed.text)
+        assert_problem(replayed, 404, "destroyed")
+    opened = b"\n".join(openable_values(scenario.db, scenario.keyring))
+    assert [how for how, (value, _) in revealed.items() if value.encode() in opened] == []
+    assert scenario.members[("updated", "only")].encode() in opened  # positive control
+    assert_nowhere_in_files(scenario.db, [value for value, _ in revealed.values()])
     scenario.check_responses()
 
 

@@ -5,6 +5,11 @@ Worlds are built the same way (orgs `acme` and `globex`); only in some does `acm
 world the same questions and must get the same answers: same status, same headers and the same body,
 apart from the request id. Its attempts to change acme's names (rollback, restore, purge, reveal of a
 version) are refused like those of missing names, and leave acme's secrets as they were.
+
+The same holds for what surrounds a value: acme's `target` has a reveal policy and a rotation policy,
+and its `pool` is a key pool (two members, one disabled, least-recent selection). globex reads and
+changes policies, rotation and members under acme's names (and asks who could reveal them), and gets
+the answers a missing name gets; acme's policies, rotation schedule and members stay as they were.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from tests.api.conftest import (
     ADMIN_TOKEN,
     BACKENDS,
     Key,
+    assert_problem,
     create_key,
     create_org,
     make_client,
@@ -54,6 +60,32 @@ class World:
 # its `lapsed` expired long ago (so acme's reveals of it answer 410).
 FAR_EXPIRY = "2099-01-01T00:00:00.000000Z"  # as the API prints it
 PAST_EXPIRY = "2001-01-01T00:00:00Z"
+ROTATION = {"interval_seconds": 3600, "rotator": {"kind": "generator", "length": 24, "alphabet": "hex"}}
+WEBHOOK_ROTATION = {"interval_seconds": 60, "rotator": {"kind": "webhook", "url": "http://127.0.0.1:1/rotate"}}
+
+
+def member_path(name: str, member: str, suffix: str = "") -> str:
+    return secret_path(name, f"/members/{member}{suffix}")
+
+
+def give_acme_access_rules(client: Client, acme: Key) -> None:
+    """acme's `target` gets a reveal policy and a rotation policy; its `pool` two members (b disabled,
+    least-recent selection), revealed once."""
+    policy = {"key_ids": [acme.key_id], "labels": ["acme-*"], "roles": ["admin"]}
+    assert client.put(secret_path("target", "/policy"), json=policy, headers=acme.headers).status_code == 200
+    assert client.put(secret_path("target", "/rotation"), json=ROTATION, headers=acme.headers).status_code == 200
+    upsert(client, acme, "pool", "acme-only-value-pool", expect=201)
+    for member in ("a", "b"):
+        added = client.put(member_path("pool", member), json={"value": f"acme-only-value-{member}",
+                                                                "label": f"acme account {member}"},
+                           headers=acme.headers)
+        assert added.status_code == 201, added.text
+    assert client.post(member_path("pool", "b", "/disable"), json={"reason": "acme limit"},
+                       headers=acme.headers).status_code == 200
+    assert client.put(secret_path("pool", "/pool"), json={"selection": "least_recent"},
+                      headers=acme.headers).status_code == 200
+    revealed = client.post(secret_path("pool", "/reveal"), headers=acme.headers)
+    assert (revealed.status_code, revealed.json()["value"]) == (200, "acme-only-value-a"), revealed.text
 
 
 def open_world(db: Path | PgDsn, *, with_target: bool, deleted: bool = False) -> Generator[World, None, None]:
@@ -67,6 +99,7 @@ def open_world(db: Path | PgDsn, *, with_target: bool, deleted: bool = False) ->
             upsert(client, acme, "target", "acme-only-value-2", expect=200)
             assert client.post(secret_path("target", "/reveal"), headers=acme.headers).status_code == 200
             upsert(client, acme, "lapsed", "acme-only-value-lapsed", expires_at=PAST_EXPIRY, expect=201)
+            give_acme_access_rules(client, acme)
             if deleted:
                 assert client.delete(secret_path("target"), headers=acme.headers).status_code == 204
         yield World(client, db, acme, globex)
@@ -156,6 +189,23 @@ QUESTIONS: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
     ("GET", "/v1/compliance/expiring", None, {}),
     ("GET", "/v1/compliance/expiring", None, {"days": "36500"}),
     ("GET", "/v1/compliance/exposure", None, {"secret": "lapsed", "version": "1"}),
+    # Reveal policies, rotation and pools (issue 8), and the compliance questions about them.
+    ("GET", secret_path("target", "/policy"), None, {}),
+    ("GET", secret_path("pool", "/policy"), None, {}),
+    ("GET", secret_path("lapsed", "/policy"), None, {}),
+    ("GET", secret_path("target", "/rotation"), None, {}),
+    ("GET", secret_path("pool", "/rotation"), None, {}),
+    ("GET", secret_path("pool", "/members"), None, {}),
+    ("GET", secret_path("target", "/members"), None, {}),
+    ("GET", "/v1/compliance/rotations", None, {}),
+    ("GET", "/v1/compliance/rotations", None, {"all": "true"}),
+    ("GET", "/v1/compliance/who-could-reveal", None, {"secret": "target"}),
+    ("GET", "/v1/compliance/who-could-reveal", None, {"secret": "pool", "at": "2200-01-01T00:00:00Z"}),
+    ("GET", "/v1/compliance/who-could-reveal", None, {"secret": "lapsed"}),
+    ("GET", "/v1/compliance/who-could-reveal", None, {"secret": "pool", "at": PAST_EXPIRY}),
+    # An upsert of a reference under acme's names, with preconditions that only acme's secret would meet.
+    ("POST", "/v1/secrets", {"name": "target", "reference": "vault-kv://secret/x#k"}, {"If-Match": '"2"'}),
+    ("POST", "/v1/secrets", {"name": "pool", "reference": "aws-sm://us-east-1/id"}, {"If-Match": "*"}),
 ]
 # Parts of an answer that differ between two worlds built alike (ids, times, positions, hashes).
 VOLATILE = {"seq", "time", "at", "key_id", "actor", "request_id", "prev_hash", "hash", "next_cursor", "created_at",
@@ -197,6 +247,7 @@ def test_a_foreign_name_answers_exactly_like_a_missing_one(
         response = world.client.request(method, path, json=body, params=params,
                                          headers={**world.globex.headers, **headers})
         assert response.status_code in (200, 404, 412), response.text
+        assert response.status_code != 404 or "secret '" in response.json()["detail"], response.text
         assert max_seq(world.db) == before, "a refused request or a read appended an event"
         assert "acme-only-value" not in response.text and "acme" not in response.text
         answers.append(answer_of(response) if response.status_code == 200 else comparable(response))
@@ -218,6 +269,22 @@ def test_acme_itself_sees_what_globex_asks_about(three_worlds: tuple[World, Worl
     deleted = foreign_deleted.client.get("/v1/secrets", params={"deleted": "true"},
                                          headers=foreign_deleted.acme.headers)
     assert [(s["name"], s["version"]) for s in deleted.json()["secrets"]] == [("target", 2)]
+    # Reveal policy, rotation, pool and the compliance questions about them.
+    policy = client.get(secret_path("target", "/policy"), headers=acme.headers).json()
+    assert policy == {"key_ids": [acme.key_id], "labels": ["acme-*"], "roles": ["admin"], "restricted": True}
+    rotation = client.get(secret_path("target", "/rotation"), headers=acme.headers).json()
+    assert (rotation["interval_seconds"], rotation["rotator"]) == (3600, {**ROTATION["rotator"], "prefix": ""})
+    pool = client.get(secret_path("pool", "/members"), headers=acme.headers).json()
+    assert pool["selection"] == "least_recent"
+    assert [(m["member"], m["label"], m["state"], m["reveals"]) for m in pool["members"]] == [
+        ("a", "acme account a", "active", 1), ("b", "acme account b", "disabled", 0)]
+    rotations = client.get("/v1/compliance/rotations", params={"all": "true"}, headers=acme.headers).json()
+    assert [(r["name"], r["status"]) for r in rotations["rotations"]] == [("target", "ok")]
+    who = client.get("/v1/compliance/who-could-reveal", params={"secret": "target"}, headers=acme.headers).json()
+    assert (who["exists"], [k["key_id"] for k in who["keys"]]) == (True, [acme.key_id])
+    who = foreign_deleted.client.get("/v1/compliance/who-could-reveal", params={"secret": "target"},
+                                     headers=foreign_deleted.acme.headers).json()
+    assert (who["exists"], who["policy"]["restricted"], who["keys"]) == (False, True, [])
 
 
 # Requests that would change acme's secret if they reached it: globex's are refused (no event).
@@ -242,14 +309,64 @@ WRITES: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
 ]
 
 
+# Changes to acme's names on the routes of policies, rotation and pools, by family: globex's are refused
+# like those to a missing name (no event after any of them), and acme's holdings are compared once per
+# family and world.
+ACCESS_WRITES: dict[str, list[tuple[str, str, dict[str, Any] | None, dict[str, str]]]] = {
+    # Reveal policies (acme's admits acme's admin key; globex's would open it to others or close it).
+    "policy": [
+        ("PUT", secret_path("target", "/policy"), {"roles": ["member"]}, {}),
+        ("PUT", secret_path("target", "/policy"), {}, {}),
+        ("PUT", secret_path("target", "/policy"), {"labels": ["*"]}, {"Idempotency-Key": "globex-policy"}),
+        ("PUT", secret_path("pool", "/policy"), {"roles": ["admin", "member"]}, {}),
+        ("PUT", secret_path("lapsed", "/policy"), {"roles": ["member"]}, {}),
+    ],
+    # Rotation: acme's schedule must neither move nor go; a rotation would make a version 3.
+    "rotation": [
+        ("PUT", secret_path("target", "/rotation"), ROTATION, {}),
+        ("PUT", secret_path("target", "/rotation"), WEBHOOK_ROTATION, {"Idempotency-Key": "globex-rotation"}),
+        ("PUT", secret_path("pool", "/rotation"), ROTATION, {}),  # acme's own answer would be a 409 (a pool)
+        ("PUT", secret_path("lapsed", "/rotation"), ROTATION, {}),
+        ("DELETE", secret_path("target", "/rotation"), None, {}),
+        ("POST", secret_path("target", "/rotate"), None, {}),
+        ("POST", secret_path("pool", "/rotate"), None, {}),
+        ("POST", secret_path("lapsed", "/rotate"), None, {}),
+    ],
+    # Members added, replaced, removed, disabled and enabled.
+    "members": [
+        ("PUT", member_path("pool", "a"), {"value": "globex-value", "label": "globex"}, {}),
+        ("PUT", member_path("pool", "b"), {"value": "globex-value"}, {}),
+        ("PUT", member_path("pool", "c"), {"value": "globex-value"}, {"Idempotency-Key": "globex-member"}),
+        ("PUT", member_path("target", "a"), {"value": "globex-value"}, {}),
+        ("DELETE", member_path("pool", "a"), None, {}),
+        ("DELETE", member_path("pool", "zz"), None, {}),
+        ("POST", member_path("pool", "a", "/disable"), {"reason": "globex"}, {}),
+        ("POST", member_path("pool", "a", "/disable"), None, {"Idempotency-Key": "globex-disable"}),
+        ("POST", member_path("pool", "b", "/enable"), None, {}),
+        ("POST", member_path("pool", "zz", "/enable"), {"reason": "globex"}, {}),
+    ],
+    # The selection, and pool reveals (which would move acme's least-recent order).
+    "pool": [
+        ("PUT", secret_path("pool", "/pool"), {"selection": "round_robin"}, {}),
+        ("PUT", secret_path("pool", "/pool"), {"selection": "least_recent"}, {"Idempotency-Key": "globex-pool"}),
+        ("POST", secret_path("pool", "/reveal"), None, {}),
+        ("POST", secret_path("pool", "/reveal"), {"reason": "curious"}, {"Idempotency-Key": "globex-reveal-pool"}),
+    ],
+}
+
+
 def acme_holdings(world: World) -> tuple[Any, ...]:
-    """What acme holds, seen by acme: its secrets' versions (whether each value exists) and its deleted
-    list (with the destruction time)."""
-    headers = world.acme.headers
+    """What acme holds, seen by acme: its secrets' versions (whether each value exists), its deleted
+    list (with the destruction time), the reveal and rotation policies (with the schedule) and the pool's
+    members (label, state, member version, reveals)."""
+    client, headers = world.client, world.acme.headers
     return (
-        [comparable(world.client.get(secret_path(name, "/versions"), headers=headers))
-         for name in ("target", "lapsed")],
-        comparable(world.client.get("/v1/secrets", params={"deleted": "true"}, headers=headers)),
+        [comparable(client.get(secret_path(name, "/versions"), headers=headers))
+         for name in ("target", "lapsed", "pool")],
+        comparable(client.get("/v1/secrets", params={"deleted": "true"}, headers=headers)),
+        [comparable(client.get(secret_path(name, suffix), headers=headers))
+         for name, suffix in (("target", "/policy"), ("target", "/rotation"), ("pool", "/members"))],
+        comparable(client.get("/v1/compliance/rotations", params={"all": "true"}, headers=headers)),
     )
 
 
@@ -274,6 +391,8 @@ def test_a_change_to_a_foreign_name_is_refused_exactly_like_one_to_a_missing_nam
         before = max_seq(world.db)
         response = send(world, world.globex, method, path, body, extra)
         assert response.status_code in (404, 412), response.text
+        # The route was reached (a 404 of an unknown route would be alike in every world too).
+        assert response.status_code == 412 or "secret '" in response.json()["detail"], response.text
         assert max_seq(world.db) == before, "a refused change appended an event"
         assert acme_holdings(world) == held, "acme's secret changed"
         assert "acme-only-value" not in response.text and "acme" not in response.text
@@ -287,10 +406,38 @@ def test_a_change_to_a_foreign_name_is_refused_exactly_like_one_to_a_missing_nam
     assert client.post(secret_path("lapsed", "/reveal"), headers=acme.headers).status_code == 410
 
 
+@pytest.mark.parametrize("family", list(ACCESS_WRITES))
+def test_a_change_to_the_access_rules_of_a_foreign_name_is_refused_exactly_like_one_to_a_missing_name(
+    three_worlds: tuple[World, World, World], family: str,
+) -> None:
+    changes = ACCESS_WRITES[family]
+    answers: list[list[Any]] = []
+    for world in three_worlds:
+        held = acme_holdings(world)
+        before = max_seq(world.db)
+        seen = []
+        for method, path, body, extra in changes:
+            response = send(world, world.globex, method, path, body, extra)
+            asked = (method, path, body, extra, response.text)
+            assert response.status_code == 404 and "secret '" in response.json()["detail"], asked
+            assert max_seq(world.db) == before, ("a refused change appended an event", asked)
+            assert "acme-only-value" not in response.text and "acme" not in response.text, asked
+            seen.append(comparable(response))
+        assert acme_holdings(world) == held, "acme's policies, rotation or members changed"
+        answers.append(seen)
+    for change, foreign, deleted, missing in zip(changes, *answers, strict=True):
+        assert foreign == deleted == missing, change
+    # acme's pool still answers its active member, and its target still opens for acme.
+    foreign = three_worlds[0]
+    client, acme = foreign.client, foreign.acme
+    assert client.post(secret_path("pool", "/reveal"), headers=acme.headers).json()["value"] == "acme-only-value-a"
+    assert client.post(secret_path("target", "/reveal"), headers=acme.headers).json()["version"] == 2
+
+
 def test_acme_restores_its_deleted_secret_after_another_orgs_changes(foreign_deleted: World) -> None:
     client, acme, globex = foreign_deleted.client, foreign_deleted.acme, foreign_deleted.globex
     listed = client.get("/v1/secrets", params={"deleted": "true"}, headers=acme.headers).json()["secrets"]
-    for method, path, body, extra in WRITES:
+    for method, path, body, extra in WRITES + [change for changes in ACCESS_WRITES.values() for change in changes]:
         assert send(foreign_deleted, globex, method, path, body, extra).status_code in (404, 412)
     # globex's own secrets of the same names: one purged, then a zero-day window and a delete that
     # destroys the other at once. None of it reaches acme's secrets, window or deleted list.
@@ -314,6 +461,15 @@ def test_acme_restores_its_deleted_secret_after_another_orgs_changes(foreign_del
     lapsed = client.get(secret_path("lapsed", "/versions"), headers=acme.headers).json()["versions"]
     assert [(v["version"], v["value_exists"]) for v in lapsed] == [(1, True)]
     assert client.post(secret_path("lapsed", "/reveal"), headers=acme.headers).status_code == 410
+    # The restored secret keeps acme's reveal and rotation policies; the pool kept its members.
+    policy = client.get(secret_path("target", "/policy"), headers=acme.headers).json()
+    assert policy == {"key_ids": [acme.key_id], "labels": ["acme-*"], "roles": ["admin"], "restricted": True}
+    rotation = client.get(secret_path("target", "/rotation"), headers=acme.headers)
+    assert (rotation.status_code, rotation.json()["rotator"]["kind"]) == (200, "generator"), rotation.text
+    pool = client.get(secret_path("pool", "/members"), headers=acme.headers).json()
+    assert [(m["member"], m["state"], m["member_version"]) for m in pool["members"]] == [
+        ("a", "active", 1), ("b", "disabled", 1)]
+    assert pool["selection"] == "least_recent"
 
 
 def test_an_upsert_of_a_foreign_name_creates_the_orgs_own_secret(foreign: World, missing: World) -> None:
@@ -334,6 +490,56 @@ def test_an_upsert_of_a_foreign_name_creates_the_orgs_own_secret(foreign: World,
     # Each org keeps its own secret under the same name.
     acme_sees = foreign.client.post(secret_path("target", "/reveal"), headers=foreign.acme.headers).json()
     assert acme_sees == {"name": "target", "value": "acme-only-value-2", "version": 2}
+
+
+def test_the_orgs_own_secrets_of_the_same_names_keep_their_own_policies_rotation_and_members(
+    foreign: World,
+) -> None:
+    """globex makes its own `target` and `pool` and gives them a policy, a rotation and members: each
+    org sees and reveals only its own, and the compliance questions answer for each org alone."""
+    client, acme, globex = foreign.client, foreign.acme, foreign.globex
+    held = acme_holdings(foreign)
+    upsert(client, globex, "target", "globex-value", expect=201)
+    upsert(client, globex, "pool", "globex-value", expect=201)
+    policy = {"roles": ["member"]}
+    assert client.put(secret_path("target", "/policy"), json=policy, headers=globex.headers).status_code == 200
+    assert client.put(secret_path("pool", "/rotation"), json=WEBHOOK_ROTATION,
+                      headers=globex.headers).status_code == 200
+    added = client.put(member_path("target", "a"), json={"value": "globex-member-a", "label": "globex a"},
+                       headers=globex.headers)
+    assert added.status_code == 201, added.text  # a first member for globex: not acme's a
+    assert added.json()["member_version"] == 1
+    assert client.put(secret_path("target", "/pool"), json={"selection": "round_robin"},
+                      headers=globex.headers).status_code == 200
+    assert acme_holdings(foreign) == held, "acme's secrets changed"
+
+    def get(key: Key, path: str, **params: str) -> Any:
+        response = client.get(path, params=params, headers=key.headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert get(globex, secret_path("target", "/policy"))["roles"] == ["member"]
+    assert get(acme, secret_path("target", "/policy"))["roles"] == ["admin"]
+    assert get(globex, secret_path("pool", "/rotation"))["rotator"]["kind"] == "webhook"
+    assert get(acme, secret_path("target", "/rotation"))["rotator"]["kind"] == "generator"
+    assert_problem(client.get(secret_path("target", "/rotation"), headers=globex.headers), 404, "no rotation")
+    assert [m["label"] for m in get(globex, secret_path("target", "/members"))["members"]] == ["globex a"]
+    assert get(globex, secret_path("pool", "/members")) == {"selection": "round_robin", "members": []}
+    assert [r["name"] for r in get(globex, "/v1/compliance/rotations", all="true")["rotations"]] == ["pool"]
+    assert [r["name"] for r in get(acme, "/v1/compliance/rotations", all="true")["rotations"]] == ["target"]
+    # globex's policy admits members only: its admin key is refused, acme's key is unknown to it.
+    assert_problem(client.post(secret_path("target", "/reveal"), headers=globex.headers), 403, "reveal policy")
+    globex_member = create_key(client, globex, label="globex-member")
+    revealed = client.post(secret_path("target", "/reveal"), headers=globex_member.headers).json()
+    assert (revealed["value"], revealed["member"]) == ("globex-member-a", "a")
+    who = get(globex, "/v1/compliance/who-could-reveal", secret="target")
+    assert [k["key_id"] for k in who["keys"]] == [globex_member.key_id]
+    assert "acme" not in json.dumps(who)
+    who = get(acme, "/v1/compliance/who-could-reveal", secret="target")
+    assert [k["key_id"] for k in who["keys"]] == [acme.key_id]
+    # acme's pool still answers its own member, and its target its own value.
+    assert client.post(secret_path("pool", "/reveal"), headers=acme.headers).json()["value"] == "acme-only-value-a"
+    assert client.post(secret_path("target", "/reveal"), headers=acme.headers).json()["value"] == "acme-only-value-2"
 
 
 def test_revoking_a_foreign_key_answers_like_an_unknown_one(foreign: World, missing: World) -> None:
@@ -387,7 +593,7 @@ def test_another_orgs_key_never_lists_its_secrets(foreign: World) -> None:
             assert {s["name"] for s in page.json()["secrets"]} <= {"b1", "m-globex"}
     # ...and acme sees only its own.
     acme_names = [s["name"] for s in client.get("/v1/secrets", headers=acme.headers).json()["secrets"]]
-    assert acme_names == ["a1", "a2", "lapsed", "m-acme", "target", "z-acme"]
+    assert acme_names == ["a1", "a2", "lapsed", "m-acme", "pool", "target", "z-acme"]
 
 
 def test_another_orgs_key_never_lists_its_keys(foreign: World) -> None:
@@ -421,10 +627,21 @@ LIFECYCLE_OPERATIONS = {
     ("POST", "/v1/secrets/{name}/restore"), ("DELETE", "/v1/secrets/{name}"), ("GET", "/v1/org/settings"),
     ("PUT", "/v1/org/settings"), ("GET", "/v1/compliance/expiring"),
 }
+ACCESS_OPERATIONS = {
+    ("GET", "/v1/secrets/{name}/policy"), ("PUT", "/v1/secrets/{name}/policy"),
+    ("GET", "/v1/secrets/{name}/rotation"), ("PUT", "/v1/secrets/{name}/rotation"),
+    ("DELETE", "/v1/secrets/{name}/rotation"), ("POST", "/v1/secrets/{name}/rotate"),
+    ("GET", "/v1/secrets/{name}/members"), ("PUT", "/v1/secrets/{name}/members/{member}"),
+    ("DELETE", "/v1/secrets/{name}/members/{member}"), ("POST", "/v1/secrets/{name}/members/{member}/disable"),
+    ("POST", "/v1/secrets/{name}/members/{member}/enable"), ("PUT", "/v1/secrets/{name}/pool"),
+    ("GET", "/v1/compliance/rotations"), ("GET", "/v1/compliance/who-could-reveal"),
+}
 QUERY_VARIANTS = {
     ("DELETE", "/v1/secrets/{name}"): {"purge": "true"},
     ("GET", "/v1/secrets"): {"deleted": "true"},
     ("GET", "/v1/compliance/expiring"): {"days": "0"},
+    ("GET", "/v1/compliance/rotations"): {"all": "true"},
+    ("GET", "/v1/compliance/who-could-reveal"): {"secret": "target"},
 }
 
 
@@ -435,12 +652,14 @@ def test_revoked_and_malformed_credentials_are_401_on_every_route_and_method(for
     before = max_seq(foreign.db)
     operations = every_operation(client)
     assert len(operations) >= 20
-    assert set(operations) >= LIFECYCLE_OPERATIONS
+    assert set(operations) >= LIFECYCLE_OPERATIONS | ACCESS_OPERATIONS
     credentials = [*MALFORMED, f"Bearer {revoked.api_key}", f"Bearer {foreign.acme.api_key}x"]
     bodies: list[Any] = [None, {"name": "target", "value": "v"}, {"org": "x"}, "not json", {"name": 5},
-                         {"version": 1}, {"recovery_window_days": 0}]
+                         {"version": 1}, {"recovery_window_days": 0}, {"value": "v"}, ROTATION,
+                         {"roles": ["admin"]}, {"selection": "round_robin"},
+                         {"name": "target", "reference": "vault-kv://secret/x#k"}]
     for method, path in operations:
-        url = path.replace("{name}", "target").replace("{key_id}", foreign.acme.key_id)
+        url = path.replace("{name}", "target").replace("{key_id}", foreign.acme.key_id).replace("{member}", "a")
         for i, credential in enumerate(credentials):
             headers = {} if credential is None else {"Authorization": credential.encode("utf-8")}
             body = bodies[i % len(bodies)] if method in ("POST", "PUT") else None
