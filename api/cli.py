@@ -259,6 +259,9 @@ def read_value(value_file: click.File | None) -> str:
 @click.option("--expires-at", default=None, metavar="TIME",
               help="When the value expires (RFC 3339); reveals fail after it. Default: keep the current expiry.")
 @click.option("--no-expiry", is_flag=True, help="Remove the expiry.")
+@click.option("--reference", is_flag=True,
+              help="The value is a reference to an external manager (aws-sm://REGION/ID[#KEY], "
+                   "vault-kv://MOUNT/PATH[#KEY]), fetched at each reveal.")
 @output_option
 @click.pass_context
 def secrets_set(
@@ -270,12 +273,15 @@ def secrets_set(
     description: str | None,
     expires_at: str | None,
     no_expiry: bool,
+    reference: bool,
     output: str | None,
 ) -> None:
     """Create a secret or give it a new value (from a hidden prompt, stdin, or --value-file)."""
     if expires_at is not None and no_expiry:
         fail("--expires-at and --no-expiry cannot be used together", 2)
     body: dict[str, Any] = {"name": name, "value": read_value(value_file)}
+    if reference:
+        body["reference"] = True
     for field, given in (("scope", scope), ("category", category), ("description", description)):
         if given is not None:
             body[field] = given

@@ -25,12 +25,10 @@ class Problem(msgspec.Struct, kw_only=True):
 
 class UpsertSecretBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: SecretName
-    # Exactly one of `value` and `reference` (a value kept in an external manager: aws-sm://REGION/ID[#KEY]
-    # or vault-kv://MOUNT/PATH[#KEY]; fetched at each reveal, never stored).
-    value: Annotated[str, msgspec.Meta(description="At most 65,536 bytes of UTF-8")] | msgspec.UnsetType = (
-        msgspec.UNSET
-    )
-    reference: Annotated[str, msgspec.Meta(max_length=2048)] | msgspec.UnsetType = msgspec.UNSET
+    value: Annotated[str, msgspec.Meta(description="At most 65,536 bytes of UTF-8")]
+    # True: `value` is a reference to a value kept in an external manager (aws-sm://REGION/ID[#KEY] or
+    # vault-kv://MOUNT/PATH[#KEY]), stored sealed like a value and fetched at each reveal.
+    reference: bool = False
     scope: Scope | None = None
     category: Category | None = None
     description: Annotated[str, msgspec.Meta(max_length=4096)] | None = None

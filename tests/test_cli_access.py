@@ -115,3 +115,10 @@ def test_pool_commands(server: Server, admin_key: str, tmp_path: Path) -> None:
     ok(cli(server.url, "secrets", "members", "remove", "POOLED", "two", key=admin_key))
     gone = cli(server.url, "secrets", "members", "remove", "POOLED", "two", key=admin_key)
     assert gone.returncode == 3 and "404" in one_error_line(gone)
+
+
+def test_a_reference_is_set_with_the_reference_flag(server: Server, admin_key: str) -> None:
+    meta = run_json(server, admin_key, "secrets", "set", "REF", "--reference", stdin="vault-kv://secret/app/db#password")
+    assert isinstance(meta, dict) and meta["version"] == 1
+    shown = run_json(server, admin_key, "secrets", "get", "REF")
+    assert isinstance(shown, dict) and shown["external"] == "vault-kv"

@@ -192,15 +192,12 @@ class SecretsController(Controller):
         ledger, principal = _services(request)
         projections: Projections = request.app.state.projections
         expected = await _expected_version(projections, principal, data.name, if_match)
-        if isinstance(data.value, UnsetType) == isinstance(data.reference, UnsetType):
-            raise ValidationError("value", "give exactly one of value and reference")
-        reference = not isinstance(data.reference, UnsetType)
         command = ledger.upsert_secret_command(
             principal.ctx,
             principal.org,
             data.name,
-            (data.reference if isinstance(data.value, UnsetType) else data.value).encode(),  # type: ignore[union-attr]
-            reference=reference,
+            data.value.encode(),
+            reference=data.reference,
             scope=data.scope,
             category=data.category,
             description=data.description,

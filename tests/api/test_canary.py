@@ -235,7 +235,8 @@ class Scenario:
         path, value = f"canary/{uuid.uuid4().hex}", canary()
         text = f"vault-kv://secret/{path}#api_key"
         self.vault.values[(path, "api_key")] = value
-        response = self.client.post("/v1/secrets", json={"name": name, "reference": text}, headers=key.headers)
+        response = self.client.post("/v1/secrets", json={"name": name, "value": text, "reference": True},
+                                    headers=key.headers)
         assert response.status_code == expect, response.text
         assert response.json()["external"] == "vault-kv"
         self.references.append(text)
@@ -794,16 +795,17 @@ class Scenario:
         # References: malformed, of an unknown scheme, given with a value, too long; an update of a
         # reference with a stale If-Match.
         refuse_each(422, "POST", "/v1/secrets", [
-            lambda v: {"name": "r", "reference": f"vault-kv://secret/../{v}"},
-            lambda v: {"name": "r", "reference": f"vault-kv://secret/{v}#"},
-            lambda v: {"name": "r", "reference": f"ftp://secret/{v}"},
-            lambda v: {"name": "r", "reference": f" vault-kv://secret/{v}"},
-            lambda v: {"name": "r", "reference": f"aws-sm://mars/{v}"},
-            lambda v: {"name": "r", "reference": f"vault-kv://secret/{v}", "value": "x"},
-            lambda v: {"name": "r", "reference": "vault-kv://secret/x", "value": v},
-            lambda v: {"name": "r", "reference": f"vault-kv://secret/{v}" + "x" * 2048},
+            lambda v: {"name": "r", "value": f"vault-kv://secret/../{v}", "reference": True},
+            lambda v: {"name": "r", "value": f"vault-kv://secret/{v}#", "reference": True},
+            lambda v: {"name": "r", "value": f"ftp://secret/{v}", "reference": True},
+            lambda v: {"name": "r", "value": f" vault-kv://secret/{v}", "reference": True},
+            lambda v: {"name": "r", "value": f"aws-sm://mars/{v}", "reference": True},
+            lambda v: {"name": "r", "value": f"vault-kv://secret/{v}", "reference": "yes"},
+            lambda v: {"name": "r", "value": v, "reference": True},
+            lambda v: {"name": "r", "value": f"vault-kv://secret/{v}" + "x" * 2048, "reference": True},
         ])
-        refuse_each(412, "POST", "/v1/secrets", [lambda v: {"name": "referenced", "reference": f"vault-kv://s/{v}"}],
+        refuse_each(412, "POST", "/v1/secrets",
+                    [lambda v: {"name": "referenced", "value": f"vault-kv://s/{v}", "reference": True}],
                     headers={"If-Match": '"7"'})
 
     def check_responses(self) -> None:

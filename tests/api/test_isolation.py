@@ -204,8 +204,10 @@ QUESTIONS: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
     ("GET", "/v1/compliance/who-could-reveal", None, {"secret": "lapsed"}),
     ("GET", "/v1/compliance/who-could-reveal", None, {"secret": "pool", "at": PAST_EXPIRY}),
     # An upsert of a reference under acme's names, with preconditions that only acme's secret would meet.
-    ("POST", "/v1/secrets", {"name": "target", "reference": "vault-kv://secret/x#k"}, {"If-Match": '"2"'}),
-    ("POST", "/v1/secrets", {"name": "pool", "reference": "aws-sm://us-east-1/id"}, {"If-Match": "*"}),
+    ("POST", "/v1/secrets", {"name": "target", "value": "vault-kv://secret/x#k", "reference": True},
+     {"If-Match": '"2"'}),
+    ("POST", "/v1/secrets", {"name": "pool", "value": "aws-sm://us-east-1/id", "reference": True},
+     {"If-Match": "*"}),
 ]
 # Parts of an answer that differ between two worlds built alike (ids, times, positions, hashes).
 VOLATILE = {"seq", "time", "at", "key_id", "actor", "request_id", "prev_hash", "hash", "next_cursor", "created_at",
@@ -657,7 +659,7 @@ def test_revoked_and_malformed_credentials_are_401_on_every_route_and_method(for
     bodies: list[Any] = [None, {"name": "target", "value": "v"}, {"org": "x"}, "not json", {"name": 5},
                          {"version": 1}, {"recovery_window_days": 0}, {"value": "v"}, ROTATION,
                          {"roles": ["admin"]}, {"selection": "round_robin"},
-                         {"name": "target", "reference": "vault-kv://secret/x#k"}]
+                         {"name": "target", "value": "vault-kv://secret/x#k", "reference": True}]
     for method, path in operations:
         url = path.replace("{name}", "target").replace("{key_id}", foreign.acme.key_id).replace("{member}", "a")
         for i, credential in enumerate(credentials):

@@ -69,7 +69,7 @@ def client(db_file: Path | PgDsn, aws: MotoServer, openbao: OpenBao) -> Iterator
 
 
 def reference(client: TestClient[Litestar], headers: dict[str, str], name: str, ref: str, expect: int = 201) -> dict:
-    response = client.post("/v1/secrets", json={"name": name, "reference": ref, "category": "provider"},
+    response = client.post("/v1/secrets", json={"name": name, "value": ref, "reference": True, "category": "provider"},
                            headers=headers)
     assert response.status_code == expect, response.text
     return dict(response.json())
@@ -160,8 +160,9 @@ def test_bad_references_and_bodies_are_refused_and_record_nothing(client: TestCl
                                                                   db_file: Path | PgDsn) -> None:
     acme = create_org(client, "acme")
     start = max_seq(db_file)
-    for body in ({"name": "X", "reference": "aws-sm://not a region/x"}, {"name": "X", "reference": "ftp://x/y"},
-                 {"name": "X", "reference": "aws-sm://us-east-1/a", "value": "v"}, {"name": "X"}):
+    for body in ({"name": "X", "value": "aws-sm://not a region/x", "reference": True},
+                 {"name": "X", "value": "ftp://x/y", "reference": True}, {"name": "X", "value": "v", "reference": True},
+                 {"name": "X", "value": "aws-sm://us-east-1/a", "reference": "yes"}, {"name": "X", "reference": True}):
         assert_problem(client.post("/v1/secrets", json=body, headers=acme.headers), 422)
     assert max_seq(db_file) == start
 
