@@ -174,7 +174,13 @@ def test_api_conforms_to_its_openapi(case: Any, org_headers: dict[str, str]) -> 
 
 
 # The state machine has a schema object of its own: its hook shapes upsert bodies, the fuzzing's stay raw.
-links_schema = schemathesis.openapi.from_asgi("/schema/openapi.json", APP)
+# It follows the document's links only: schemathesis' own link inference adds links between every pair
+# of routes that share a parameter name, which spreads a run's steps so thin over the many secret routes
+# that the documented links (asserted below) are followed too rarely.
+LINKS_ONLY = {"phases": {"stateful": {"inference": {"algorithms": []}}}}
+links_schema = schemathesis.openapi.from_asgi(
+    "/schema/openapi.json", APP, config=schemathesis.config.SchemathesisConfig.from_dict(LINKS_ONLY)
+)
 
 
 # The request bodies the document describes loosely: msgspec refuses unknown fields, names with '/' or a
@@ -186,6 +192,9 @@ BODY_FIELDS = {
     "RevealSecret": ("reason",),
     "CreateApiKey": ("label", "scope", "role"),
     "CreateOrg": ("org", "name"),
+    "PutMember": ("value", "label"),
+    "PutPolicy": ("key_ids", "labels", "roles"),
+    "PutRotation": ("interval_seconds", "rotator"),
 }
 
 
