@@ -325,7 +325,6 @@ class SecretAccessController(Controller):
         principal: NamedDependency[Principal],
         ledger: NamedDependency[Ledger],
     ) -> None:
-        # Validated as the builders validate (ledger.service has no builder for a removal).
         await ledger.submit(ledger.remove_member_command(principal.ctx, principal.org, name, member))
 
     @put("/{name:str}/pool", operation_id="PutPool", tags=POOLS, status_code=HTTP_200_OK,
