@@ -32,6 +32,7 @@ DUMPS = {
     "api_keys": "SELECT * FROM api_keys ORDER BY key_id",
     "audit": "SELECT * FROM audit ORDER BY seq",
     "secret_versions": "SELECT * FROM secret_versions ORDER BY org, name, version",
+    "secret_rotation": "SELECT * FROM secret_rotation ORDER BY org, name",
 }
 
 index = st.integers(min_value=0, max_value=20)  # an actor or a target, as an index into the keys made so far
@@ -236,3 +237,44 @@ async def test_progress_is_reported_up_to_the_head(ledger: Ledger) -> None:
     await ledger.recorder.rebuild_projections(lambda done, total: seen.append((done, total)))
     assert seen and seen[-1] == (head, head)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_the_rotation_projection_rebuilds_to_the_same_rows(tmp_path: Path) -> None:
+    """Every rotation event (configured, started, failed, rotated, removed, and a destroy) folds the same
+    incrementally and in a rebuild."""
+    from ledger.generator import GeneratorSpec, WebhookSpec
+    from ledger.rotation import FailRotation, StartRotation
+    from tests.audit_history import Clock, new_ledger
+
+    path = tmp_path / "keyledger.db"
+    clock = Clock()
+
+    async def main() -> None:
+        ledger = new_ledger(path, clock)
+        await ledger.start()
+        try:
+            admin = await ledger.create_org(ADMIN, "acme")
+            ctx = ctx_for(admin)
+            for name in ("gen", "hook", "gone", "removed"):
+                await ledger.upsert_secret(ctx, "acme", name, b"v")
+            for name in ("gen", "gone", "removed"):
+                await ledger.submit(ledger.configure_rotation_command(
+                    ctx, "acme", name, interval_seconds=3600, rotator=GeneratorSpec(length=20, alphabet="hex")))
+            await ledger.submit(ledger.configure_rotation_command(
+                ctx, "acme", "hook", interval_seconds=600, rotator=WebhookSpec(url="http://127.0.0.1:9/rotate")))
+            await ledger.submit(StartRotation(org="acme", ctx=ctx, name="gen", force=True))
+            started = await ledger.submit(StartRotation(org="acme", ctx=ctx, name="hook", force=True))
+            await ledger.submit(FailRotation(org="acme", ctx=ctx, name="hook", attempt=started.attempt,
+                                             reason="webhook answered HTTP 500"))
+            await ledger.submit(StartRotation(org="acme", ctx=ctx, name="hook", force=True))  # left in flight
+            await ledger.submit(ledger.configure_rotation_command(ctx, "acme", "removed"))
+            await ledger.delete_secret(ctx, "acme", "gone", purge=True)
+            await ledger.upsert_secret(ctx, "acme", "gen", b"manual")
+            incremental = dump(path)
+            assert [row[1] for row in incremental["secret_rotation"]] == ["gen", "hook"]
+            await ledger.recorder.rebuild_projections()
+            assert dump(path) == incremental
+        finally:
+            await ledger.stop()
+
+    asyncio.run(main())
