@@ -15,7 +15,7 @@ import httpx
 
 from api.webhook import WebhookError, call_webhook
 from ledger.commands import SYSTEM, Context
-from ledger.errors import ConflictError, LedgerError, RotationFailedError
+from ledger.errors import ConflictError, LedgerError, NotFoundError, RotationFailedError
 from ledger.events import SecretRotated
 from ledger.rotation import FailRotation, FinishRotation, RotationStarted, StartRotation
 from ledger.service import Ledger
@@ -47,12 +47,12 @@ async def finish_attempt(ledger: Ledger, client: httpx.AsyncClient, settings: Ro
     except WebhookError as exc:
         try:
             await ledger.submit(FailRotation(org=org, ctx=ctx, name=started.name, attempt=started.attempt,
-                                             reason=exc.reason))
-        except ConflictError:
-            pass  # the lease ended and another attempt took over: that one reports its own outcome
+                                             call_id=started.call_id, reason=exc.reason))
+        except (ConflictError, NotFoundError):
+            pass  # cancelled (a new value or policy, a later attempt) or the secret deleted: nothing to record
         raise RotationFailedError(f"rotation of secret {started.name!r} failed: {exc.reason}") from None
     return await ledger.submit(FinishRotation(org=org, ctx=ctx, name=started.name, attempt=started.attempt,
-                                              value=value))
+                                              call_id=started.call_id, value=value))
 
 
 async def rotate_now(ledger: Ledger, client: httpx.AsyncClient, settings: RotationSettings, ctx: Context,

@@ -126,6 +126,14 @@ async def caller_key(view: WriteView, org: str, ctx: Context, *, admin_token: bo
     return key
 
 
+def refuse_reference(state: SecretState) -> None:
+    """A reference's value lives in its manager: it cannot be rotated here, nor hold pool members."""
+    if state.rotation is not None:
+        raise ConflictError(f"secret {state.name!r} has a rotation policy: remove it before making it a reference")
+    if state.members:
+        raise ConflictError(f"secret {state.name!r} is a pool: remove its members before making it a reference")
+
+
 def seal_new(view: WriteView, value: bytes, org: str, aad_name: str, version: int) -> tuple[str, str, DataKeyRow]:
     """A value sealed under a fresh data key: (data key id, sealed value, the wrapped data key's row)."""
     data_key_id = new_data_key_id()
@@ -251,6 +259,8 @@ class UpsertSecret(msgspec.Struct, frozen=True, kw_only=True):
         current = state if state is not None and state.exists else None
         if self.if_match is not None and (current is None or current.version != self.if_match):
             raise PreconditionFailedError(self.if_match, current.version if current else None)
+        if self.external is not None and state is not None:
+            refuse_reference(state)
         version = (state.version if state else 0) + 1
         stream_version = (state.stream_version if state else 0) + 1
         data_key_id, sealed, data_key_row = seal_new(view, self.value, self.org, self.name, version)
@@ -332,10 +342,14 @@ class DeleteSecret(msgspec.Struct, frozen=True, kw_only=True):
 async def value_events(view: WriteView, state: SecretState) -> dict[int, tuple[ValueEvent, str]]:
     """Every version of the name: its value event and sealed value, from the stream's records."""
     found: dict[int, tuple[ValueEvent, str]] = {}
-    for record in await view.recorder.read_stream(secret_stream(state.org, state.name)):
+    stream = secret_stream(state.org, state.name)
+    for record in await view.recorder.read_stream(stream):
         event = decode_event(record.body)
         if isinstance(event, VALUE_EVENTS):
             found[event.version] = (event, record.sealed or "")
+    for pending, sealed in view.batch_values.get(stream, []):  # decided earlier in this batch
+        if isinstance(pending, VALUE_EVENTS):
+            found[pending.version] = (pending, sealed)
     return found
 
 
@@ -345,7 +359,8 @@ async def destroy_remaining(
     """The event destroying every version whose data key still exists; None when none is left."""
     versions = await value_events(view, state)
     alive = sorted(v for v in versions if v not in state.destroyed_versions)
-    if not alive and not state.members:
+    if not alive and not state.members and not (state.policy.restricts or state.rotation is not None
+                                                 or state.selection != "round_robin"):
         return None
     # Pool members' values go too: their data keys follow the versions' in the list.
     data_key_ids = [versions[v][0].data_key_id for v in alive] + [m.data_key_id for m in state.members]
@@ -368,6 +383,9 @@ class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     reason: str = ""
     version: int | None = None  # an earlier version of the live secret; None: the current one
+    # Set when the answer will be stored for replay: a reference's fetched value must never be, so such
+    # a reveal is refused before anything is recorded (the caller reveals it without storing instead).
+    refuse_external: bool = False
 
     async def decide(self, view: WriteView) -> Decision[Revealed]:
         caller = await caller_key(view, self.org, self.ctx)
@@ -375,9 +393,13 @@ class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
         if state is None or not state.exists:
             raise NotFoundError(f"secret {self.name!r} not found")
         expired = state.expires_at is not None and view.at >= state.expires_at
-        pool = bool(state.members) and self.version is None
+        pool = bool(state.members)
+        if pool and self.version is not None:
+            raise ConflictError(f"secret {self.name!r} is a pool: its members have no versions; omit the version")
         if self.version is not None and self.version != state.version:
             state = await earlier_version(view, state, self.version)
+        if self.refuse_external and state.external is not None and not pool:
+            raise IsReference(f"secret {self.name!r} version {state.version} is a reference")
         key_scope: Scope = caller.scope if caller is not None else "all"
         common = envelope(view, self.org, secret_stream(self.org, self.name), None, self.ctx)
 
@@ -424,6 +446,29 @@ class RevealSecret(msgspec.Struct, frozen=True, kw_only=True):
         return Decision(events=[event], result=Revealed(name=self.name, version=state.version, value=value,
                                                         data_key_id=state.data_key_id, external=state.external))
 
+    async def recheck(self, view: WriteView) -> None:
+        await recheck_reveal(view, self.org, self.ctx, self.name)
+
+
+class IsReference(ConflictError):
+    """A reveal whose answer would be stored met a reference (see `RevealSecret.refuse_external`)."""
+
+
+async def recheck_reveal(view: WriteView, org: str, ctx: Context, name: str) -> None:
+    """Before a stored reveal answer is replayed: the caller may still reveal the secret now (its key,
+    the secret's expiry, scope and reveal policy), else the error a fresh reveal would get."""
+    caller = await caller_key(view, org, ctx)
+    state = await view.secret(org, name)
+    if state is None or not state.exists:
+        raise NotFoundError(f"secret {name!r} not found")
+    if state.expires_at is not None and view.at >= state.expires_at:
+        raise GoneError(f"secret {name!r} expired")
+    key_scope: Scope = caller.scope if caller is not None else "all"
+    if not scope_covers(key_scope, state.scope):
+        raise RevealDeniedError(f"key scope {key_scope!r} does not cover secret scope {state.scope!r}")
+    if caller is not None and not state.policy.allows(caller):
+        raise RevealDeniedError(f"the secret's reveal policy does not allow key {caller.key_id!r}")
+
 
 class RecordRevealFailed(msgspec.Struct, frozen=True, kw_only=True):
     """After a granted reveal of a reference whose value could not be fetched: the record says so."""
@@ -435,7 +480,8 @@ class RecordRevealFailed(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
     async def decide(self, view: WriteView) -> Decision[None]:
-        await caller_key(view, self.org, self.ctx)
+        # The server's own record of what happened to a granted reveal: the caller is not checked again
+        # (a key revoked since must not hide the failure).
         await view.secret(self.org, self.name)  # loaded: the writer folds every event of a loaded secret
         event = SecretRevealFailed(
             **envelope(view, self.org, secret_stream(self.org, self.name), None, self.ctx),  # type: ignore[arg-type]

@@ -71,6 +71,9 @@ class Idempotent(msgspec.Struct, frozen=True, kw_only=True):
                 raise IdempotencyConflictError(
                     "this Idempotency-Key was used with a different request; use a new key"
                 )
+            recheck = getattr(self.inner, "recheck", None)
+            if recheck is not None:  # a replay of a reveal never skips a check a fresh reveal would make
+                await recheck(view)
             raw = await _open_answer(view, context, existing)
             stored = msgspec.msgpack.decode(raw, type=StoredAnswer)
             return Decision(events=[], result=Answer(answer=stored, replayed=True))

@@ -19,6 +19,7 @@ from ledger.commands import (
     earlier_version,
     envelope,
     open_version,
+    refuse_reference,
     seal_new,
 )
 from ledger.crypto import sealed_sha256
@@ -33,6 +34,8 @@ async def _copy_version(
 ) -> Decision[UpsertOutcome]:
     """A new version (state.version + 1) holding version `source`'s value, with the state's metadata."""
     earlier = await earlier_version(view, state, source)
+    if earlier.external is not None:
+        refuse_reference(state)
     value = await open_version(view, earlier)  # 404 when destroyed
     version = state.version + 1
     data_key_id, resealed, data_key_row = seal_new(view, value, state.org, state.name, version)

@@ -38,7 +38,6 @@ from ledger.events import (
     SecretRestored,
     SecretRevealed,
     SecretRolledBack,
-    SecretRotated,
     SecretRotationConfigured,
     SecretRotationFailed,
     SecretRotationStarted,
@@ -123,6 +122,7 @@ class RotationState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     next_due_at: int  # the next attempt: interval after the last new value, or a failure's backoff
     attempt: int = 0  # the attempt in flight, or the failures since the last new value
     lease_until: int | None = None  # while an attempt is in flight
+    call_id: str = ""  # the attempt in flight: only its outcome is accepted
 
 
 class Member(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -191,10 +191,10 @@ def evolve_secret(state: SecretState | None, event: Event, sealed: str | None) -
     if isinstance(event, SecretCreated | SecretUpdated | SecretRolledBack | SecretRestored):
         kept = state if state is not None else None
         rotation = kept.rotation if kept else None
-        if rotation is not None:  # a new value restarts the interval, whoever made it
+        if rotation is not None:  # a new value restarts the interval, and ends (or cancels) any attempt
             rotation = msgspec.structs.replace(
                 rotation, next_due_at=event.at + rotation.interval_seconds * SECOND_NS, attempt=0,
-                lease_until=None if isinstance(event, SecretRotated) else rotation.lease_until,
+                lease_until=None, call_id="",
             )
         return SecretState(
             org=event.org, name=event.name, version=event.version, exists=True, scope=event.scope,
@@ -250,18 +250,17 @@ def evolve_secret(state: SecretState | None, event: Event, sealed: str | None) -
         policy = Policy(key_ids=tuple(event.key_ids), labels=tuple(event.labels), roles=tuple(event.roles))
         return msgspec.structs.replace(state, policy=policy, stream_version=stream_version)
     if isinstance(event, SecretRotationConfigured):
+        # A new policy starts afresh: an attempt in flight under the old one is cancelled.
         rotation = None if event.rotator is None or event.next_due_at is None else RotationState(
             interval_seconds=event.interval_seconds, rotator=event.rotator, next_due_at=event.next_due_at,
-            lease_until=state.rotation.lease_until if state.rotation else None,
-            attempt=state.rotation.attempt if state.rotation and state.rotation.lease_until else 0,
         )
         return msgspec.structs.replace(state, rotation=rotation, stream_version=stream_version)
     if isinstance(event, SecretRotationStarted) and state.rotation is not None:
         return msgspec.structs.replace(state, stream_version=stream_version, rotation=msgspec.structs.replace(
-            state.rotation, attempt=event.attempt, lease_until=event.lease_until))
+            state.rotation, attempt=event.attempt, lease_until=event.lease_until, call_id=event.call_id))
     if isinstance(event, SecretRotationFailed) and state.rotation is not None:
         return msgspec.structs.replace(state, stream_version=stream_version, rotation=msgspec.structs.replace(
-            state.rotation, attempt=event.attempt, lease_until=None, next_due_at=event.next_attempt_at))
+            state.rotation, attempt=event.attempt, lease_until=None, call_id="", next_due_at=event.next_attempt_at))
     if isinstance(event, SecretMemberAdded):
         added = Member(name=event.member, label=event.label, state="active", member_version=event.member_version,
                        data_key_id=event.data_key_id, sealed=sealed or "", added_at=event.at)

@@ -202,10 +202,12 @@ def _rotated(view: WriteView, state: SecretState, stream_version: int, value: by
     return event, sealed, row
 
 
-async def _in_flight(view: WriteView, org: str, name: str, attempt: int) -> SecretState:
+async def _in_flight(view: WriteView, org: str, name: str, attempt: int, call_id: str) -> SecretState:
+    """The secret while this very attempt is in flight (a new value, a new policy or a later attempt
+    cancels it: its outcome is then refused)."""
     state = await _live(view, org, name)
     rotation = state.rotation
-    if rotation is None or rotation.lease_until is None or rotation.attempt != attempt:
+    if rotation is None or rotation.lease_until is None or rotation.call_id != call_id:
         raise ConflictError(f"rotation attempt {attempt} of secret {name!r} is no longer in progress")
     return state
 
@@ -217,13 +219,14 @@ class FinishRotation(msgspec.Struct, frozen=True, kw_only=True):
     ctx: Context
     name: str
     attempt: int
+    call_id: str
     value: bytes
 
     def __repr__(self) -> str:
         return f"FinishRotation(org={self.org!r}, name={self.name!r}, attempt={self.attempt})"
 
     async def decide(self, view: WriteView) -> Decision[SecretRotated]:
-        state = await _in_flight(view, self.org, self.name, self.attempt)
+        state = await _in_flight(view, self.org, self.name, self.attempt, self.call_id)
         rotated, sealed, row = _rotated(view, state, state.stream_version + 1, self.value, self.attempt, "webhook",
                                         self.ctx)
         return Decision(events=[rotated], sealed=[sealed], data_keys=[row], result=rotated)
@@ -236,10 +239,11 @@ class FailRotation(msgspec.Struct, frozen=True, kw_only=True):
     ctx: Context
     name: str
     attempt: int
+    call_id: str
     reason: str
 
     async def decide(self, view: WriteView) -> Decision[SecretRotationFailed]:
-        state = await _in_flight(view, self.org, self.name, self.attempt)
+        state = await _in_flight(view, self.org, self.name, self.attempt, self.call_id)
         assert state.rotation is not None
         delay = retry_delay_seconds(self.attempt, state.rotation.interval_seconds)
         failed = SecretRotationFailed(

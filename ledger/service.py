@@ -6,6 +6,7 @@ The HTTP API and the CLI only call this; it never imports them.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -65,6 +66,21 @@ from ledger.rotation import ConfigureRotation, NotDue, RotationStarted, StartRot
 from ledger.writer import Command, Writer
 
 T = TypeVar("T")
+
+
+_FAILURES = {"not_found": "not found", "access_denied": "access denied", "unavailable": "unavailable",
+             "invalid": "the value is not in the form the reference expects"}
+# An error code at the end of an adapter's message, e.g. "(ResourceNotFoundException, HTTP 400)".
+_ERROR_CODE = re.compile(r"\(((?:[A-Za-z]+, )?HTTP \d{3}|[A-Za-z]+Error|[A-Za-z]+Exception)\)$")
+
+
+def failure_text(exc: LedgerError) -> str:
+    """What went wrong fetching a reference, built from the error's kind and code only: an adapter's
+    message may hold parts of the reference (a path, a JSON key), which is never shown or recorded."""
+    if not isinstance(exc, ExternalSecretError):
+        return type(exc).__name__
+    code = _ERROR_CODE.search(str(exc))
+    return _FAILURES.get(exc.reason, exc.reason) + (f" ({code.group(1)})" if code else "")
 
 
 class Ledger:
@@ -283,10 +299,8 @@ class Ledger:
                 raise ExternalSecretError("invalid", "the external value is binary, not UTF-8 text") from None
         except LedgerError as exc:
             # The reference itself is sealed configuration: the recorded reason and the answer name the
-            # manager and its error, never the reference (the adapters' messages begin with it).
-            text = str(exc)
-            detail = text.split(": ", 1)[1] if isinstance(exc, ExternalSecretError) and ": " in text else text
-            reason = f"{revealed.external}: {detail}"[:MAX_REASON_CHARS]
+            # manager, the kind of failure and the manager's error code, never any part of the reference.
+            reason = f"{revealed.external}: {failure_text(exc)}"[:MAX_REASON_CHARS]
             await self.submit(RecordRevealFailed(org=org, ctx=ctx, name=revealed.name, version=revealed.version,
                                                  reason=reason))
             if isinstance(exc, ExternalSecretError):

@@ -72,6 +72,9 @@ class WriteView:
         self.secrets: dict[str, SecretState | None] = {}
         self.data_keys: dict[str, DataKeyRow | None] = {}
         self.idempotency: dict[tuple[str, str], IdempotencyRow] = {}
+        # Events with a sealed value decided earlier in this batch, per stream: not in the store yet, but
+        # a later command of the batch (a purge, a rollback) must see them as the store will.
+        self.batch_values: dict[str, list[tuple[Event, str]]] = {}
         self._committed: WriteCache | None = None
 
     async def org(self, org: str) -> OrgState | None:
@@ -112,6 +115,8 @@ class WriteView:
         sealed = decision.sealed or [None] * len(decision.events)
         for event, value in zip(decision.events, sealed, strict=True):
             stream = event.stream
+            if value is not None:
+                self.batch_values.setdefault(stream, []).append((event, value))
             if event.stream_version is None and not (stream.startswith("secret:") and stream in self.secrets):
                 continue  # reveals of pool members steer the selection: fold them into a loaded secret
             if stream.startswith("org:"):

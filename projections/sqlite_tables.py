@@ -238,15 +238,14 @@ class AuditProjector:
 _ROTATION_SET = """INSERT INTO secret_rotation (org, name, interval_seconds, rotator, next_due_at, failures,
     lease_until, last_rotated_at, last_error, last_error_at) VALUES (?,?,?,?,?,0,NULL,NULL,NULL,NULL)
     ON CONFLICT(org, name) DO UPDATE SET interval_seconds=excluded.interval_seconds, rotator=excluded.rotator,
-    next_due_at=excluded.next_due_at"""
+    next_due_at=excluded.next_due_at, failures=0, lease_until=NULL"""
 _ROTATION_REMOVED = "DELETE FROM secret_rotation WHERE org=? AND name=?"
 _ROTATION_STARTED = "UPDATE secret_rotation SET lease_until=? WHERE org=? AND name=?"
 _ROTATION_FAILED = """UPDATE secret_rotation SET failures=?, lease_until=NULL, next_due_at=?, last_error=?,
     last_error_at=? WHERE org=? AND name=?"""
-# Any new value restarts the interval (as in the write model); a rotation also ends its attempt.
+# Any new value restarts the interval and ends (or cancels) an attempt in flight, as in the write model.
 _ROTATION_NEW_VALUE = """UPDATE secret_rotation SET next_due_at=? + interval_seconds * 1000000000, failures=0,
-    lease_until=CASE WHEN ? THEN NULL ELSE lease_until END,
-    last_rotated_at=CASE WHEN ? THEN ? ELSE last_rotated_at END WHERE org=? AND name=?"""
+    lease_until=NULL, last_rotated_at=CASE WHEN ? THEN ? ELSE last_rotated_at END WHERE org=? AND name=?"""
 
 
 class RotationsProjector:
@@ -290,7 +289,7 @@ class RotationsProjector:
                 rows.append((_ROTATION_REMOVED, (event.org, event.name)))
             elif isinstance(event, VALUE_EVENTS):
                 rotated = isinstance(event, SecretRotated)
-                rows.append((_ROTATION_NEW_VALUE, (event.at, rotated, rotated, event.at, event.org, event.name)))
+                rows.append((_ROTATION_NEW_VALUE, (event.at, rotated, event.at, event.org, event.name)))
         return _coalesce(rows)
 
 

@@ -265,7 +265,7 @@ def test_the_rotation_projection_rebuilds_to_the_same_rows(tmp_path: Path) -> No
             await ledger.submit(StartRotation(org="acme", ctx=ctx, name="gen", force=True))
             started = await ledger.submit(StartRotation(org="acme", ctx=ctx, name="hook", force=True))
             await ledger.submit(FailRotation(org="acme", ctx=ctx, name="hook", attempt=started.attempt,
-                                             reason="webhook answered HTTP 500"))
+                                             call_id=started.call_id, reason="webhook answered HTTP 500"))
             await ledger.submit(StartRotation(org="acme", ctx=ctx, name="hook", force=True))  # left in flight
             await ledger.submit(ledger.configure_rotation_command(ctx, "acme", "removed"))
             await ledger.delete_secret(ctx, "acme", "gone", purge=True)

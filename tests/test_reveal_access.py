@@ -11,11 +11,12 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.commands import CreatedKey
-from ledger.errors import ConflictError, LedgerError, RevealDeniedError
+from ledger.errors import ConflictError, LedgerError, NotFoundError, RevealDeniedError
 from ledger.events import (
     VALUE_EVENTS,
     ApiKeyCreated,
@@ -23,7 +24,10 @@ from ledger.events import (
     SecretDeleted,
     SecretPolicyChanged,
 )
+from ledger.generator import GeneratorSpec, WebhookSpec
+from ledger.keys import destroy_version
 from ledger.pools import RemoveMember
+from ledger.rotation import FinishRotation, ReadRotation, StartRotation
 from projections.access import who_could_reveal
 from tests.audit_history import SCOPES, Clock, new_ledger, raw_events, temp_db
 from tests.conftest import ADMIN, ctx_for
@@ -224,3 +228,98 @@ def test_member_selection_is_fair_and_never_answers_a_disabled_member(size: int,
                 await ledger.stop()
 
         asyncio.run(main())
+
+
+# -- regressions found in review ----------------------------------------------------------------------------
+
+
+def run_ledger(test: Any) -> None:
+    with temp_db("keyledger-review-") as path:
+        ledger = new_ledger(path, Clock(step=1_000))
+
+        async def main() -> None:
+            await ledger.start()
+            try:
+                admin = await ledger.create_org(ADMIN, "acme")
+                await test(ledger, ctx_for(admin))
+            finally:
+                await ledger.stop()
+
+        asyncio.run(main())
+
+
+def test_a_purge_in_the_same_batch_as_a_new_value_destroys_that_value_too() -> None:
+    async def test(ledger: Any, ctx: Any) -> None:
+        await ledger.upsert_secret(ctx, "acme", "S", b"v1")
+        await asyncio.gather(ledger.upsert_secret(ctx, "acme", "S", b"v2-same-batch"),
+                             ledger.delete_secret(ctx, "acme", "S", purge=True))
+        await ledger.upsert_secret(ctx, "acme", "S", b"v3")
+        for version in (1, 2):
+            with pytest.raises(NotFoundError):
+                await ledger.reveal_secret(ctx, "acme", "S", version=version)
+
+    run_ledger(test)
+
+
+def test_a_webhook_attempt_is_cancelled_by_a_new_value_or_policy_and_only_its_own_outcome_counts() -> None:
+    async def test(ledger: Any, ctx: Any) -> None:
+        hook = WebhookSpec(url="http://127.0.0.1:9/rotate")
+        await ledger.upsert_secret(ctx, "acme", "W", b"v1")
+        await ledger.submit(ledger.configure_rotation_command(ctx, "acme", "W", interval_seconds=3600, rotator=hook))
+        first = await ledger.submit(StartRotation(org="acme", ctx=ctx, name="W", force=True))
+        await ledger.upsert_secret(ctx, "acme", "W", b"set by hand")  # cancels the attempt
+        with pytest.raises(ConflictError):
+            await ledger.submit(FinishRotation(org="acme", ctx=ctx, name="W", attempt=first.attempt,
+                                               call_id=first.call_id, value=b"late"))
+        policy = await ledger.submit(ReadRotation(org="acme", ctx=ctx, name="W"))
+        assert policy is not None and not policy.in_flight and policy.failures == 0
+        assert (await ledger.reveal_secret(ctx, "acme", "W")).value == b"set by hand"
+        # A new policy cancels too; an answer to the old attempt never lands on the new one.
+        old = await ledger.submit(StartRotation(org="acme", ctx=ctx, name="W", force=True))
+        await ledger.submit(ledger.configure_rotation_command(ctx, "acme", "W", interval_seconds=600, rotator=hook))
+        new = await ledger.submit(StartRotation(org="acme", ctx=ctx, name="W", force=True))
+        assert new.attempt == old.attempt and new.call_id != old.call_id
+        with pytest.raises(ConflictError):
+            await ledger.submit(FinishRotation(org="acme", ctx=ctx, name="W", attempt=old.attempt,
+                                               call_id=old.call_id, value=b"from the old webhook"))
+        await ledger.submit(FinishRotation(org="acme", ctx=ctx, name="W", attempt=new.attempt,
+                                           call_id=new.call_id, value=b"from the new webhook"))
+        assert (await ledger.reveal_secret(ctx, "acme", "W")).value == b"from the new webhook"
+
+    run_ledger(test)
+
+
+def test_references_pools_and_rotation_do_not_mix() -> None:
+    async def test(ledger: Any, ctx: Any) -> None:
+        generator = GeneratorSpec(length=20, alphabet="hex")
+        await ledger.submit(ledger.upsert_secret_command(ctx, "acme", "R", b"vault-kv://secret/app#k",
+                                                         reference=True))
+        await ledger.upsert_secret(ctx, "acme", "R", b"plain")
+        await ledger.submit(ledger.configure_rotation_command(ctx, "acme", "R", interval_seconds=3600,
+                                                              rotator=generator))
+        with pytest.raises(ConflictError):  # a rollback to the reference version
+            await ledger.submit(ledger.rollback_secret_command(ctx, "acme", "R", 1))
+        with pytest.raises(ConflictError):
+            await ledger.submit(ledger.upsert_secret_command(ctx, "acme", "R", b"aws-sm://us-east-1/x",
+                                                             reference=True))
+        await ledger.upsert_secret(ctx, "acme", "P", b"own value")
+        await ledger.submit(ledger.put_member_command(ctx, "acme", "P", "m1", b"member value"))
+        with pytest.raises(ConflictError):
+            await ledger.submit(ledger.upsert_secret_command(ctx, "acme", "P", b"aws-sm://us-east-1/x",
+                                                             reference=True))
+        with pytest.raises(ConflictError):  # a pool's members have no versions: never the own value
+            await ledger.reveal_secret(ctx, "acme", "P", version=1)
+
+    run_ledger(test)
+
+
+def test_a_purge_after_every_version_was_destroyed_still_ends_the_policy() -> None:
+    async def test(ledger: Any, ctx: Any) -> None:
+        await ledger.upsert_secret(ctx, "acme", "S", b"v1")
+        await ledger.submit(ledger.set_policy_command(ctx, "acme", "S", key_ids=[], labels=["nobody"], roles=[]))
+        await destroy_version(ledger, ctx, "acme", "S", 1)
+        await ledger.delete_secret(ctx, "acme", "S", purge=True)
+        await ledger.upsert_secret(ctx, "acme", "S", b"v2")
+        assert (await ledger.reveal_secret(ctx, "acme", "S")).value == b"v2"
+
+    run_ledger(test)

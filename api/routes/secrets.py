@@ -7,6 +7,7 @@ import binascii
 from typing import Annotated
 from urllib.parse import quote
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
@@ -16,7 +17,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from msgspec import UNSET, UnsetType
 
 from api.auth import Principal, principal_of, require_api_key
-from api.idempotent import IDEMPOTENCY_HEADER, json_answer, problem_answer, run_command, to_response
+from api.idempotent import IDEMPOTENCY_HEADER, json_answer, run_command, to_response
 from api.params import parse_as_of, parse_time
 from api.routes.docs import COMMON, problems
 from api.schemas import (
@@ -30,8 +31,8 @@ from api.schemas import (
     UpsertSecretBody,
     rfc3339,
 )
-from ledger.commands import Revealed, UpsertOutcome
-from ledger.errors import ConflictError, NotFoundError, PreconditionFailedError, ValidationError
+from ledger.commands import IsReference, Revealed, UpsertOutcome
+from ledger.errors import NotFoundError, PreconditionFailedError, ValidationError
 from ledger.events import Category, Scope
 from ledger.idempotency import StoredAnswer
 from ledger.service import Ledger
@@ -325,23 +326,15 @@ class SecretsController(Controller):
         reason = data.reason if data is not None else ""
         version = data.version if data is not None else None
         command = ledger.reveal_secret_command(principal.ctx, principal.org, name, reason=reason, version=version)
-        if IDEMPOTENCY_HEADER not in request.headers or await _is_reference(request, principal.org, name):
-            # A reference is fetched at each reveal: its answer is never stored, so a retry fetches again.
-            revealed = await ledger.resolve(principal.ctx, principal.org, await ledger.submit(command))
-            return to_response(_render_revealed(revealed))
-
-        def render(revealed: Revealed) -> StoredAnswer:
-            if revealed.external is not None:  # it became a reference since `meta` was read: never store it
-                return problem_answer(request, ConflictError(
-                    f"secret {name!r} is a reference now: retry without an Idempotency-Key"))
-            return _render_revealed(revealed)
-
-        return await run_command(request, ledger, command, f"{principal.org}/{principal.key_id}", render)
-
-
-async def _is_reference(request: Request[object, object, State], org: str, name: str) -> bool:
-    meta = await request.app.state.projections.get_secret(org, name)
-    return meta is not None and meta.external is not None
+        if IDEMPOTENCY_HEADER in request.headers:
+            try:
+                stored = msgspec.structs.replace(command, refuse_external=True)
+                return await run_command(request, ledger, stored, f"{principal.org}/{principal.key_id}",
+                                         _render_revealed)
+            except IsReference:
+                pass  # the version asked for is a reference: fetched, never stored (a retry fetches again)
+        revealed = await ledger.resolve(principal.ctx, principal.org, await ledger.submit(command))
+        return to_response(_render_revealed(revealed))
 
 
 def _render_revealed(revealed: Revealed) -> StoredAnswer:

@@ -270,6 +270,10 @@ def test_a_failing_webhook_answers_502_and_is_recorded(client: Client, db_file: 
     assert row["name"] == "HOOKED" and row["status"] == "failing" and row["rotator"] == "webhook"
     assert row["failures"] == 1 and row["in_flight"] is False and row["last_rotated_at"] is None
     assert "cannot connect" in row["last_error"] and row["last_error_at"] is not None
+    # A new policy starts afresh, in the policy's answer and in compliance alike.
+    assert client.put(secret_path("HOOKED", "/rotation"), json={"interval_seconds": 7200, "rotator": GENERATOR},
+                      headers=acme.headers).json()["failures"] == 0
+    assert client.get("/v1/compliance/rotations", headers=acme.headers).json()["rotations"] == []
 
 
 def test_rotation_of_a_pool_is_a_conflict(client: Client, acme: Key) -> None:
@@ -277,6 +281,18 @@ def test_rotation_of_a_pool_is_a_conflict(client: Client, acme: Key) -> None:
     assert put_member(client, acme, "POOL", "a", "va").status_code == 201
     assert_problem(client.put(secret_path("POOL", "/rotation"), json={"interval_seconds": 3600, "rotator": GENERATOR},
                               headers=acme.headers), 409, "pool")
+
+
+def test_a_replayed_reveal_is_checked_against_the_policy_of_now(client: Client, db_file: Path | PgDsn,
+                                                                 acme: Key) -> None:
+    member = create_key(client, acme, role="member")
+    upsert(client, acme, "P", "the value", expect=201)
+    headers = {**member.headers, "Idempotency-Key": "k2"}
+    assert client.post(secret_path("P", "/reveal"), headers=headers).status_code == 200
+    assert put_policy(client, acme, "P", roles=["admin"]).status_code == 200
+    before = max_seq(db_file)
+    assert_problem(client.post(secret_path("P", "/reveal"), headers=headers), 403, "policy")
+    assert max_seq(db_file) == before  # a refused replay records nothing and answers no value
 
 
 def test_members_of_a_rotating_secret_are_a_conflict(client: Client, db_file: Path | PgDsn, acme: Key) -> None:

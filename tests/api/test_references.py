@@ -200,3 +200,18 @@ def test_a_failed_fetch_names_the_manager_not_the_reference_and_the_secret_stays
     assert client.post(secret_path("S", "/reveal"), headers=acme.headers).json()["value"] == CANARY
     assert client.get(secret_path("S", "/policy"), headers=acme.headers).status_code == 200
     assert client.delete(secret_path("S"), headers=acme.headers).status_code == 204
+
+
+def test_an_idempotent_reveal_of_an_earlier_reference_version_fetches_and_stores_nothing(
+    client: TestClient[Litestar], aws: MotoServer, db_file: Path | PgDsn
+) -> None:
+    acme = create_org(client, "acme")
+    aws.client().create_secret(Name="old", SecretString=CANARY)
+    reference(client, acme.headers, "V", f"aws-sm://{REGION}/old")
+    assert client.post("/v1/secrets", json={"name": "V", "value": "plain now"}, headers=acme.headers).status_code == 200
+    headers = {**acme.headers, "Idempotency-Key": "old-version"}
+    for _ in range(2):
+        response = client.post(secret_path("V", "/reveal"), json={"version": 1}, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json()["value"] == CANARY and "idempotent-replayed" not in response.headers
+    assert all(CANARY not in repr(row) for row in query(db_file, "SELECT * FROM idempotency"))
