@@ -11,6 +11,19 @@ window (changed by an admin; 0 destroys at once), purge (admin keys), re-creatio
 (its history kept), expiry (410 on reveal). Expiry times are far in the past or far in the future,
 so the server's clock never has to be controlled: a time is either expired for the whole run or never.
 
+So are issue 8's features, each kept with the name across deletes, restores and re-creations, and
+removed by a destruction (a purge, or a delete with window 0): reveal policies (admin keys set them;
+key ids, label globs and roles decide reveals after expiry and scope), key pools (members added,
+updated, disabled, enabled and removed by any key; a reveal picks the member as `pick_member` does,
+round robin or least recent, 409 when none is active, and 409 for a version), rotation (a generator
+policy set by admin keys; `POST .../rotate` makes the next version at once: its value is unknown until a
+reveal shows `gen_` and 20 hex characters, and a generated value may appear in no other answer), and
+references to an in-memory external manager (tests/fake_external.py: the model holds the same dict; a
+reveal answers its current value, or 502 with `secret.reveal_failed` recorded after `secret.revealed`).
+They exclude each other: no members for a reference (422) or a rotating secret (409), no rotation
+policy for a pool or a reference, no reference (by upsert, rollback or restore) for either (409).
+Rotation intervals are an hour or more, so the server's rotation sweep never acts during a run.
+
 Secret names avoid `%XX` escapes and the dot segments `.`/`..`: Litestar's TestClient unquotes the
 already-decoded path a second time (a test-client quirk: uvicorn does not), and HTTP clients remove
 dot segments. tests/test_cli_e2e.py takes both to a real server.
@@ -19,11 +32,13 @@ dot segments. tests/test_cli_e2e.py takes both to a real server.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -38,7 +53,9 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api.settings import Settings
 from ledger.crypto import MasterKey
+from ledger.external import ExternalStores
 from tests.api.conftest import query
+from tests.fake_external import FakeStore
 from tests.pg import PgDsn, needs_postgres, pg_database
 
 # The api declares parameters, dependencies and bodies in styles Litestar 2.25 deprecates; the suite turns
@@ -87,13 +104,36 @@ starting_windows = st.sampled_from((DEFAULT_WINDOW, 0, 7))
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 EVENT_TYPES = (
     "org.created", "api_key.created", "api_key.revoked", "secret.created", "secret.updated", "secret.deleted",
-    "secret.revealed", "secret.reveal_denied", "secret.rolled_back", "secret.restored", "secret.destroyed",
-    "org.settings_changed",
+    "secret.revealed", "secret.reveal_denied", "secret.reveal_failed", "secret.rolled_back", "secret.restored",
+    "secret.destroyed", "org.settings_changed", "secret.policy_changed", "secret.rotation_configured",
+    "secret.rotation_started", "secret.rotated", "secret.member_added", "secret.member_updated",
+    "secret.member_state_changed", "secret.member_removed", "secret.pool_configured",
 )
 METADATA = {
     "name", "scope", "category", "description", "version", "created_at", "updated_at", "created_by", "updated_by",
     "expires_at",
 }
+# Which names the rules of policies, rotation and pools prefer: "special" ones (live, with members, a
+# restricting policy, a reference or a rotation policy), "pool" ones (live, with members), live, or any.
+access_kinds = st.sampled_from(("special", "live", "special", "any"))
+pool_kinds = st.sampled_from(("pool", "live", "pool", "any"))
+# Reveal policies: key ids (picks among the org's keys, revoked ones and the observer included), label
+# globs that match some labels (STARTING_KEYS, "observer", the first admin's, create_key's), roles.
+POLICY_GLOBS = ("ops", "c*", "*", "t?ols", "nomatch", "sandbox*")
+policy_key_picks = st.lists(picks, max_size=2)
+policy_globs = st.lists(st.sampled_from(POLICY_GLOBS), max_size=2)
+policy_roles = st.lists(st.sampled_from(ROLES), max_size=2)
+# Pools: members by name (a space too: it is quoted in the path), optional labels, selections.
+MEMBER_NAMES = ("a", "b", "c", "prod key")
+member_labels = st.none() | st.sampled_from(("", "primary", "backup"))
+SELECTIONS = ("round_robin", "least_recent")
+# Rotation: a generator whose values (no MARK) are recognised by their shape wherever they appear.
+GENERATOR = {"kind": "generator", "length": 20, "alphabet": "hex", "prefix": "gen_"}
+GENERATED = re.compile(r"gen_[0-9a-f]{20}")
+# None: DELETE the rotation policy; 30 s: below the minimum (422).
+intervals = st.sampled_from((3600, 86_400, 3600, None, 3600, 30, None, 3600))
+# References: vault-kv paths in the FakeStore (the model holds the same dict); "gone" starts missing.
+EXTERNAL_PATHS = ("app/db", "app/api", "gone")
 
 
 @dataclass
@@ -110,19 +150,66 @@ class KeyModel:
     used: bool = False  # caused an event
 
 
+@dataclass(eq=False)
+class Generated:
+    """A value a rotation generated: unknown until a reveal answers it, then known for good (a rollback
+    or restore copying that version shares this object)."""
+
+    value: str | None = None
+
+
 @dataclass
 class VersionModel:
-    value: str
-    how: str  # create, update, rollback or restore
+    value: str | Generated  # for a reference: the reference's text
+    how: str  # create, update, rollback, restore or rotate
     made_by: str
     from_version: int | None = None  # the version a rollback or restore copied
+    reference: bool = False  # the value is a reference to the FakeStore (vault-kv://secret/PATH#k)
+
+
+@dataclass(frozen=True)
+class PolicyModel:
+    """A reveal policy as the server keeps it: each list sorted, without duplicates."""
+
+    key_ids: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+
+    @property
+    def restricts(self) -> bool:
+        return bool(self.key_ids or self.labels or self.roles)
+
+    def allows(self, key: KeyModel) -> bool:
+        return (not self.restricts or key.key_id in self.key_ids or key.role in self.roles
+                or any(fnmatchcase(key.label, glob) for glob in self.labels))
+
+    def answer(self) -> dict[str, Any]:
+        return {"key_ids": list(self.key_ids), "labels": list(self.labels), "roles": list(self.roles),
+                "restricted": self.restricts}
+
+
+@dataclass
+class MemberModel:
+    name: str
+    label: str
+    value: str
+    added_at: str
+    state: str = "active"
+    version: int = 1  # member_version: 1 when added, one more per new value
+    reveals: int = 0
+    revealed: int = 0  # the machine's reveal count at this member's last reveal (0: never revealed)
+
+
+@dataclass
+class RotationModel:
+    interval: int
+    next_due_at: str  # one interval after the last new value (or after the policy was set)
 
 
 @dataclass
 class SecretModel:
     version: int = 0  # only grows, across deletes and re-creates
     exists: bool = False
-    value: str = ""
     scope: str = "all"
     category: str = "custom"
     description: str = ""
@@ -131,10 +218,34 @@ class SecretModel:
     created_by: str = ""
     updated_by: str = ""
     expires_at: str | None = None  # EXPIRED, NOT_EXPIRED or None; kept while deleted (a restore brings it back)
+    value: str | Generated = ""
     history: dict[int, VersionModel] = field(default_factory=dict)
     destroyed: set[int] = field(default_factory=set)  # versions whose value is gone
     window: int | None = None  # while deleted: the org's recovery window (days) when it was deleted
     deleted_at: str | None = None  # while deleted: as first listed by `?deleted=true`
+    # Kept with the name across deletes, restores and re-creations; a destruction removes them all.
+    policy: PolicyModel = field(default_factory=PolicyModel)
+    rotation: RotationModel | None = None
+    members: list[MemberModel] = field(default_factory=list)  # in the order they were added
+    selection: str = "round_robin"
+    last_member: str = ""  # the member the last pool reveal answered
+
+    @property
+    def reference(self) -> bool:
+        """The current version is a reference to an external manager."""
+        return self.version > 0 and self.history[self.version].reference
+
+    @property
+    def refuses_reference(self) -> bool:
+        """A reference cannot rotate here nor hold members: with either, no version may become one."""
+        return bool(self.rotation or self.members)
+
+    @property
+    def special(self) -> bool:
+        return bool(self.members or self.policy.restricts or self.reference or self.rotation)
+
+    def member(self, name: str) -> MemberModel | None:
+        return next((m for m in self.members if m.name == name), None)
 
     @property
     def restorable(self) -> bool:
@@ -149,8 +260,40 @@ class SecretModel:
         return sorted(set(self.history) - self.destroyed)
 
     def destroy(self) -> None:
+        """Gone for good: a re-created name starts without members, selection, policy or rotation policy."""
         self.destroyed |= set(self.history)
         self.window = self.deleted_at = None
+        self.members.clear()  # their data keys go with the versions'
+        self.last_member = ""
+        self.selection = "round_robin"
+        self.policy = PolicyModel()
+        self.rotation = None
+
+
+def pick_member(model: SecretModel) -> MemberModel | None:
+    """The active member the next reveal answers (ledger.model.pick_member): round robin after the last
+    one answered, in the order they were added; or the least recently revealed (ties: the earliest added)."""
+    active = [m for m in model.members if m.state == "active"]
+    if not active:
+        return None
+    if model.selection == "least_recent":
+        return min(active, key=lambda m: m.revealed)
+    names = [m.name for m in model.members]
+    start = names.index(model.last_member) + 1 if model.last_member in names else 0
+    rotated = model.members[start:] + model.members[:start]
+    return next(m for m in rotated if m.state == "active")
+
+
+def reference_text(path: str) -> str:
+    return f"vault-kv://secret/{path}#k"
+
+
+def reference_path(text: str) -> str:
+    return text.removeprefix("vault-kv://secret/").removesuffix("#k")
+
+
+def member_url(name: str, member: str, suffix: str = "") -> str:
+    return secret_url(name, f"/members/{quote(member, safe='')}{suffix}")
 
 
 def covers(key_scope: str, secret_scope: str) -> bool:
@@ -163,6 +306,10 @@ def secret_url(name: str, suffix: str = "") -> str:
 
 def plus_days(moment: str, days: int) -> str:
     return (datetime.strptime(moment, TIME_FORMAT) + timedelta(days=days)).strftime(TIME_FORMAT)
+
+
+def plus_seconds(moment: str, seconds: int) -> str:
+    return (datetime.strptime(moment, TIME_FORMAT) + timedelta(seconds=seconds)).strftime(TIME_FORMAT)
 
 
 def if_match_header(mode: str, version: int, offset: int) -> dict[str, str]:
@@ -186,11 +333,14 @@ class HttpMachine(RuleBasedStateMachine):
         super().__init__()
         self.folder = Path(tempfile.mkdtemp(prefix="keyledger-stateful-"))
         self.cleanup = contextlib.ExitStack()
+        # The external manager's values by path: the FakeStore answers from this very dict.
+        self.external: dict[str, str] = {EXTERNAL_PATHS[0]: MARK + "db", EXTERNAL_PATHS[1]: MARK + "api"}
         try:
             self.db = self._database()
             # synchronous=NORMAL: what is under test here is the API's answers, not durability (fsync per commit).
             app = create_app(Settings(db=self.db, master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN,
-                                      synchronous="NORMAL"))
+                                      synchronous="NORMAL"),
+                             external=ExternalStores([FakeStore(self.external)]))
             self.client = TestClient(app)
             self.client.__enter__()
         except BaseException:
@@ -205,6 +355,7 @@ class HttpMachine(RuleBasedStateMachine):
         self.deleted_checked: object = None  # the model's deleted secrets when the deleted listing last matched
         # Body (without request id) of 404 answers per (operation, name), seen while no org held the name.
         self.missing_bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        self.reveals = 0  # pool reveals so far: orders the members' last reveals (least_recent)
 
     def teardown(self) -> None:
         try:
@@ -230,6 +381,8 @@ class HttpMachine(RuleBasedStateMachine):
         event(f"{method} {parts[2]}{'/' + action if action else ''} {response.status_code}")
         if not path.endswith("/reveal") or response.status_code != 200:
             assert MARK not in response.text, f"{method} {path} answered a value"
+            # Generated values carry no MARK: their shape gives them away (known or not yet revealed).
+            assert GENERATED.search(response.text) is None, f"{method} {path} answered a generated value"
         return response
 
     def expect_problem(self, response: httpx.Response, status: int) -> None:
@@ -259,6 +412,10 @@ class HttpMachine(RuleBasedStateMachine):
             return [name for name in NAMES if not models[name].exists and models[name].version > 0]
         if kind == "destroyed":
             return [name for name in NAMES if models[name].exists and models[name].destroyed]
+        if kind == "special":
+            return [name for name in NAMES if models[name].exists and models[name].special]
+        if kind == "pool":
+            return [name for name in NAMES if models[name].exists and models[name].members]
         return list(NAMES)
 
     def name_of_kind(self, org: str, pick: int, kind: str) -> str:
@@ -270,7 +427,7 @@ class HttpMachine(RuleBasedStateMachine):
         """(org, name) for a lifecycle rule: a deleted (or destroyed) name is looked for in the other org too,
         so that deletes meet restores, purges, re-creations and reveals of old versions within a short run."""
         org = ORGS[o]
-        if kind in ("deleted", "destroyed") and not self.names_of_kind(org, kind):
+        if kind in ("deleted", "destroyed", "special", "pool") and not self.names_of_kind(org, kind):
             org = ORGS[1 - o]
         return org, self.name_of_kind(org, pick, kind)
 
@@ -280,6 +437,8 @@ class HttpMachine(RuleBasedStateMachine):
 
     def expect_metadata(self, body: dict[str, Any], name: str, model: SecretModel, *, deleted: bool = False) -> None:
         shape = METADATA | {"deleted_at", "destroy_at"} if deleted else METADATA
+        if model.reference:  # `external` (the manager's scheme) only for a reference
+            shape = shape | {"external"}
         if model.expires_at is None:  # no expiry: `expires_at` null, or left out
             assert set(body) - {"expires_at"} == shape - {"expires_at"}, body
         else:
@@ -294,6 +453,7 @@ class HttpMachine(RuleBasedStateMachine):
         assert body["created_by"] == model.created_by
         assert body["updated_by"] == model.updated_by
         assert body.get("expires_at") == model.expires_at
+        assert body.get("external") == ("vault-kv" if model.reference else None)
 
     def missing_everywhere(self, name: str) -> bool:
         return not any(self.secrets[org][name].exists for org in ORGS)
@@ -303,12 +463,123 @@ class HttpMachine(RuleBasedStateMachine):
         if self.missing_everywhere(name):
             self.missing_bodies[(op, name)] = without_request_id(response)
 
+    def value_made(self, model: SecretModel) -> None:
+        """Any new version (upsert, rollback, restore, rotation) makes the next rotation due one interval later."""
+        if model.rotation is not None:
+            model.rotation.next_due_at = plus_seconds(model.updated_at, model.rotation.interval)
+
+    def expect_value(self, expected: str | Generated, answered: str) -> None:
+        if isinstance(expected, str):
+            assert answered == expected
+        elif expected.value is None:  # first revealed: a fresh token of the generator's shape
+            assert GENERATED.fullmatch(answered), answered
+            expected.value = answered
+            event("revealed a generated value")
+        else:
+            assert answered == expected.value
+
+    def expect_reveal(self, caller: KeyModel, name: str, model: SecretModel, response: httpx.Response,
+                      version: int | None = None) -> None:
+        """A reveal's answer once the name (and the version asked for, if any) exist: checked in order
+        expiry (410), scope, policy (403), a pool's member (409 when none is active), a destroyed version
+        (404), then the value: a pool member's, a reference's (fetched: 502 when the manager fails), or its own."""
+        if model.expired:  # before the scope: an expired secret is gone for every key (and denied on record)
+            self.expect_problem(response, 410)
+            self.mark_used(caller, "secret.reveal_denied")
+            return
+        if not covers(caller.scope, model.scope):  # the scope of the secret as it is now
+            self.expect_problem(response, 403)
+            self.mark_used(caller, "secret.reveal_denied")
+            return
+        if not model.policy.allows(caller):
+            self.expect_problem(response, 403)
+            assert "reveal policy" in response.json()["detail"]
+            self.mark_used(caller, "secret.reveal_denied")
+            event("reveal denied by a policy")
+            return
+        if model.policy.restricts:
+            event("reveal allowed by a policy")
+        if version is None and model.members:  # a pool answers a member; its own value never
+            member = pick_member(model)
+            if member is None:
+                self.expect_problem(response, 409)
+                self.mark_used(caller, "secret.reveal_denied")
+                event("pool without an active member")
+                return
+            assert response.status_code == 200, response.text
+            assert response.json() == {"name": name, "value": member.value, "version": model.version,
+                                       "member": member.name}
+            if model.last_member:
+                event(f"pool reveal after another ({model.selection})")
+            self.reveals += 1
+            member.reveals += 1
+            member.revealed = self.reveals
+            model.last_member = member.name
+            self.mark_used(caller, "secret.revealed")
+            event(f"pool reveal ({model.selection})")
+            return
+        shown = model.version if version is None else version
+        if shown in model.destroyed:
+            self.expect_problem(response, 404)
+            event("reveal of a destroyed version")
+            return
+        made = model.history[shown]
+        if made.reference:
+            assert isinstance(made.value, str)
+            self.mark_used(caller, "secret.revealed")  # recorded before the fetch
+            fetched = self.external.get(reference_path(made.value))
+            if fetched is None:
+                self.expect_problem(response, 502)
+                self.mark_used(caller, "secret.reveal_failed")
+                event("reference not found")
+                return
+            assert response.status_code == 200, response.text
+            assert response.json() == {"name": name, "value": fetched, "version": shown, "external": "vault-kv"}
+            event("reference fetched")
+            return
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"name", "value", "version"}, body
+        assert (body["name"], body["version"]) == (name, shown)
+        self.expect_value(made.value, body["value"])
+        self.mark_used(caller, "secret.revealed")
+
+    def expect_pool(self, body: dict[str, Any], model: SecretModel) -> None:
+        """`GET .../members`: the selection, and the members in the order they were added (never a value)."""
+        assert set(body) == {"selection", "members"}
+        assert body["selection"] == model.selection
+        rows = body["members"]
+        assert [(r["member"], r["label"], r["state"], r["member_version"], r["reveals"], r["added_at"])
+                for r in rows] == [(m.name, m.label, m.state, m.version, m.reveals, m.added_at) for m in model.members]
+        for row in rows:
+            self.expect_member(row, model.member(row["member"]))
+        # Their last reveals in the order the model saw them.
+        revealed = sorted(((m, row) for m, row in zip(model.members, rows, strict=True) if m.reveals),
+                          key=lambda pair: pair[0].revealed)
+        order = [row["last_revealed_at"] for _, row in revealed]
+        assert order == sorted(order)
+
+    @staticmethod
+    def expect_member(row: dict[str, Any], member: MemberModel | None) -> None:
+        assert member is not None
+        assert set(row) == {"member", "label", "state", "member_version", "added_at", "last_revealed_at", "reveals"}
+        assert (row["member"], row["label"], row["state"], row["member_version"], row["reveals"]) == (
+            member.name, member.label, member.state, member.version, member.reveals)
+        assert row["added_at"] == member.added_at
+        assert (row["last_revealed_at"] is None) == (member.reveals == 0)
+
     # -- setup ---------------------------------------------------------------------------------
 
-    @initialize(second_window=starting_windows, expiry=st.sampled_from(("omit", "past", "future")))
-    def create_orgs(self, second_window: int, expiry: str) -> None:
+    @initialize(second_window=starting_windows, expiry=st.sampled_from(("omit", "past", "future")),
+                pool=st.sampled_from(("round_robin", "least_recent", "disabled")), rotation=st.booleans(),
+                reference=st.booleans(), policy=st.booleans())
+    def create_orgs(self, second_window: int, expiry: str, pool: str, rotation: bool, reference: bool,
+                    policy: bool) -> None:
         """Two orgs with their keys and secrets; the second one's recovery window, and the expiry of
-        both orgs' last starting secret (so that expired reveals are common), drawn."""
+        both orgs' last starting secret (so that expired reveals are common), drawn. So that a short run
+        meets issue 8's features often, the first starting secret is a pool of two members (round robin, least
+        recent, or both disabled), and the others may have a rotation policy (and a generated value), a
+        reveal policy, or a reference."""
         for org in ORGS:
             response = self.send("POST", "/v1/admin/orgs", None, json={"org": org},
                                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
@@ -335,6 +606,25 @@ class HttpMachine(RuleBasedStateMachine):
                 self.upsert_as(first, name, MARK + org + name, scope, None, None, "none", 1,
                                expiry if name == STARTING_SECRETS[-1][0] else "omit")
         self.set_window_as(self.keys[ORGS[1]][0], second_window)
+        for org in ORGS:
+            first = self.keys[org][0]
+            for member in MEMBER_NAMES[:2]:
+                self.put_member_as(first, STARTING_SECRETS[0][0], member, MARK + member, None)
+                if pool == "disabled":
+                    self.member_state_as(first, STARTING_SECRETS[0][0], member, True, None)
+            if pool == "least_recent":
+                self.set_selection_as(first, STARTING_SECRETS[0][0], pool)
+            if policy:
+                # Each entry needed by some key: "tools" by its id, "ci" by its label, admins by their role;
+                # "ops" may not (all of them are in scope).
+                tools = next(k for k in self.keys[org] if k.label == "tools")
+                self.put_policy_as(first, STARTING_SECRETS[2][0], [tools.key_id], ["c*"], ["admin"])
+            if rotation:  # rotated once: its value is known only after a reveal
+                self.configure_rotation_as(first, STARTING_SECRETS[1][0], 3600)
+                self.rotate_as(first, STARTING_SECRETS[1][0])
+            if reference:
+                self.upsert_as(first, NAMES[3], reference_text(EXTERNAL_PATHS[0]), None, None, None, "none", 1,
+                               reference=True)
         again = self.send("POST", "/v1/admin/orgs", None, json={"org": ORGS[0]},
                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         self.expect_problem(again, 409)
@@ -418,6 +708,18 @@ class HttpMachine(RuleBasedStateMachine):
             ("GET", "/v1/secrets", {"params": {"deleted": "true"}}),
             ("GET", "/v1/org/settings", {}),
             ("PUT", "/v1/org/settings", {"json": {"recovery_window_days": 0}}),
+            ("GET", secret_url(name, "/policy"), {}),
+            ("PUT", secret_url(name, "/policy"), {"json": {"roles": ["admin"]}}),
+            ("GET", secret_url(name, "/rotation"), {}),
+            ("PUT", secret_url(name, "/rotation"), {"json": {"interval_seconds": 3600, "rotator": GENERATOR}}),
+            ("DELETE", secret_url(name, "/rotation"), {}),
+            ("POST", secret_url(name, "/rotate"), {}),
+            ("GET", secret_url(name, "/members"), {}),
+            ("PUT", member_url(name, MEMBER_NAMES[0]), {"json": {"value": MARK + "nope"}}),
+            ("POST", member_url(name, MEMBER_NAMES[0], "/disable"), {}),
+            ("POST", member_url(name, MEMBER_NAMES[0], "/enable"), {"json": {"reason": "r"}}),
+            ("DELETE", member_url(name, MEMBER_NAMES[0]), {}),
+            ("PUT", secret_url(name, "/pool"), {"json": {"selection": "least_recent"}}),
         ]
         for method, path, kwargs in attempts:
             self.expect_problem(self.send(method, path, key, **kwargs), 401)
@@ -433,9 +735,13 @@ class HttpMachine(RuleBasedStateMachine):
         self.upsert_as(self.caller(org, pick), name, value, scope, category, description, mode, offset, expiry)
 
     def upsert_as(self, caller: KeyModel, name: str, value: str, scope: str | None, category: str | None,
-                  description: str | None, mode: str, offset: int, expiry: str = "omit") -> None:
+                  description: str | None, mode: str, offset: int, expiry: str = "omit", *,
+                  reference: bool = False) -> None:
+        """With `reference`, `value` is a reference's text (sent with `"reference": true`)."""
         model = self.secrets[caller.org][name]
-        body: dict[str, str | None] = {"name": name, "value": value}
+        body: dict[str, str | bool | None] = {"name": name, "value": value}
+        if reference:
+            body["reference"] = True
         for field_name, given in (("scope", scope), ("category", category), ("description", description)):
             if given is not None:
                 body[field_name] = given
@@ -456,6 +762,10 @@ class HttpMachine(RuleBasedStateMachine):
         if mode == "stale" or (mode != "none" and not model.exists):
             self.expect_problem(response, 412)
             return
+        if reference and model.refuses_reference:  # a deleted name's members and rotation policy count too
+            self.expect_problem(response, 409)
+            event("reference refused for a pool or a rotating secret")
+            return
         created = not model.exists
         assert response.status_code == (201 if created else 200), response.text
         answer = response.json()
@@ -463,10 +773,12 @@ class HttpMachine(RuleBasedStateMachine):
             event("re-created a deleted name")
         model.version += 1
         model.value = value
-        model.history[model.version] = VersionModel(value, "create" if created else "update", caller.key_id)
+        model.history[model.version] = VersionModel(value, "create" if created else "update", caller.key_id,
+                                                    reference=reference)
         model.updated_by = caller.key_id
         assert answer["updated_at"] >= model.updated_at
         model.updated_at = answer["updated_at"]
+        self.value_made(model)
         if expiry != "omit":
             model.expires_at = EXPIRY_KEPT[expiry]
         elif created:
@@ -583,6 +895,9 @@ class HttpMachine(RuleBasedStateMachine):
             self.expect_problem(response, 404)
             self.note_missing("restore", name, response)
             return
+        if model.reference and model.refuses_reference:
+            self.expect_problem(response, 409)
+            return
         assert response.status_code == 200, response.text
         event("restored")
         deleted_version = model.version
@@ -606,6 +921,11 @@ class HttpMachine(RuleBasedStateMachine):
             return
         if version < 1:
             self.expect_problem(response, 422)
+            return
+        if model.exists and version <= model.version and model.history[version].reference and (
+                model.refuses_reference):  # checked before the version's value is opened: destroyed or not
+            self.expect_problem(response, 412 if mode == "stale" else 409)
+            event("rollback to a reference refused")
             return
         if not model.exists or version > model.version or version in model.destroyed:  # 404 unconditionally
             if mode == "none" or (mode == "current" and model.exists):
@@ -631,12 +951,14 @@ class HttpMachine(RuleBasedStateMachine):
         value = model.history[source].value
         model.version += 1
         model.value = value
-        model.history[model.version] = VersionModel(value, how, caller.key_id, source)
+        model.history[model.version] = VersionModel(value, how, caller.key_id, source,
+                                                    reference=model.history[source].reference)
         model.updated_by = caller.key_id
         assert answer["updated_at"] >= model.updated_at
         if model.deleted_at is not None:
             assert answer["updated_at"] >= model.deleted_at
         model.updated_at = answer["updated_at"]
+        self.value_made(model)
         self.expect_metadata(answer, name, model)
         assert response.headers["etag"] == f'"{model.version}"'
         assert "location" not in response.headers
@@ -691,9 +1013,21 @@ class HttpMachine(RuleBasedStateMachine):
           reason=st.sampled_from(("", "deploy", None)))
     def reveal(self, o: int, pick: int, name_pick: int, existing: bool, reason: str | None) -> None:
         org = ORGS[o]
-        caller = self.caller(org, pick)
         name = self.secret_name(org, name_pick, existing)
-        model = self.secrets[org][name]
+        self.reveal_as(self.caller(org, pick), name, reason)
+
+    @rule(o=org_index, pick=picks, name_pick=picks, kind=st.sampled_from(("special", "special", "pool")),
+          times=st.integers(1, 3))
+    def reveal_special(self, o: int, pick: int, name_pick: int, kind: str, times: int) -> None:
+        """Reveals (up to 3 in a row, so that a pool's selection moves on) of a name with members, a
+        restricting policy, a reference or a rotation policy (or, of "pool", with members), of either org:
+        so that pools, policies and rotations meet reveals often."""
+        org, name = self.target(o, name_pick, kind)
+        for _ in range(times):
+            self.reveal_as(self.caller(org, pick), name, None)
+
+    def reveal_as(self, caller: KeyModel, name: str, reason: str | None) -> None:
+        model = self.secrets[caller.org][name]
         kwargs: dict[str, Any] = {} if reason is None else {"json": {"reason": reason}}
         response = self.send("POST", secret_url(name, "/reveal"), caller, **kwargs)
         if caller.revoked:
@@ -703,18 +1037,9 @@ class HttpMachine(RuleBasedStateMachine):
             self.expect_problem(response, 404)
             self.note_missing("reveal", name, response)
             return
-        if model.expired:  # before the scope: an expired secret is gone for every key (and denied on record)
-            self.expect_problem(response, 410)
-            self.mark_used(caller, "secret.reveal_denied")
-            return
-        if not covers(caller.scope, model.scope):
-            self.expect_problem(response, 403)
-            self.mark_used(caller, "secret.reveal_denied")
-            return
-        assert response.status_code == 200, response.text
-        assert response.json() == {"name": name, "value": model.value, "version": model.version}
-        assert "no-store" in response.headers["cache-control"]
-        self.mark_used(caller, "secret.revealed")
+        self.expect_reveal(caller, name, model, response)
+        if response.status_code == 200:
+            assert "no-store" in response.headers["cache-control"]
 
     @rule(o=org_index, pick=picks, name_pick=picks, existing=st.booleans(), back=st.integers(0, 5),
           destroyed=st.booleans())
@@ -732,24 +1057,18 @@ class HttpMachine(RuleBasedStateMachine):
         if caller.revoked:
             self.expect_problem(response, 401)
             return
-        if not model.exists or version not in model.history:
+        if not model.exists:
             self.expect_problem(response, 404)
             return
-        if model.expired:  # the secret as it is now has expired: every version of it is gone
-            self.expect_problem(response, 410)
-            self.mark_used(caller, "secret.reveal_denied")
+        if model.members:  # a pool's members have no versions: refused before anything else, not recorded
+            self.expect_problem(response, 409)
+            event("version of a pool refused")
             return
-        if not covers(caller.scope, model.scope):  # the scope of the secret as it is now
-            self.expect_problem(response, 403)
-            self.mark_used(caller, "secret.reveal_denied")
-            return
-        if version in model.destroyed:
+        if version not in model.history:
             self.expect_problem(response, 404)
-            event("reveal of a destroyed version")
             return
-        assert response.status_code == 200, response.text
-        assert response.json() == {"name": name, "value": model.history[version].value, "version": version}
-        self.mark_used(caller, "secret.revealed")
+        # The secret as it is now decides (expiry, scope, policy).
+        self.expect_reveal(caller, name, model, response, version)
 
     @rule(o=org_index, pick=picks, name_pick=picks, existing=st.booleans())
     def versions(self, o: int, pick: int, name_pick: int, existing: bool) -> None:
@@ -795,6 +1114,10 @@ class HttpMachine(RuleBasedStateMachine):
             "reveal": self.send("POST", secret_url(name, "/reveal"), caller),
             "delete": self.send("DELETE", secret_url(name), caller),
             "rollback": self.send("POST", secret_url(name, "/rollback"), caller, json={"version": 1}),
+            "policy": self.send("GET", secret_url(name, "/policy"), caller),
+            "members": self.send("GET", secret_url(name, "/members"), caller),
+            "put_member": self.send("PUT", member_url(name, MEMBER_NAMES[0]), caller, json={"value": MARK}),
+            "rotate": self.send("POST", secret_url(name, "/rotate"), caller),
         }
         if not self.secrets[org][name].restorable:  # else it would restore this org's own deleted secret
             answers["restore"] = self.send("POST", secret_url(name, "/restore"), caller)
@@ -814,6 +1137,304 @@ class HttpMachine(RuleBasedStateMachine):
                 assert without_request_id(response) == seen
         assert conditional.status_code in (404, 412), conditional.text
         self.expect_problem(guarded, 412)
+
+
+    # -- reveal policies -----------------------------------------------------------------------
+
+    @rule(o=org_index, pick=picks, name_pick=picks, kind=access_kinds, key_picks=policy_key_picks,
+          globs=policy_globs, roles=policy_roles)
+    def put_policy(self, o: int, pick: int, name_pick: int, kind: str, key_picks: list[int], globs: list[str],
+                   roles: list[str]) -> None:
+        """PUT .../policy: admin keys only (a member gets 403 whatever the name); the same policy records nothing."""
+        org, name = self.target(o, name_pick, kind)
+        keys = self.keys[org]
+        self.put_policy_as(self.caller(org, pick), name, [keys[p % len(keys)].key_id for p in key_picks], globs,
+                           roles)
+
+    def put_policy_as(self, caller: KeyModel, name: str, key_ids: list[str], globs: list[str],
+                      roles: list[str]) -> None:
+        model = self.secrets[caller.org][name]
+        response = self.send("PUT", secret_url(name, "/policy"), caller,
+                             json={"key_ids": key_ids, "labels": globs, "roles": roles})
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if caller.role != "admin":
+            self.expect_problem(response, 403)
+            return
+        if not model.exists:
+            self.expect_problem(response, 404)
+            return
+        assert response.status_code == 200, response.text
+        policy = PolicyModel(tuple(sorted(set(key_ids))), tuple(sorted(set(globs))), tuple(sorted(set(roles))))
+        assert response.json() == policy.answer()
+        if policy != model.policy:
+            self.mark_used(caller, "secret.policy_changed")
+            model.policy = policy
+        else:
+            event("the same policy again")
+
+    @rule(o=org_index, pick=picks, name_pick=picks, kind=access_kinds)
+    def read_access(self, o: int, pick: int, name_pick: int, kind: str) -> None:
+        """GET .../policy, .../rotation and .../members: any key of the org; a live name only."""
+        org, name = self.target(o, name_pick, kind)
+        caller = self.caller(org, pick)
+        model = self.secrets[org][name]
+        policy = self.send("GET", secret_url(name, "/policy"), caller)
+        rotation = self.send("GET", secret_url(name, "/rotation"), caller)
+        members = self.send("GET", secret_url(name, "/members"), caller)
+        if caller.revoked:
+            for response in (policy, rotation, members):
+                self.expect_problem(response, 401)
+            return
+        if not model.exists:
+            for op, response in (("policy", policy), ("rotation", rotation), ("members", members)):
+                self.expect_problem(response, 404)
+                self.note_missing(op, name, response)
+            return
+        assert policy.status_code == 200, policy.text
+        assert policy.json() == model.policy.answer()
+        if model.rotation is None:
+            self.expect_problem(rotation, 404)
+        else:
+            assert rotation.status_code == 200, rotation.text
+            assert rotation.json() == {"interval_seconds": model.rotation.interval, "rotator": GENERATOR,
+                                       "next_due_at": model.rotation.next_due_at, "failures": 0, "in_flight": False}
+        assert members.status_code == 200, members.text
+        self.expect_pool(members.json(), model)
+
+    # -- rotation ------------------------------------------------------------------------------
+
+    @rule(o=org_index, pick=picks, name_pick=picks, kind=access_kinds, interval=intervals)
+    def configure_rotation(self, o: int, pick: int, name_pick: int, kind: str, interval: int | None) -> None:
+        """PUT .../rotation with a generator (admin keys only; 409 for a reference or a pool, even all
+        disabled); with no interval, DELETE .../rotation (admin keys only; 204 with or without a policy,
+        an event only with one). POST .../rotate is for any key."""
+        org, name = self.target(o, name_pick, kind)
+        if interval is None:
+            self.remove_rotation_as(self.caller(org, pick), name)
+        else:
+            self.configure_rotation_as(self.caller(org, pick), name, interval)
+
+    def configure_rotation_as(self, caller: KeyModel, name: str, interval: int) -> None:
+        model = self.secrets[caller.org][name]
+        response = self.send("PUT", secret_url(name, "/rotation"), caller,
+                             json={"interval_seconds": interval, "rotator": GENERATOR})
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if interval < 60:  # checked before the caller's role
+            self.expect_problem(response, 422)
+            assert "interval_seconds" in response.json()["detail"]
+            return
+        if caller.role != "admin":  # whatever the name: a webhook rotator makes the server call a URL
+            self.expect_problem(response, 403)
+            return
+        if not model.exists:
+            self.expect_problem(response, 404)
+            return
+        if model.reference or model.members:
+            self.expect_problem(response, 409)
+            event(f"rotation refused for a {'reference' if model.reference else 'pool'}")
+            return
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"interval_seconds", "rotator", "next_due_at", "failures", "in_flight"}
+        assert (body["interval_seconds"], body["rotator"], body["failures"], body["in_flight"]) == (
+            interval, GENERATOR, 0, False)
+        assert body["next_due_at"] >= plus_seconds(model.updated_at, interval)
+        model.rotation = RotationModel(interval, body["next_due_at"])
+        self.mark_used(caller, "secret.rotation_configured")
+
+    def remove_rotation_as(self, caller: KeyModel, name: str) -> None:
+        model = self.secrets[caller.org][name]
+        response = self.send("DELETE", secret_url(name, "/rotation"), caller)
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if caller.role != "admin":
+            self.expect_problem(response, 403)
+            return
+        if not model.exists:
+            self.expect_problem(response, 404)
+            return
+        assert response.status_code == 204, response.text
+        if model.rotation is not None:
+            self.mark_used(caller, "secret.rotation_configured")
+            model.rotation = None
+
+    @rule(o=org_index, pick=picks, name_pick=picks, kind=access_kinds)
+    def rotate(self, o: int, pick: int, name_pick: int, kind: str) -> None:
+        """POST .../rotate: the generator makes the next version at once (its value unknown until revealed)."""
+        org, name = self.target(o, name_pick, kind)
+        self.rotate_as(self.caller(org, pick), name)
+
+    def rotate_as(self, caller: KeyModel, name: str) -> None:
+        model = self.secrets[caller.org][name]
+        response = self.send("POST", secret_url(name, "/rotate"), caller)
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if not model.exists:
+            self.expect_problem(response, 404)
+            return
+        if model.rotation is None:
+            self.expect_problem(response, 409)
+            return
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        model.version += 1
+        model.value = Generated()
+        model.history[model.version] = VersionModel(model.value, "rotate", caller.key_id)
+        model.updated_by = caller.key_id
+        assert answer["updated_at"] >= model.updated_at
+        model.updated_at = answer["updated_at"]
+        self.value_made(model)
+        self.expect_metadata(answer, name, model)
+        assert response.headers["etag"] == f'"{model.version}"'
+        self.mark_used(caller, "secret.rotation_started")
+        self.mark_used(caller, "secret.rotated")
+
+    # -- pools ---------------------------------------------------------------------------------
+
+    def member_name(self, model: SecretModel, pick: int) -> str:
+        """Mostly one of the secret's members (when it has any), else any of MEMBER_NAMES."""
+        candidates = [m.name for m in model.members] * 2 + list(MEMBER_NAMES)
+        return candidates[pick % len(candidates)]
+
+    @rule(o=org_index, pick=picks, name_pick=picks, kind=pool_kinds, member_pick=picks, value=values,
+          label=member_labels)
+    def put_member(self, o: int, pick: int, name_pick: int, kind: str, member_pick: int, value: str,
+                   label: str | None) -> None:
+        """PUT .../members/{member}: any key adds (201) or gives a new value (200); 422 for a reference,
+        409 for a secret with a rotation policy."""
+        org, name = self.target(o, name_pick, kind)
+        self.put_member_as(self.caller(org, pick), name, MEMBER_NAMES[member_pick % len(MEMBER_NAMES)], value, label)
+
+    def put_member_as(self, caller: KeyModel, name: str, member_name: str, value: str, label: str | None) -> None:
+        model = self.secrets[caller.org][name]
+        body = {"value": value} if label is None else {"value": value, "label": label}
+        response = self.send("PUT", member_url(name, member_name), caller, json=body)
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if not model.exists:
+            self.expect_problem(response, 404)
+            self.note_missing("put_member", name, response)
+            return
+        if model.reference:
+            self.expect_problem(response, 422)
+            assert "member" in response.json()["detail"]
+            event("member refused for a reference")
+            return
+        if model.rotation is not None:  # a pool cannot rotate: its rotation policy must go first
+            self.expect_problem(response, 409)
+            assert "rotation policy" in response.json()["detail"]
+            event("member refused for a rotating secret")
+            return
+        member = model.member(member_name)
+        answer = response.json()
+        if member is None:
+            assert response.status_code == 201, response.text
+            member = MemberModel(member_name, label or "", value, answer["added_at"])
+            assert answer["added_at"] >= model.created_at
+            model.members.append(member)
+            self.mark_used(caller, "secret.member_added")
+        else:
+            assert response.status_code == 200, response.text
+            member.version += 1
+            member.value = value
+            member.label = member.label if label is None else label
+            self.mark_used(caller, "secret.member_updated")
+        self.expect_member(answer, member)
+
+    @rule(o=org_index, pick=picks, name_pick=picks, kind=pool_kinds, member_pick=picks, disable=st.booleans(),
+          reason=st.sampled_from((None, "", "rate limited")))
+    def member_state(self, o: int, pick: int, name_pick: int, kind: str, member_pick: int, disable: bool,
+                     reason: str | None) -> None:
+        """POST .../disable or .../enable: any key; an event only when the state changes."""
+        org, name = self.target(o, name_pick, kind)
+        self.member_state_as(self.caller(org, pick), name, self.member_name(self.secrets[org][name], member_pick),
+                             disable, reason)
+
+    def member_state_as(self, caller: KeyModel, name: str, member_name: str, disable: bool,
+                        reason: str | None) -> None:
+        model = self.secrets[caller.org][name]
+        kwargs: dict[str, Any] = {} if reason is None else {"json": {"reason": reason}}
+        response = self.send("POST", member_url(name, member_name, "/disable" if disable else "/enable"), caller,
+                             **kwargs)
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        member = model.member(member_name) if model.exists else None
+        if member is None:
+            self.expect_problem(response, 404)
+            return
+        assert response.status_code == 200, response.text
+        state = "disabled" if disable else "active"
+        if member.state != state:
+            member.state = state
+            self.mark_used(caller, "secret.member_state_changed")
+        self.expect_member(response.json(), member)
+
+    @rule(o=org_index, pick=picks, name_pick=picks, kind=pool_kinds, member_pick=picks)
+    def remove_member(self, o: int, pick: int, name_pick: int, kind: str, member_pick: int) -> None:
+        org, name = self.target(o, name_pick, kind)
+        caller = self.caller(org, pick)
+        model = self.secrets[org][name]
+        member_name = self.member_name(model, member_pick)
+        response = self.send("DELETE", member_url(name, member_name), caller)
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        member = model.member(member_name) if model.exists else None
+        if member is None:
+            self.expect_problem(response, 404)
+            return
+        assert response.status_code == 204, response.text
+        assert response.content == b""
+        model.members.remove(member)
+        self.mark_used(caller, "secret.member_removed")
+
+    @rule(o=org_index, pick=picks, name_pick=picks, kind=pool_kinds, selection=st.sampled_from(SELECTIONS))
+    def set_selection(self, o: int, pick: int, name_pick: int, kind: str, selection: str) -> None:
+        """PUT .../pool: any key; an event only when the selection changes (a secret without members too)."""
+        org, name = self.target(o, name_pick, kind)
+        self.set_selection_as(self.caller(org, pick), name, selection)
+
+    def set_selection_as(self, caller: KeyModel, name: str, selection: str) -> None:
+        model = self.secrets[caller.org][name]
+        response = self.send("PUT", secret_url(name, "/pool"), caller, json={"selection": selection})
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if not model.exists:
+            self.expect_problem(response, 404)
+            return
+        assert response.status_code == 200, response.text
+        assert response.json() == {"selection": selection}
+        if selection != model.selection:
+            model.selection = selection
+            self.mark_used(caller, "secret.pool_configured")
+
+    # -- references ----------------------------------------------------------------------------
+
+    @rule(o=org_index, pick=picks, name_pick=picks, kind=name_kinds, path=st.sampled_from(EXTERNAL_PATHS),
+          scope=maybe_scope, mode=if_match_modes, offset=offsets)
+    def upsert_reference(self, o: int, pick: int, name_pick: int, kind: str, path: str, scope: str | None,
+                         mode: str, offset: int) -> None:
+        """Create, update or re-create a name as a reference to the FakeStore (its value fetched at each reveal)."""
+        org, name = self.target(o, name_pick, kind)
+        self.upsert_as(self.caller(org, pick), name, reference_text(path), scope, None, None, mode, offset,
+                       reference=True)
+
+    @rule(path=st.sampled_from(EXTERNAL_PATHS), value=st.none() | values)
+    def change_external(self, path: str, value: str | None) -> None:
+        """The external manager's value changes (or goes away): the next reveal of a reference tells."""
+        if value is None:
+            self.external.pop(path, None)
+        else:
+            self.external[path] = value
 
     # -- invariants ----------------------------------------------------------------------------
 
@@ -918,8 +1539,6 @@ PostgresHttpMachine.TestCase.settings = settings(
 TestPostgresHttpStateful = needs_postgres(PostgresHttpMachine.TestCase)
 
 
-
-
 def test_bug_create_app_emits_deprecation_warnings(tmp_path: Path) -> None:
     """Building the app must not warn: the suite runs with filterwarnings=error, and Litestar 3 drops these styles."""
     import warnings
@@ -929,3 +1548,31 @@ def test_bug_create_app_emits_deprecation_warnings(tmp_path: Path) -> None:
         create_app(Settings(db=tmp_path / "k.db", master_key=MasterKey.generate()[0]))
     deprecations = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
     assert deprecations == []
+
+
+def test_bug_failed_reference_reveal_hides_the_secret_from_the_write_side(tmp_path: Path) -> None:
+    """A reveal of a reference whose manager fails records `secret.reveal_failed` (502); the secret must stay.
+
+    The state machine above met it: the failure's event (no stream version) was folded by
+    `WriteView.apply` into a secret state the command had never loaded (None), and the writer's cache
+    then held the secret as missing: every command deciding on it (reveals, policies, rotation, pools)
+    answered 404 until the stream was reloaded, while GET (from the projections) answered 200."""
+    values: dict[str, str] = {}
+    app = create_app(Settings(db=tmp_path / "k.db", master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN),
+                     external=ExternalStores([FakeStore(values)]))
+    with TestClient(app) as client:
+        created = client.post("/v1/admin/orgs", json={"org": "acme"},
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert created.status_code == 201, created.text
+        headers = {"Authorization": f"Bearer {created.json()['api_key']}"}
+        upserted = client.post("/v1/secrets", json={"name": "S", "value": reference_text("app/db"),
+                                                     "reference": True}, headers=headers)
+        assert upserted.status_code == 201, upserted.text
+        failed = client.post(secret_url("S", "/reveal"), headers=headers)
+        assert failed.status_code == 502, failed.text
+        values["app/db"] = "found now"
+        assert client.get(secret_url("S"), headers=headers).status_code == 200
+        assert client.get(secret_url("S", "/policy"), headers=headers).status_code == 200  # 404 with the bug
+        again = client.post(secret_url("S", "/reveal"), headers=headers)
+        assert again.status_code == 200, again.text  # 404 with the bug
+        assert again.json() == {"name": "S", "value": "found now", "version": 1, "external": "vault-kv"}
