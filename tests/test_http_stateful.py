@@ -394,6 +394,21 @@ class HttpMachine(RuleBasedStateMachine):
         if status == 401:
             assert response.headers["www-authenticate"].lower().startswith("bearer")
 
+    def refused(self, response: httpx.Response, caller: KeyModel, model: SecretModel, *,
+                admin_only: bool = False) -> bool:
+        """Checks the refusal that the caller (revoked; not an admin, where only admins may) or the
+        secret (not live) calls for, in the server's order; True when the request was refused."""
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return True
+        if admin_only and caller.role != "admin":
+            self.expect_problem(response, 403)
+            return True
+        if not model.exists:
+            self.expect_problem(response, 404)
+            return True
+        return False
+
     def caller(self, org: str, pick: int) -> KeyModel:
         keys = self.keys[org]
         return keys[pick % len(keys)]
@@ -1054,11 +1069,7 @@ class HttpMachine(RuleBasedStateMachine):
         if destroyed and model.destroyed:
             version = sorted(model.destroyed)[back % len(model.destroyed)]
         response = self.send("POST", secret_url(name, "/reveal"), caller, json={"version": version})
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if not model.exists:
-            self.expect_problem(response, 404)
+        if self.refused(response, caller, model):
             return
         if model.members:  # a pool's members have no versions: refused before anything else, not recorded
             self.expect_problem(response, 409)
@@ -1077,11 +1088,7 @@ class HttpMachine(RuleBasedStateMachine):
         name = self.secret_name(org, name_pick, existing)
         model = self.secrets[org][name]
         response = self.send("GET", secret_url(name, "/versions"), caller)
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if not model.exists:
-            self.expect_problem(response, 404)
+        if self.refused(response, caller, model):
             return
         assert response.status_code == 200, response.text
         body = response.json()
@@ -1156,14 +1163,7 @@ class HttpMachine(RuleBasedStateMachine):
         model = self.secrets[caller.org][name]
         response = self.send("PUT", secret_url(name, "/policy"), caller,
                              json={"key_ids": key_ids, "labels": globs, "roles": roles})
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if caller.role != "admin":
-            self.expect_problem(response, 403)
-            return
-        if not model.exists:
-            self.expect_problem(response, 404)
+        if self.refused(response, caller, model, admin_only=True):
             return
         assert response.status_code == 200, response.text
         policy = PolicyModel(tuple(sorted(set(key_ids))), tuple(sorted(set(globs))), tuple(sorted(set(roles))))
@@ -1249,14 +1249,7 @@ class HttpMachine(RuleBasedStateMachine):
     def remove_rotation_as(self, caller: KeyModel, name: str) -> None:
         model = self.secrets[caller.org][name]
         response = self.send("DELETE", secret_url(name, "/rotation"), caller)
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if caller.role != "admin":
-            self.expect_problem(response, 403)
-            return
-        if not model.exists:
-            self.expect_problem(response, 404)
+        if self.refused(response, caller, model, admin_only=True):
             return
         assert response.status_code == 204, response.text
         if model.rotation is not None:
@@ -1272,11 +1265,7 @@ class HttpMachine(RuleBasedStateMachine):
     def rotate_as(self, caller: KeyModel, name: str) -> None:
         model = self.secrets[caller.org][name]
         response = self.send("POST", secret_url(name, "/rotate"), caller)
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if not model.exists:
-            self.expect_problem(response, 404)
+        if self.refused(response, caller, model):
             return
         if model.rotation is None:
             self.expect_problem(response, 409)
@@ -1405,11 +1394,7 @@ class HttpMachine(RuleBasedStateMachine):
     def set_selection_as(self, caller: KeyModel, name: str, selection: str) -> None:
         model = self.secrets[caller.org][name]
         response = self.send("PUT", secret_url(name, "/pool"), caller, json={"selection": selection})
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if not model.exists:
-            self.expect_problem(response, 404)
+        if self.refused(response, caller, model):
             return
         assert response.status_code == 200, response.text
         assert response.json() == {"selection": selection}
