@@ -71,11 +71,11 @@ class Idempotent(msgspec.Struct, frozen=True, kw_only=True):
                 raise IdempotencyConflictError(
                     "this Idempotency-Key was used with a different request; use a new key"
                 )
-            recheck = getattr(self.inner, "recheck", None)
-            if recheck is not None:  # a replay of a reveal never skips a check a fresh reveal would make
-                await recheck(view)
             raw = await _open_answer(view, context, existing)
             stored = msgspec.msgpack.decode(raw, type=StoredAnswer)
+            recheck = getattr(self.inner, "recheck", None)
+            if recheck is not None and stored.status < 300:
+                await recheck(view)  # a value is replayed only to a caller a fresh reveal would answer
             return Decision(events=[], result=Answer(answer=stored, replayed=True))
         decision = await self.inner.decide(view)
         answer = self.render(decision.result, decision.error)
