@@ -69,10 +69,7 @@ async def rotate_due(ledger: Ledger, projections: Projections, clock: Callable[[
     due = await projections.due_rotations(clock(), limit)
     if not due:
         return 0, 0
-    started: list[tuple[str, RotationStarted]] = []
-    for org, name in due:
-        attempts = await ledger.due_rotation_attempts([(org, name)], lease_seconds=settings.lease_seconds)
-        started.extend((org, attempt) for attempt in attempts)
+    started = await ledger.due_rotation_attempts(due, lease_seconds=settings.lease_seconds)
     outcomes = await asyncio.gather(
         *(finish_attempt(ledger, client, settings, org, attempt) for org, attempt in started), return_exceptions=True
     )

@@ -334,9 +334,6 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 # SecretRotated is a SecretUpdated, so it is one of them.
 ValueEvent = SecretCreated | SecretUpdated | SecretRolledBack | SecretRestored
 VALUE_EVENTS = (SecretCreated, SecretUpdated, SecretRolledBack, SecretRestored)
-# Events that store a pool member's value.
-MemberValueEvent = SecretMemberAdded | SecretMemberUpdated
-MEMBER_VALUE_EVENTS = (SecretMemberAdded, SecretMemberUpdated)
 
 
 def external_of(event: ValueEvent) -> str | None:

@@ -308,13 +308,14 @@ class Ledger:
             raise
         return msgspec.structs.replace(revealed, value=value)
 
-    async def due_rotation_attempts(self, due: list[tuple[str, str]], *, lease_seconds: int) -> list[RotationStarted]:
-        """Start an attempt for each due secret (generators finish at once); the webhooks remain to call."""
+    async def due_rotation_attempts(self, due: list[tuple[str, str]], *,
+                                    lease_seconds: int) -> list[tuple[str, RotationStarted]]:
+        """(org, attempt) for each due secret it started (generators finish at once; webhooks remain to call)."""
         started = []
         for org, name in due:
             try:
-                started.append(await self.submit(StartRotation(org=org, ctx=SYSTEM, name=name,
-                                                               lease_seconds=lease_seconds)))
+                started.append((org, await self.submit(StartRotation(org=org, ctx=SYSTEM, name=name,
+                                                                     lease_seconds=lease_seconds))))
             except NotDue:
                 pass  # rotated, reconfigured, deleted or started elsewhere since the projection was read
         return started

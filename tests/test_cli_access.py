@@ -11,30 +11,21 @@ import pytest
 
 from tests.test_cli_e2e import (
     ADMIN_TOKEN,
-    HOST,
     Server,
-    clean_env,
     cli,
-    free_port,
     http,
-    new_master_key,
     ok,
     one_error_line,
     put_secret,
     reveal_over_http,
-    start_server,
+    served,
 )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("access")
-    env = clean_env(KEYLEDGER_MASTER_KEY=new_master_key(), KEYLEDGER_ADMIN_TOKEN=ADMIN_TOKEN)
-    srv = start_server(folder, ["--host", HOST, "--port", str(free_port()), "--db", str(folder / "k.db")], env)
-    try:
+    with served(tmp_path_factory.mktemp("access")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -102,15 +103,21 @@ def start_server(folder: Path, args: list[str], env: dict[str, str]) -> Server:
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("e2e")
+@contextmanager
+def served(folder: Path) -> Iterator[Server]:
+    """A server on a fresh SQLite file in `folder`, with a new master key and the test admin token."""
     env = clean_env(KEYLEDGER_MASTER_KEY=new_master_key(), KEYLEDGER_ADMIN_TOKEN=ADMIN_TOKEN)
     srv = start_server(folder, ["--host", HOST, "--port", str(free_port()), "--db", str(folder / "k.db")], env)
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with served(tmp_path_factory.mktemp("e2e")) as srv:
+        yield srv
 
 
 def cli(url: str, *args: str, key: str | None = None, stdin: str | None = None,

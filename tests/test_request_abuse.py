@@ -13,20 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_cli_e2e import ADMIN_TOKEN, HOST, Server, clean_env, free_port, new_master_key, start_server
+from tests.test_cli_e2e import ADMIN_TOKEN, HOST, Server, served
 
 MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("abuse")
-    env = clean_env(KEYLEDGER_MASTER_KEY=new_master_key(), KEYLEDGER_ADMIN_TOKEN=ADMIN_TOKEN)
-    srv = start_server(folder, ["--host", HOST, "--port", str(free_port()), "--db", str(folder / "k.db")], env)
-    try:
+    with served(tmp_path_factory.mktemp("abuse")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

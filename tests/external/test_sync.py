@@ -22,15 +22,11 @@ from ledger.aws_sm import AwsSecretsManager, AwsSecretValue
 from tests.external.moto_server import MotoServer
 from tests.test_cli_e2e import (
     ADMIN_TOKEN,
-    HOST,
     Org,
     Server,
-    clean_env,
-    free_port,
     http,
-    new_master_key,
     reveal_over_http,
-    start_server,
+    served,
 )
 from tests.test_cli_e2e import cli as keyledger_command
 
@@ -40,13 +36,8 @@ _orgs = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("sync")
-    env = clean_env(KEYLEDGER_MASTER_KEY=new_master_key(), KEYLEDGER_ADMIN_TOKEN=ADMIN_TOKEN)
-    srv = start_server(folder, ["--host", HOST, "--port", str(free_port()), "--db", str(folder / "k.db")], env)
-    try:
+    with served(tmp_path_factory.mktemp("sync")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture
