@@ -16,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema, SecurityScheme
 
 from api.background import RotationJob, destroy_due, keep_destroying
+from api.dashboard import DASHBOARD_HANDLERS, SessionSigner, template_config
 from api.deps import DEPENDENCIES
 from api.errors import EXCEPTION_HANDLERS
 from api.middleware import before_send
@@ -31,6 +32,7 @@ from api.routes.ledger_routes import LedgerController
 from api.routes.org import OrgController
 from api.routes.secret_access import SecretAccessController
 from api.routes.secrets import SecretsController
+from api.routes.ssh_keys import SshKeysController
 from api.settings import Settings
 from ledger.crypto import Keyring
 from ledger.errors import CryptoError, MasterKeyError
@@ -130,6 +132,7 @@ def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns,
             app.state.rotation = rotation
             app.state.rotation_settings = rotation_settings
             app.state.http = http
+            app.state.session_signer = SessionSigner(settings.master_key.session_key(), settings.session_idle_minutes)
             if unfinished_rotation:
                 log.info("data keys remain under a previous master key: rewrapping them in the background")
                 rotation.start(None)
@@ -156,9 +159,12 @@ def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns,
             LedgerController,
             ComplianceController,
             OrgController,
+            SshKeysController,
             healthz,
             readyz,
+            *DASHBOARD_HANDLERS,
         ],
+        template_config=template_config(),
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

@@ -17,6 +17,7 @@ from ledger.commands import Context
 from ledger.errors import PermissionDeniedError, UnauthenticatedError
 from ledger.events import Actor, Source
 from projections.reader import Projections
+from projections.views import ApiKeyRow
 
 API_KEY_PATTERN = re.compile(r"^rt_live_[A-Za-z0-9]{32,128}$")
 _MAX_USER_AGENT = 512
@@ -85,7 +86,7 @@ def _limit(limiter: RateLimiter | None, caller: str, per: str) -> None:
         )
 
 
-def _limit_address(request: Request[Any, Any, Any]) -> RateLimiters:
+def limit_address(request: Request[Any, Any, Any]) -> RateLimiters:
     """Count the request against its client address (before the token is even looked at)."""
     limiters: RateLimiters = request.app.state.rate_limiters
     client = request.scope.get("client")
@@ -93,12 +94,8 @@ def _limit_address(request: Request[Any, Any, Any]) -> RateLimiters:
     return limiters
 
 
-async def authenticate(
-    request: Request[Any, Any, Any], projections: Projections
-) -> Principal:
-    limiters = _limit_address(request)
-    authorization, user_agent = _raw_headers(request)
-    token = bearer_token(authorization)
+async def key_for_token(projections: Projections, token: str) -> ApiKeyRow:
+    """The active key whose secret is `token` (the API's bearer token, the dashboard's sign-in)."""
     if not API_KEY_PATTERN.match(token):
         raise UnauthenticatedError("invalid API key")
     digest = hashlib.sha256(token.encode()).hexdigest()
@@ -108,7 +105,20 @@ async def authenticate(
     key, stored = found
     if not hmac.compare_digest(stored, digest) or key.revoked_at is not None:
         raise UnauthenticatedError("invalid API key")
-    _limit(limiters.per_key, key.key_id, "API key")
+    return key
+
+
+def limit_key(limiters: RateLimiters, key_id: str) -> None:
+    _limit(limiters.per_key, key_id, "API key")
+
+
+async def authenticate(
+    request: Request[Any, Any, Any], projections: Projections
+) -> Principal:
+    limiters = limit_address(request)
+    authorization, user_agent = _raw_headers(request)
+    key = await key_for_token(projections, bearer_token(authorization))
+    limit_key(limiters, key.key_id)
     actor = Actor(key_id=key.key_id, label=key.label, kind="api_key")
     return Principal(
         org=key.org,
@@ -121,7 +131,7 @@ async def authenticate(
 
 
 def authenticate_admin(request: Request[Any, Any, Any], admin_token: str | None) -> Context:
-    _limit_address(request)
+    limit_address(request)
     if admin_token is None:
         raise UnauthenticatedError("admin routes are off: set KEYLEDGER_ADMIN_TOKEN to enable them")
     token = bearer_token(_raw_headers(request)[0])

@@ -228,6 +228,73 @@ def keys_revoke(ctx: click.Context, key_id: str) -> None:
     click.echo(f"revoked {key_id}", err=True)
 
 
+# -- ssh keys --------------------------------------------------------------------------------------
+
+SSH_KEY_COLUMNS = ["ssh_key_id", "label", "algorithm", "bits", "fingerprint", "comment", "added_at", "added_by"]
+MAX_PUBLIC_KEY_FILE = 65_536
+# What a private key file looks like (OpenSSH, PEM, PuTTY): refused here, before anything is sent.
+PRIVATE_KEY_MARKERS = ("PRIVATE KEY", "PuTTY-User-Key-File", "Private-Lines:")
+
+
+def keygen_line(key: dict[str, Any]) -> str:
+    """The key as `ssh-keygen -l` prints it: `256 SHA256:... comment (ED25519)`."""
+    algorithm = str(key["algorithm"])
+    kind = "ED25519" if algorithm == "ssh-ed25519" else "ECDSA" if algorithm.startswith("ecdsa-") else "RSA"
+    return f"{key['bits']} {key['fingerprint']} {key['comment'] or 'no comment'} ({kind})"
+
+
+@main.group("ssh-keys")
+def ssh_keys() -> None:
+    """SSH public keys of your org (for SSH access to its sandboxes)."""
+
+
+@ssh_keys.command("list")
+@output_option
+@click.pass_context
+def ssh_keys_list(ctx: click.Context, output: str | None) -> None:
+    """List the org's SSH public keys."""
+    listed = call(ctx, "GET", "/v1/ssh-keys")
+    emit(listed["ssh_keys"], output, SSH_KEY_COLUMNS)
+
+
+@ssh_keys.command("add")
+@click.argument("public_key_file", metavar="[FILE|-]", required=False, type=click.File("rb"))
+@click.option("--label", default=None, help="A label (default: the key's comment, else its type).")
+@output_option
+@click.pass_context
+def ssh_keys_add(ctx: click.Context, public_key_file: click.File | None, label: str | None, output: str | None) -> None:
+    """Add a public key from FILE (a .pub file) or stdin; prints it as `ssh-keygen -l` does."""
+    if public_key_file is None:
+        if sys.stdin.isatty():
+            fail("give the public key file (e.g. ~/.ssh/id_ed25519.pub), or '-' and the key on stdin", 2)
+        data: bytes = sys.stdin.buffer.read(MAX_PUBLIC_KEY_FILE + 1)
+    else:
+        data = public_key_file.read(MAX_PUBLIC_KEY_FILE + 1)  # type: ignore[attr-defined]
+    text = data.decode("utf-8", "replace")
+    if any(marker in text for marker in PRIVATE_KEY_MARKERS):
+        fail("that is a private key: give the public key (the .pub file); nothing was sent", 2)
+    if len(data) > MAX_PUBLIC_KEY_FILE:
+        fail(f"the public key file is larger than {MAX_PUBLIC_KEY_FILE} bytes: it is not one public key", 2)
+    body: dict[str, Any] = {"public_key": text}
+    if label is not None:
+        body["label"] = label
+    added = call(ctx, "POST", "/v1/ssh-keys", json=body)
+    if output in ("json", "env"):
+        emit(added, output, ["ssh_key_id", *SSH_KEY_COLUMNS[1:]])
+    else:
+        click.echo(keygen_line(added))
+    click.echo(f"added {added['ssh_key_id']}", err=True)
+
+
+@ssh_keys.command("remove")
+@click.argument("ssh_key_id")
+@click.pass_context
+def ssh_keys_remove(ctx: click.Context, ssh_key_id: str) -> None:
+    """Remove an SSH key (admin keys, or the key that added it)."""
+    call(ctx, "DELETE", f"/v1/ssh-keys/{quote(ssh_key_id, safe='')}")
+    click.echo(f"removed {ssh_key_id}", err=True)
+
+
 # -- secrets ---------------------------------------------------------------------------------------
 
 METADATA = ["name", "scope", "category", "version", "description", "updated_at", "updated_by"]

@@ -18,6 +18,7 @@ NAME = "$response.body#/name"
 VERSION = "$response.body#/version"
 ETAG = "$response.header.ETag"
 KEY_ID = "$response.body#/key_id"
+SSH_KEY_ID = "$response.body#/ssh_key_id"
 NEXT_CURSOR = "$response.body#/next_cursor"
 
 
@@ -119,6 +120,17 @@ LINKS: dict[str, dict[str, dict[str, Link]]] = {
     "RevokeApiKey": {
         "204": {
             "RevokeAgain": _link("RevokeApiKey", "Revoke it again: not found", {"path.key_id": "$request.path.key_id"}),
+        }
+    },
+    "AddSshKey": {
+        "201": {
+            "RemoveSshKey": _link("RemoveSshKey", "Remove the new SSH key", {"path.ssh_key_id": SSH_KEY_ID}),
+        }
+    },
+    "RemoveSshKey": {
+        "204": {
+            "RemoveAgain": _link("RemoveSshKey", "Remove it again: not found",
+                                 {"path.ssh_key_id": "$request.path.ssh_key_id"}),
         }
     },
     "CreateOrg": {

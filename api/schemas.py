@@ -162,6 +162,35 @@ class ApiKeyList(msgspec.Struct, kw_only=True):
     keys: list[ApiKeyInfo]
 
 
+class AddSshKeyBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    public_key: Annotated[str, msgspec.Meta(
+        min_length=1, max_length=16_384,
+        description="One OpenSSH public key line (the .pub file): ssh-ed25519, ecdsa-sha2-nistp256/384/521, "
+                    "or ssh-rsa of at least 2048 bits; type, base64 data and an optional comment",
+    )]
+    # Omitted: the key's comment, else its type.
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+    def __repr__(self) -> str:  # the text may be anything, a private key sent by mistake included
+        return "AddSshKeyBody(public_key=<not shown>)"
+
+
+class SshKeyInfo(msgspec.Struct, kw_only=True):
+    ssh_key_id: str
+    label: str
+    algorithm: str
+    bits: int
+    fingerprint: str  # "SHA256:..." as `ssh-keygen -l` prints it
+    comment: str
+    public_key: str  # the normalized OpenSSH line: "type base64 [comment]"
+    added_at: str
+    added_by: str
+
+
+class SshKeyList(msgspec.Struct, kw_only=True):
+    ssh_keys: list[SshKeyInfo]
+
+
 class Health(msgspec.Struct, kw_only=True):
     status: str
     position: int | None = None

@@ -107,7 +107,9 @@ def serve(settings: Settings, host: str, port: int, server: str = "uvicorn", wor
         url = f"http://{host}:{port}"
         print(
             f"keyledger dev mode (not for production)\n"
-            f"  API:        {url}\n"
+            f"  dashboard:  {url}/\n"
+            f"              (open it in a browser and sign in with the API key below)\n"
+            f"  API:        {url}/v1\n"
             f"  API docs:   {url}/schema/swagger\n"
             f"  org:        {DEV_ORG}\n"
             f"  API key:    {api_key}\n"

@@ -74,6 +74,7 @@ class Settings(msgspec.Struct, kw_only=True):
     rotation_sweep_seconds: float = 60.0  # how often secrets due for rotation are rotated
     webhook_timeout_seconds: float = 10.0  # a rotation webhook's whole exchange
     webhook_max_answer_bytes: int = 6 * 65_536 + 1024  # an answer, at most (JSON escapes a byte in up to 6)
+    session_idle_minutes: float = 30.0  # a dashboard session ends after this long without a request
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, Database):  # a bare path, as tests and scripts pass it
@@ -100,23 +101,24 @@ class Settings(msgspec.Struct, kw_only=True):
                                 ("rate_limit_per_address", "KEYLEDGER_RATE_LIMIT_PER_ADDRESS")):
             if env.get(variable):
                 values[field] = RateLimit.parse(env[variable], variable)
-        for field, variable, low, high in (
-            ("rotation_sweep_seconds", "KEYLEDGER_ROTATION_SWEEP_SECONDS", 1.0, 86_400.0),
-            ("webhook_timeout_seconds", "KEYLEDGER_WEBHOOK_TIMEOUT_SECONDS", 0.1, 300.0),
+        for field, variable, low, high, unit in (
+            ("rotation_sweep_seconds", "KEYLEDGER_ROTATION_SWEEP_SECONDS", 1.0, 86_400.0, "seconds"),
+            ("webhook_timeout_seconds", "KEYLEDGER_WEBHOOK_TIMEOUT_SECONDS", 0.1, 300.0, "seconds"),
+            ("session_idle_minutes", "KEYLEDGER_SESSION_IDLE_MINUTES", 1.0, 7 * 24 * 60.0, "minutes"),
         ):
             if env.get(variable):
-                values[field] = _seconds(env[variable], variable, low, high)
+                values[field] = _number(env[variable], variable, low, high, unit)
         values.update(overrides)
         if "master_key" not in values:
             values["master_key"] = MasterKey.parse(env.get("KEYLEDGER_MASTER_KEY"))
         return cls(**values)  # type: ignore[arg-type]
 
 
-def _seconds(text: str, variable: str, low: float, high: float) -> float:
+def _number(text: str, variable: str, low: float, high: float, unit: str) -> float:
     try:
-        seconds = float(text)
+        number = float(text)
     except ValueError:
-        raise ValueError(f"{variable}: expected a number of seconds, got {text[:40]!r}") from None
-    if not low <= seconds <= high:
-        raise ValueError(f"{variable}: must be {low:g} to {high:g} seconds")
-    return seconds
+        raise ValueError(f"{variable}: expected a number of {unit}, got {text[:40]!r}") from None
+    if not low <= number <= high:  # NaN fails this too
+        raise ValueError(f"{variable}: must be {low:g} to {high:g} {unit}")
+    return number

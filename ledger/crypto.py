@@ -7,6 +7,9 @@
 - Every ciphertext is stored as `base64(iv):base64(ciphertext):base64(tag)`.
 
 Plaintexts and keys are never put into exception messages or reprs.
+
+It also reads SSH public keys (`parse_ssh_public_key`): the accepted kinds, their sizes and the
+fingerprint that `ssh-keygen -l` prints.
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ import hashlib
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Iterable
+from typing import NamedTuple
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ledger.errors import CryptoError, IntegrityError, MasterKeyError
+from ledger.errors import CryptoError, IntegrityError, MasterKeyError, ValidationError
 
 KEY_BYTES = 32
 IV_BYTES = 12
@@ -37,7 +44,7 @@ _B64 = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
 class MasterKey:
     """A 32-byte key-encryption key and its public id (a digest that reveals nothing of the key)."""
 
-    __slots__ = ("_aead", "_signing_seed", "kek_id")
+    __slots__ = ("_aead", "_session_seed", "_signing_seed", "kek_id")
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != KEY_BYTES:
@@ -47,10 +54,18 @@ class MasterKey:
         self._signing_seed = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=b"keyledger/v1/checkpoint-signing-key"
         ).derive(raw)
+        self._session_seed = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"keyledger/v1/dashboard-session-key"
+        ).derive(raw)
 
     def signing_key(self) -> SigningKey:
         """The checkpoint signing key derived from this master key (HKDF-SHA256)."""
         return SigningKey(self._signing_seed)
+
+    def session_key(self) -> bytes:
+        """The key that signs the dashboard's session cookies (HKDF-SHA256): every process with this
+        master key derives the same one, and it reveals nothing of the master key."""
+        return self._session_seed
 
     def __repr__(self) -> str:
         return f"MasterKey(kek_id={self.kek_id!r})"
@@ -295,3 +310,91 @@ def _open(aead: AESGCM, text: str, aad: bytes) -> bytes:
     except InvalidTag:
         raise IntegrityError("ciphertext failed authentication (tampered, moved, or wrong key)") from None
 
+
+# -- SSH public keys -------------------------------------------------------------------------------
+
+SSH_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 16_384  # OpenSSH's own limit
+MAX_SSH_PUBLIC_KEY_CHARS = 16_384  # a 16,384-bit RSA key with a long comment fits
+MAX_SSH_COMMENT_CHARS = 1024
+_SSH_FIELD = "public_key"
+_SSH_SEPARATOR = re.compile(r"[ \t]+")
+# What private keys look like: PEM and OpenSSH ("-----BEGIN ... PRIVATE KEY-----") and PuTTY's files.
+_PRIVATE_KEY_MARKERS = ("PRIVATE KEY", "PuTTY-User-Key-File", "Private-Lines:")
+
+
+class SshPublicKey(NamedTuple):
+    """A checked SSH public key: what `ssh-keygen -l` prints of it, and its normalized OpenSSH line."""
+
+    algorithm: str  # the key type, e.g. "ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"
+    bits: int  # 256 for ed25519, the curve's size for ECDSA, the modulus's for RSA
+    fingerprint: str  # "SHA256:" and the unpadded base64 of the SHA-256 of the key blob
+    comment: str
+    public_key: str  # "type base64" and " comment" when there is one
+
+
+def parse_ssh_public_key(text: str) -> SshPublicKey:
+    """One OpenSSH public key line (a `.pub` file): ed25519, ECDSA (nistp256/384/521) or RSA of at least
+    2048 bits. Refuses DSA, certificates, security-key (sk-) keys, anything else, several lines, and
+    private keys, with a `ValidationError` that never quotes the text (it may hold anything, a private key
+    included): only the accepted types, sizes and limits are named."""
+    if any(marker in text for marker in _PRIVATE_KEY_MARKERS):
+        raise ValidationError(_SSH_FIELD, "this looks like a private key, which is refused and not kept: send the "
+                                          "public key only (the .pub file), and keep the private key where it is")
+    if len(text) > MAX_SSH_PUBLIC_KEY_CHARS:
+        raise ValidationError(_SSH_FIELD, f"must be at most {MAX_SSH_PUBLIC_KEY_CHARS} characters")
+    line = text.strip()
+    if not line:
+        raise ValidationError(_SSH_FIELD, "must not be empty")
+    if len(line.splitlines()) > 1:
+        raise ValidationError(_SSH_FIELD, "must be one line: a single OpenSSH public key (type, base64 data and an "
+                                          "optional comment)")
+    parts = _SSH_SEPARATOR.split(line, maxsplit=2)
+    kind = parts[0]
+    if kind == "ssh-dss":
+        raise ValidationError(_SSH_FIELD, "DSA keys are refused (insecure, and OpenSSH no longer accepts them): "
+                                          "use an ed25519 key")
+    if "-cert-" in kind:
+        raise ValidationError(_SSH_FIELD, "SSH certificates are refused: send the public key itself")
+    if kind not in SSH_KEY_TYPES:
+        raise ValidationError(_SSH_FIELD, f"must be an OpenSSH public key of type {', '.join(SSH_KEY_TYPES)} "
+                                          "(nothing before the type, such as authorized_keys options)")
+    if len(parts) < 2:
+        raise ValidationError(_SSH_FIELD, f"has no key data after the type {kind}")
+    data = parts[1]
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError(_SSH_FIELD, "the key data is not valid base64") from None
+    if base64.b64encode(blob).decode() != data:
+        raise ValidationError(_SSH_FIELD, "the key data is not canonical base64")
+    try:
+        key = serialization.load_ssh_public_key(f"{kind} {data}".encode())
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValidationError(_SSH_FIELD, f"the key data is not a valid {kind} public key") from None
+    if isinstance(key, Ed25519PublicKey):
+        bits = 256
+    elif isinstance(key, EllipticCurvePublicKey):
+        bits = key.curve.key_size
+    elif isinstance(key, RSAPublicKey):
+        bits = key.key_size
+        if bits < MIN_RSA_BITS:
+            raise ValidationError(_SSH_FIELD, f"RSA keys must have at least {MIN_RSA_BITS} bits, this one has {bits}: "
+                                              "use an ed25519 key, or RSA of 3072 or 4096 bits")
+        if bits > MAX_RSA_BITS:
+            raise ValidationError(_SSH_FIELD, f"RSA keys may have at most {MAX_RSA_BITS} bits")
+    else:  # pragma: no cover - the type allowlist above admits no other kind
+        raise ValidationError(_SSH_FIELD, f"must be an OpenSSH public key of type {', '.join(SSH_KEY_TYPES)}")
+    comment = parts[2].strip() if len(parts) > 2 else ""
+    if len(comment) > MAX_SSH_COMMENT_CHARS:
+        raise ValidationError(_SSH_FIELD, f"the comment must be at most {MAX_SSH_COMMENT_CHARS} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in comment):
+        raise ValidationError(_SSH_FIELD, "the comment must not contain control characters")
+    # The key as OpenSSH serializes it (which `ssh-keygen -l` fingerprints), whatever the encoding sent.
+    canonical = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    digest = hashlib.sha256(base64.b64decode(canonical.split(" ", 1)[1])).digest()
+    return SshPublicKey(
+        algorithm=kind, bits=bits, fingerprint="SHA256:" + base64.b64encode(digest).decode().rstrip("="),
+        comment=comment, public_key=f"{canonical} {comment}" if comment else canonical,
+    )

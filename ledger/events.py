@@ -29,6 +29,7 @@ ROLES: tuple[str, ...] = ("admin", "member")
 MemberState = Literal["active", "disabled"]
 Selection = Literal["round_robin", "least_recent"]
 SELECTIONS: tuple[str, ...] = ("round_robin", "least_recent")
+SessionEndReason = Literal["signed_out"]
 
 
 class Actor(msgspec.Struct, frozen=True, kw_only=True):
@@ -274,6 +275,33 @@ class SecretVersionDestroyed(Event, frozen=True, kw_only=True, tag="secret.versi
     data_key_id: str
 
 
+class SshKeyAdded(Event, frozen=True, kw_only=True, tag="ssh_key.added"):
+    """An SSH public key for access to the org's sandboxes (public: nothing here is secret)."""
+
+    ssh_key_id: str
+    label: str
+    algorithm: str  # the key type: "ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa", ...
+    bits: int
+    fingerprint: str  # "SHA256:..." as `ssh-keygen -l` prints it
+    comment: str
+    public_key: str  # the normalized OpenSSH line: "type base64 [comment]"
+
+
+class SshKeyRemoved(Event, frozen=True, kw_only=True, tag="ssh_key.removed"):
+    ssh_key_id: str
+
+
+class SessionStarted(Event, frozen=True, kw_only=True, tag="session.started"):
+    """A dashboard session signed in with an API key (the actor)."""
+
+    session_id: str
+
+
+class SessionEnded(Event, frozen=True, kw_only=True, tag="session.ended"):
+    session_id: str
+    reason: SessionEndReason
+
+
 AnyEvent = (
     OrgCreated
     | ApiKeyCreated
@@ -300,6 +328,10 @@ AnyEvent = (
     | SecretMemberStateChanged
     | SecretMemberRemoved
     | SecretPoolConfigured
+    | SshKeyAdded
+    | SshKeyRemoved
+    | SessionStarted
+    | SessionEnded
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -328,6 +360,10 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SecretMemberStateChanged,
     SecretMemberRemoved,
     SecretPoolConfigured,
+    SshKeyAdded,
+    SshKeyRemoved,
+    SessionStarted,
+    SessionEnded,
 )
 
 # Events that make a new version with a value (each stores a sealed value beside its body).
@@ -384,4 +420,10 @@ def outcome_of(event: Event) -> tuple[str, str]:
         return "ok", f"{event.member} {event.state}" + (f": {event.reason}" if event.reason else "")
     if isinstance(event, SecretMemberAdded | SecretMemberUpdated | SecretMemberRemoved):
         return "ok", f"member {event.member}"
+    if isinstance(event, SshKeyAdded):
+        return "ok", f"{event.ssh_key_id} {event.algorithm} {event.fingerprint}"
+    if isinstance(event, SshKeyRemoved):
+        return "ok", event.ssh_key_id
+    if isinstance(event, SessionEnded):
+        return "ok", event.reason
     return "ok", ""

@@ -117,7 +117,9 @@ _API_ACTIVITY = {"secret.created": (1, "CreateSecret"), "secret.updated": (3, "U
                  "secret.rotation_started": (3, "RotateSecret"), "secret.rotation_failed": (3, "RotateSecret"),
                  "secret.member_added": (1, "AddPoolMember"), "secret.member_updated": (3, "UpdatePoolMember"),
                  "secret.member_state_changed": (3, "ChangePoolMemberState"),
-                 "secret.member_removed": (4, "RemovePoolMember"), "secret.pool_configured": (3, "ConfigurePool")}
+                 "secret.member_removed": (4, "RemovePoolMember"), "secret.pool_configured": (3, "ConfigurePool"),
+                 "ssh_key.added": (1, "AddSshKey"), "ssh_key.removed": (4, "RemoveSshKey"),
+                 "session.started": (1, "StartSession"), "session.ended": (4, "EndSession")}
 
 
 def ocsf_event(record: StoredRecord, event: Event, product_version: str = "0.1.0") -> dict[str, object]:

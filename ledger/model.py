@@ -1,6 +1,7 @@
 """The write model: per-stream state folded from events (`evolve`) and the rules (`validate_*`).
 
-Streams: `org:ORG`, `key:KEY_ID`, `secret:ORG/NAME` (names cannot contain '/').
+Streams: `org:ORG`, `key:KEY_ID`, `secret:ORG/NAME` (names cannot contain '/'), `ssh_keys:ORG` (every
+SSH key of the org, so that a fingerprint is added once per org), `session:SESSION_ID` (a dashboard session).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ from ledger.events import (
     SecretUpdated,
     SecretVersionDestroyed,
     Selection,
+    SessionEnded,
+    SessionStarted,
+    SshKeyAdded,
+    SshKeyRemoved,
     when,
 )
 from ledger.generator import Rotator
@@ -66,6 +71,14 @@ def key_stream(key_id: str) -> str:
 
 def secret_stream(org: str, name: str) -> str:
     return f"secret:{org}/{name}"
+
+
+def ssh_keys_stream(org: str) -> str:
+    return f"ssh_keys:{org}"
+
+
+def session_stream(session_id: str) -> str:
+    return f"session:{session_id}"
 
 
 # The write side keeps one state per stream in memory. They hold only strings, numbers and sets of
@@ -165,6 +178,38 @@ class SecretState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     last_member: str = ""  # the member the last reveal answered
 
 
+class SshKeyEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One SSH key of an org, as the rules need it: its fingerprint (unique per org) and who added it."""
+
+    ssh_key_id: str
+    fingerprint: str
+    added_by: str
+
+
+class SshKeysState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The org's current SSH keys, in the order they were added."""
+
+    org: str
+    stream_version: int
+    keys: tuple[SshKeyEntry, ...] = ()
+
+    def by_id(self, ssh_key_id: str) -> SshKeyEntry | None:
+        return next((k for k in self.keys if k.ssh_key_id == ssh_key_id), None)
+
+    def by_fingerprint(self, fingerprint: str) -> SshKeyEntry | None:
+        return next((k for k in self.keys if k.fingerprint == fingerprint), None)
+
+
+class SessionState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A dashboard session: the org and the API key that started it, and whether it ended."""
+
+    session_id: str
+    org: str
+    key_id: str
+    ended: bool
+    stream_version: int
+
+
 def evolve_org(state: OrgState | None, event: Event) -> OrgState | None:
     if isinstance(event, OrgCreated):
         return OrgState(org=event.org, stream_version=event.stream_version or 1)
@@ -182,6 +227,26 @@ def evolve_key(state: KeyState | None, event: Event) -> KeyState | None:
         )
     if isinstance(event, ApiKeyRevoked) and state is not None:
         return msgspec.structs.replace(state, revoked=True, stream_version=event.stream_version or 0)
+    return state
+
+
+def evolve_ssh_keys(state: SshKeysState | None, event: Event) -> SshKeysState | None:
+    if isinstance(event, SshKeyAdded):
+        added = SshKeyEntry(ssh_key_id=event.ssh_key_id, fingerprint=event.fingerprint, added_by=event.actor.key_id)
+        return SshKeysState(org=event.org, stream_version=event.stream_version or 0,
+                            keys=(*(state.keys if state is not None else ()), added))
+    if isinstance(event, SshKeyRemoved) and state is not None:
+        return msgspec.structs.replace(state, stream_version=event.stream_version or 0,
+                                       keys=tuple(k for k in state.keys if k.ssh_key_id != event.ssh_key_id))
+    return state
+
+
+def evolve_session(state: SessionState | None, event: Event) -> SessionState | None:
+    if isinstance(event, SessionStarted):
+        return SessionState(session_id=event.session_id, org=event.org, key_id=event.actor.key_id, ended=False,
+                            stream_version=event.stream_version or 1)
+    if isinstance(event, SessionEnded) and state is not None:
+        return msgspec.structs.replace(state, ended=True, stream_version=event.stream_version or 0)
     return state
 
 

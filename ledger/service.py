@@ -31,9 +31,9 @@ from ledger.commands import (
     new_api_key,
     new_key_id,
 )
-from ledger.crypto import Keyring, SigningKey
+from ledger.crypto import Keyring, SigningKey, parse_ssh_public_key
 from ledger.errors import ExternalSecretError, LedgerError, ValidationError
-from ledger.events import SELECTIONS, Category, Scope
+from ledger.events import SELECTIONS, Category, Scope, SshKeyAdded
 from ledger.external import ExternalStores, parse_reference
 from ledger.generator import Rotator, validate_rotator
 from ledger.idempotency import Answer, Idempotent, Render, validate_idempotency_key
@@ -63,6 +63,8 @@ from ledger.policy import SetPolicy, validate_policy
 from ledger.pools import ChangeMemberState, ConfigurePool, PutMember, RemoveMember, validate_member_name
 from ledger.recorder import Recorder
 from ledger.rotation import ConfigureRotation, NotDue, RotationStarted, StartRotation, validate_interval
+from ledger.sessions import SESSION_ID, EndSession, StartSession, validate_session_id
+from ledger.ssh_keys import AddSshKey, RemoveSshKey, new_ssh_key_id, ssh_key_label
 from ledger.writer import Command, Writer
 
 T = TypeVar("T")
@@ -233,6 +235,12 @@ class Ledger:
             raise ValidationError("selection", f"must be one of {', '.join(SELECTIONS)}")
         return ConfigurePool(org=org, ctx=ctx, name=validate_name(name), selection=selection)  # type: ignore[arg-type]
 
+    def add_ssh_key_command(self, ctx: Context, org: str, public_key: str, label: str | None = None) -> AddSshKey:
+        """`public_key` is one OpenSSH public key line (checked here); `label` defaults to its comment,
+        else its type."""
+        key = parse_ssh_public_key(public_key)
+        return AddSshKey(org=org, ctx=ctx, ssh_key_id=new_ssh_key_id(), label=ssh_key_label(key, label), key=key)
+
     # -- operations ----------------------------------------------------------------------------
 
     async def create_org(self, ctx: Context, org: str, label: str = "admin") -> CreatedKey:
@@ -266,6 +274,23 @@ class Ledger:
     async def delete_secret(self, ctx: Context, org: str, name: str, *, if_match: int | None = None,
                             purge: bool = False) -> None:
         await self.submit(DeleteSecret(org=org, ctx=ctx, name=validate_name(name), if_match=if_match, purge=purge))
+
+    async def add_ssh_key(self, ctx: Context, org: str, public_key: str, label: str | None = None) -> SshKeyAdded:
+        return await self.submit(self.add_ssh_key_command(ctx, org, public_key, label))
+
+    async def remove_ssh_key(self, ctx: Context, org: str, ssh_key_id: str) -> None:
+        await self.submit(RemoveSshKey(org=org, ctx=ctx, ssh_key_id=ssh_key_id))
+
+    async def start_session(self, ctx: Context, org: str, session_id: str) -> None:
+        """A dashboard sign-in: `ctx` is the API key that signed in (an active key of `org`); `session_id`
+        (20-64 characters of [A-Za-z0-9_-], random, made by the caller) must be new."""
+        await self.submit(StartSession(org=org, ctx=ctx, session_id=validate_session_id(session_id)))
+
+    async def end_session(self, ctx: Context, org: str, session_id: str) -> bool:
+        """A dashboard sign-out; False, and nothing recorded, when `org` has no such session or it ended."""
+        if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
+            return False  # no such session can exist
+        return await self.submit(EndSession(org=org, ctx=ctx, session_id=session_id))
 
     async def org_settings(self, ctx: Context, org: str) -> OrgSettings:
         return await self.submit(ReadOrgSettings(org=org, ctx=ctx))

@@ -27,12 +27,18 @@ from ledger.model import (
     KeyState,
     OrgState,
     SecretState,
+    SessionState,
+    SshKeysState,
     evolve_key,
     evolve_org,
     evolve_secret,
+    evolve_session,
+    evolve_ssh_keys,
     key_stream,
     org_stream,
     secret_stream,
+    session_stream,
+    ssh_keys_stream,
 )
 from ledger.recorder import ReadSet, Recorder
 from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord
@@ -70,6 +76,8 @@ class WriteView:
         self.orgs: dict[str, OrgState | None] = {}
         self.keys: dict[str, KeyState | None] = {}
         self.secrets: dict[str, SecretState | None] = {}
+        self.ssh_keys: dict[str, SshKeysState | None] = {}
+        self.sessions: dict[str, SessionState | None] = {}
         self.data_keys: dict[str, DataKeyRow | None] = {}
         self.idempotency: dict[tuple[str, str], IdempotencyRow] = {}
         # Events with a sealed value decided earlier in this batch, per stream: not in the store yet, but
@@ -94,6 +102,19 @@ class WriteView:
         if stream not in self.secrets:
             self.secrets[stream] = await self._committed_state(stream, "secrets")  # type: ignore[assignment]
         return self.secrets[stream]
+
+    async def org_ssh_keys(self, org: str) -> SshKeysState | None:
+        """The org's SSH keys (None: it never had one)."""
+        stream = ssh_keys_stream(org)
+        if stream not in self.ssh_keys:
+            self.ssh_keys[stream] = await self._committed_state(stream, "ssh_keys")  # type: ignore[assignment]
+        return self.ssh_keys[stream]
+
+    async def session(self, session_id: str) -> SessionState | None:
+        stream = session_stream(session_id)
+        if stream not in self.sessions:
+            self.sessions[stream] = await self._committed_state(stream, "sessions")  # type: ignore[assignment]
+        return self.sessions[stream]
 
     async def data_key(self, data_key_id: str) -> DataKeyRow | None:
         if data_key_id not in self.data_keys:
@@ -125,6 +146,10 @@ class WriteView:
                 self.keys[stream] = evolve_key(self.keys.get(stream), event)
             elif stream.startswith("secret:"):
                 self.secrets[stream] = evolve_secret(self.secrets.get(stream), event, value)
+            elif stream.startswith("ssh_keys:"):
+                self.ssh_keys[stream] = evolve_ssh_keys(self.ssh_keys.get(stream), event)
+            elif stream.startswith("session:"):
+                self.sessions[stream] = evolve_session(self.sessions.get(stream), event)
         for row in decision.data_keys:
             self.data_keys[row.id] = row
         for data_key_id in decision.drop_data_keys:
@@ -161,6 +186,10 @@ class WriteCache:
                     state = evolve_org(state, event)  # type: ignore[arg-type]
                 elif kind == "keys":
                     state = evolve_key(state, event)  # type: ignore[arg-type]
+                elif kind == "ssh_keys":
+                    state = evolve_ssh_keys(state, event)  # type: ignore[arg-type]
+                elif kind == "sessions":
+                    state = evolve_session(state, event)  # type: ignore[arg-type]
                 else:
                     state = evolve_secret(state, event, record.sealed)  # type: ignore[arg-type]
             self.streams[stream] = state
@@ -172,7 +201,7 @@ class WriteCache:
         return self.wrapped[data_key_id]
 
     def merge(self, view: WriteView) -> None:
-        for table in (view.orgs, view.keys, view.secrets):
+        for table in (view.orgs, view.keys, view.secrets, view.ssh_keys, view.sessions):
             self.streams.update(table)
         self.wrapped.update(view.data_keys)
         for data_key_id, row in view.data_keys.items():
@@ -348,7 +377,8 @@ class Writer:
         if self.before_commit is not None:
             await self.before_commit()
         try:
-            read_set = ReadSet(self.known_seq, frozenset((*view.orgs, *view.keys, *view.secrets)))
+            read_set = ReadSet(self.known_seq, frozenset((*view.orgs, *view.keys, *view.secrets, *view.ssh_keys,
+                                                          *view.sessions)))
             stored = await self.recorder.append(
                 pending, events, data_keys=data_keys, drop_data_keys=drop_data_keys, idempotency=idempotency,
                 read_set=read_set,

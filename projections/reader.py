@@ -14,7 +14,7 @@ import msgspec
 
 from ledger.events import ApiKeyRevoked, Event
 from ledger.writer import Writer
-from projections.views import ApiKeyRow, AuditRow, RotationRow, SecretMeta, VersionRow
+from projections.views import ApiKeyRow, AuditRow, RotationRow, SecretMeta, SessionRow, SshKeyRow, VersionRow
 
 Row = Sequence[Any]
 _CACHE_LIMIT = 100_000  # entries per cache; a full cache starts again empty
@@ -24,6 +24,7 @@ SECRET_COLUMNS = (
     "expires_at, deleted_at, destroy_at, external"
 )
 KEY_COLUMNS = "key_id, org, label, role, scope, created_at, revoked_at, last_used_at"
+SSH_KEY_COLUMNS = "org, ssh_key_id, label, algorithm, bits, fingerprint, comment, public_key, added_at, added_by"
 _AUDIT_COLUMNS = (
     "seq, org, at, action, actor_key_id, actor_label, actor_kind, secret, version, request_id, "
     "client_address, user_agent, outcome, detail"
@@ -50,6 +51,14 @@ def key_of_row(row: Row) -> ApiKeyRow:
         created_at=int(row[5]),
         revoked_at=None if row[6] is None else int(row[6]),
         last_used_at=None if row[7] is None else int(row[7]),
+    )
+
+
+def ssh_key_of_row(row: Row) -> SshKeyRow:
+    return SshKeyRow(
+        org=str(row[0]), ssh_key_id=str(row[1]), label=str(row[2]), algorithm=str(row[3]), bits=int(row[4]),
+        fingerprint=str(row[5]), comment=str(row[6]), public_key=str(row[7]), added_at=int(row[8]),
+        added_by=str(row[9]),
     )
 
 
@@ -129,6 +138,30 @@ class Projections:
             f"SELECT {KEY_COLUMNS} FROM api_keys WHERE org = ? ORDER BY created_at, key_id", (org,)
         )
         return [key_of_row(r) for r in rows]
+
+    async def list_ssh_keys(self, org: str) -> list[SshKeyRow]:
+        """The org's SSH keys, oldest first."""
+        rows = await self.db.all(
+            f"SELECT {SSH_KEY_COLUMNS} FROM ssh_keys WHERE org = ? ORDER BY added_at, ssh_key_id", (org,)
+        )
+        return [ssh_key_of_row(r) for r in rows]
+
+    async def get_ssh_key(self, org: str, ssh_key_id: str) -> SshKeyRow | None:
+        row = await self.db.one(
+            f"SELECT {SSH_KEY_COLUMNS} FROM ssh_keys WHERE ssh_key_id = ? AND org = ?", (ssh_key_id, org)
+        )
+        return None if row is None else ssh_key_of_row(row)
+
+    async def get_session(self, session_id: str) -> SessionRow | None:
+        """A dashboard session by its id (ended ones too: `ended_at` is set)."""
+        row = await self.db.one(
+            "SELECT org, session_id, key_id, started_at, ended_at FROM dashboard_sessions WHERE session_id = ?",
+            (session_id,),
+        )
+        if row is None:
+            return None
+        return SessionRow(org=str(row[0]), session_id=str(row[1]), key_id=str(row[2]), started_at=int(row[3]),
+                          ended_at=_int_or_none(row[4]))
 
     async def get_secret(self, org: str, name: str) -> SecretMeta | None:
         cached = self._secrets.get((org, name))

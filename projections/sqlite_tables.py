@@ -25,6 +25,10 @@ from ledger.events import (
     SecretRotationStarted,
     SecretUpdated,
     SecretVersionDestroyed,
+    SessionEnded,
+    SessionStarted,
+    SshKeyAdded,
+    SshKeyRemoved,
     event_type,
     external_of,
     outcome_of,
@@ -293,8 +297,81 @@ class RotationsProjector:
         return _coalesce(rows)
 
 
+_SSH_KEY_ADDED = """INSERT INTO ssh_keys (ssh_key_id, org, label, algorithm, bits, fingerprint, comment, public_key,
+    added_at, added_by) VALUES (?,?,?,?,?,?,?,?,?,?)"""
+_SSH_KEY_REMOVED = "DELETE FROM ssh_keys WHERE ssh_key_id=?"
+
+
+class SshKeysProjector:
+    """The org's current SSH public keys (a removed key's row goes)."""
+
+    name = "ssh_keys"
+
+    def schema(self) -> list[str]:
+        return [
+            """CREATE TABLE IF NOT EXISTS ssh_keys (
+                ssh_key_id TEXT PRIMARY KEY, org TEXT NOT NULL, label TEXT NOT NULL, algorithm TEXT NOT NULL,
+                bits INTEGER NOT NULL, fingerprint TEXT NOT NULL, comment TEXT NOT NULL, public_key TEXT NOT NULL,
+                added_at INTEGER NOT NULL, added_by TEXT NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS ssh_keys_org ON ssh_keys(org, added_at)",
+        ]
+
+    def reset(self) -> list[str]:
+        return ["DELETE FROM ssh_keys"]
+
+    def drop(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS ssh_keys"]
+
+    def project(self, batch: Batch) -> list[Statement]:
+        rows: list[tuple[str, tuple[object, ...]]] = []
+        for _, event in batch:
+            if isinstance(event, SshKeyAdded):
+                rows.append((_SSH_KEY_ADDED, (
+                    event.ssh_key_id, event.org, event.label, event.algorithm, event.bits, event.fingerprint,
+                    event.comment, event.public_key, event.at, event.actor.key_id,
+                )))
+            elif isinstance(event, SshKeyRemoved):
+                rows.append((_SSH_KEY_REMOVED, (event.ssh_key_id,)))
+        return _coalesce(rows)
+
+
+_SESSION_STARTED = """INSERT INTO dashboard_sessions (session_id, org, key_id, started_at, ended_at)
+    VALUES (?,?,?,?,NULL)"""
+_SESSION_ENDED = "UPDATE dashboard_sessions SET ended_at=? WHERE session_id=?"
+
+
+class DashboardSessionsProjector:
+    """Every dashboard session: its org, the API key that started it, when it started and ended."""
+
+    name = "dashboard_sessions"
+
+    def schema(self) -> list[str]:
+        return [
+            """CREATE TABLE IF NOT EXISTS dashboard_sessions (
+                session_id TEXT PRIMARY KEY, org TEXT NOT NULL, key_id TEXT NOT NULL, started_at INTEGER NOT NULL,
+                ended_at INTEGER)""",
+        ]
+
+    def reset(self) -> list[str]:
+        return ["DELETE FROM dashboard_sessions"]
+
+    def drop(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS dashboard_sessions"]
+
+    def project(self, batch: Batch) -> list[Statement]:
+        rows: list[tuple[str, tuple[object, ...]]] = []
+        for _, event in batch:
+            if isinstance(event, SessionStarted):
+                rows.append((_SESSION_STARTED, (event.session_id, event.org, event.actor.key_id, event.at)))
+            elif isinstance(event, SessionEnded):
+                rows.append((_SESSION_ENDED, (event.at, event.session_id)))
+        return _coalesce(rows)
+
+
 def all_projectors() -> list[Projector]:
-    return [SecretsProjector(), ApiKeysProjector(), AuditProjector(), SecretVersionsProjector(), RotationsProjector()]
+    return [SecretsProjector(), ApiKeysProjector(), AuditProjector(), SecretVersionsProjector(), RotationsProjector(),
+            SshKeysProjector(), DashboardSessionsProjector()]
 
 
-PROJECTION_TABLES = ("secrets", "api_keys", "audit", "secret_versions", "secret_rotation")
+PROJECTION_TABLES = ("secrets", "api_keys", "audit", "secret_versions", "secret_rotation", "ssh_keys",
+                     "dashboard_sessions")

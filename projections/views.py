@@ -76,3 +76,28 @@ class RotationRow(msgspec.Struct, frozen=True, kw_only=True):
     last_rotated_at: int | None
     last_error: str | None
     last_error_at: int | None
+
+
+class SshKeyRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One of an org's SSH public keys (public: nothing here is secret)."""
+
+    org: str
+    ssh_key_id: str
+    label: str
+    algorithm: str  # the key type: "ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa", ...
+    bits: int
+    fingerprint: str  # "SHA256:..." as `ssh-keygen -l` prints it
+    comment: str
+    public_key: str  # the normalized OpenSSH line
+    added_at: int
+    added_by: str  # the key id that added it
+
+
+class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A dashboard session: who started it (an API key), when, and when it ended (None: still open)."""
+
+    org: str
+    session_id: str
+    key_id: str
+    started_at: int
+    ended_at: int | None

@@ -379,6 +379,72 @@ def test_run_passes_the_exit_code_through(server: Server, org: Org) -> None:
     assert cli(server.url, "run", "--", "sh", "-c", 'test "$RUN_A" = alpha', key=org.api_key).returncode == 0
 
 
+# -- ssh keys --------------------------------------------------------------------------------------
+
+
+def ssh_keygen(folder: Path, name: str, *args: str, comment: str = "dev@laptop") -> tuple[Path, str]:
+    """A key pair made by the real ssh-keygen: the .pub file, and what `ssh-keygen -l -f` prints of it."""
+    path = folder / name
+    subprocess.run(["/usr/bin/ssh-keygen", "-q", *args, "-N", "", "-C", comment, "-f", str(path)], check=True,
+                   capture_output=True, timeout=CLI_TIMEOUT)
+    printed = subprocess.run(["/usr/bin/ssh-keygen", "-l", "-f", f"{path}.pub"], check=True, capture_output=True,
+                             text=True, timeout=CLI_TIMEOUT).stdout
+    return path.with_suffix(".pub"), printed
+
+
+def event_count(db: Path, org: str) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM events WHERE org = ?", (org,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_ssh_keys_add_list_and_remove(server: Server, org: Org, tmp_path: Path) -> None:
+    ed25519_pub, ed25519_printed = ssh_keygen(tmp_path, "id_ed25519", "-t", "ed25519")
+    ecdsa_pub, ecdsa_printed = ssh_keygen(tmp_path, "id_ecdsa", "-t", "ecdsa", "-b", "384", comment="")
+    # From a file: printed as ssh-keygen -l prints it; the id on stderr.
+    added = ok(cli(server.url, "ssh-keys", "add", str(ed25519_pub), key=org.api_key))
+    assert added.stdout == ed25519_printed
+    ssh_key_id = re.fullmatch(r"added (ssh_[0-9a-f]{16})\n", added.stderr)
+    assert ssh_key_id, added.stderr
+    # From stdin ('-', or no FILE at all), with a label; as JSON.
+    piped = ok(cli(server.url, "ssh-keys", "add", "-", "--label", "ci box", key=org.api_key,
+                   stdin=ecdsa_pub.read_text()))
+    assert piped.stdout == ecdsa_printed  # "384 SHA256:... no comment (ECDSA)"
+    listed = json.loads(ok(cli(server.url, "ssh-keys", "list", "-o", "json", key=org.api_key)).stdout)
+    assert [(row["ssh_key_id"], row["label"], row["bits"], row["algorithm"], row["comment"]) for row in listed] == [
+        (ssh_key_id[1], "dev@laptop", 256, "ssh-ed25519", "dev@laptop"),
+        (listed[1]["ssh_key_id"], "ci box", 384, "ecdsa-sha2-nistp384", "")]
+    assert all(row["public_key"] for row in listed)
+    # The same key again: a conflict (exit 4), one line.
+    again = cli(server.url, "ssh-keys", "add", key=org.api_key, stdin=ed25519_pub.read_text())
+    assert again.returncode == 4 and "409" in one_error_line(again)
+    # A private key is refused before anything is sent: no event, and no part of it in the output.
+    before = event_count(server.db, org.name)
+    private = ed25519_pub.with_suffix("")
+    for args, stdin in (((str(private),), None), (("-",), private.read_text())):
+        refused = cli(server.url, "ssh-keys", "add", *args, key=org.api_key, stdin=stdin)
+        assert refused.returncode == 2 and "private key" in one_error_line(refused)
+        assert private.read_text().splitlines()[1] not in refused.stderr
+    # Refused by the server: a DSA key, in one line that quotes nothing of it (exit 1: a 422).
+    dsa_pub, _ = ssh_keygen(tmp_path, "id_dsa", "-t", "dsa")
+    dsa = cli(server.url, "ssh-keys", "add", str(dsa_pub), key=org.api_key)
+    line = one_error_line(dsa)
+    assert "DSA keys are refused" in line and "422" in line and dsa_pub.read_text().split()[1][:20] not in line
+    assert event_count(server.db, org.name) == before
+    # A member key removes neither the admin's key (403, exit 5) nor an unknown id (404, exit 3).
+    made = http(server, "POST", "/v1/keys", org.api_key, json={"label": "member"}).json()
+    forbidden = cli(server.url, "ssh-keys", "remove", ssh_key_id[1], key=made["api_key"])
+    assert forbidden.returncode == 5 and "403" in one_error_line(forbidden)
+    removed = ok(cli(server.url, "ssh-keys", "remove", ssh_key_id[1], key=org.api_key))
+    assert removed.stderr == f"removed {ssh_key_id[1]}\n" and removed.stdout == ""
+    gone = cli(server.url, "ssh-keys", "remove", ssh_key_id[1], key=org.api_key)
+    assert gone.returncode == 3 and "404" in one_error_line(gone)
+    listed = json.loads(ok(cli(server.url, "ssh-keys", "list", "-o", "json", key=org.api_key)).stdout)
+    assert [row["label"] for row in listed] == ["ci box"]
+
+
 # -- client errors ---------------------------------------------------------------------------------
 
 
@@ -477,6 +543,9 @@ def test_dev_mode_prints_a_working_key_and_keeps_it(tmp_path: Path) -> None:
     try:
         api_key, docs = dev_banner(first)
         assert httpx.get(docs, timeout=5).status_code == 200
+        dashboard = re.search(r"dashboard:\s+(\S+)", first.stdout.read_text())
+        assert dashboard is not None and dashboard.group(1) == f"{first.url}/"
+        assert "Sign in to keyledger" in httpx.get(dashboard.group(1), timeout=5).text
         folder = tmp_path / ".keyledger"
         kept = sorted(folder.iterdir())
         assert kept

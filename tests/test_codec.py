@@ -46,7 +46,11 @@ from ledger.events import (
     SecretRotationStarted,
     SecretUpdated,
     SecretVersionDestroyed,
+    SessionEnded,
+    SessionStarted,
     Source,
+    SshKeyAdded,
+    SshKeyRemoved,
     event_type,
 )
 from ledger.generator import GeneratorSpec
@@ -134,6 +138,22 @@ EXPECTED: dict[str, tuple[type[Event], dict[str, Any]]] = {
         "stream_version": 5}),
     "secret.pool_configured": (SecretPoolConfigured, {
         "name": "ANTHROPIC_API_KEY", "selection": "least_recent", "stream_version": 6, "at": AT + 27}),
+    # Added with SSH keys and dashboard sessions.
+    "ssh_key.added": (SshKeyAdded, {
+        "stream": "ssh_keys:acme", "stream_version": 1, "ssh_key_id": "ssh_5f0c1e2d3b4a6978", "label": "dev laptop",
+        "algorithm": "ssh-ed25519", "bits": 256, "fingerprint": "SHA256:rS931cVjE9X4xlDiT0DGptW4x3cBJxzUsB1X30fvYo8",
+        "comment": "dev@laptop",
+        "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBqFGgdkUyyrWLm8iR7InEnhioKizdhaFkZm6wNgNXy5 dev@laptop",
+        "actor": Actor(key_id="key_0123456789abcdef", label="deploy bot"), "at": AT + 28}),
+    "ssh_key.removed": (SshKeyRemoved, {
+        "stream": "ssh_keys:acme", "stream_version": 2, "ssh_key_id": "ssh_5f0c1e2d3b4a6978",
+        "actor": Actor(key_id="admin", label="admin token", kind="admin")}),
+    "session.started": (SessionStarted, {
+        "stream": "session:q8Xz3LhT0vR5bN2mK7yW1cJ4", "stream_version": 1, "session_id": "q8Xz3LhT0vR5bN2mK7yW1cJ4",
+        "actor": Actor(key_id="key_0123456789abcdef", label="deploy bot"), "request_id": "req-31"}),
+    "session.ended": (SessionEnded, {
+        "stream": "session:q8Xz3LhT0vR5bN2mK7yW1cJ4", "stream_version": 2, "session_id": "q8Xz3LhT0vR5bN2mK7yW1cJ4",
+        "reason": "signed_out", "at": AT + 31}),
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.events import (
@@ -33,6 +33,10 @@ from ledger.records import StoredRecord
 from projections import compliance
 from projections.sqlite_reader import SqliteProjections
 from tests.audit_history import DAY, NAMES, ORGS, Run, histories, raw_events, run_history, temp_db
+
+# Each property folds whole histories twice (the projection and a brute force): half the profile's
+# examples keep CI short; the soak profile still runs hundreds.
+HALF_SIZE = settings(max_examples=max(20, (settings.default.max_examples or 60) // 2))
 
 Events = list[tuple[StoredRecord, Event]]
 Window = tuple[int | None, int | None]
@@ -182,6 +186,7 @@ many = histories(batches=True, lifecycle=True)
 # -- the properties ---------------------------------------------------------------------------------------------
 
 
+@HALF_SIZE
 @given(history=many)
 def test_secrets_not_updated_matches_brute_force(history: list[Any]) -> None:
     async def check(reader: SqliteProjections) -> None:
@@ -201,6 +206,7 @@ def test_secrets_not_updated_matches_brute_force(history: list[Any]) -> None:
         check_queries(path, check)
 
 
+@HALF_SIZE
 @given(history=many, data=st.data())
 def test_who_revealed_matches_brute_force(history: list[Any], data: st.DataObject) -> None:
     async def check(reader: SqliteProjections) -> None:
@@ -218,6 +224,7 @@ def test_who_revealed_matches_brute_force(history: list[Any], data: st.DataObjec
         check_queries(path, check)
 
 
+@HALF_SIZE
 @given(history=many)
 def test_version_exposure_matches_brute_force(history: list[Any]) -> None:
     async def check(reader: SqliteProjections) -> None:
@@ -237,6 +244,7 @@ def test_version_exposure_matches_brute_force(history: list[Any]) -> None:
         check_queries(path, check)
 
 
+@HALF_SIZE
 @given(history=histories(batches=False, lifecycle=True))
 def test_secrets_never_revealed_matches_brute_force(history: list[Any]) -> None:
     """Sequential commands on a clock that always moves: see the test_bug_ below for equal times."""
@@ -251,6 +259,7 @@ def test_secrets_never_revealed_matches_brute_force(history: list[Any]) -> None:
         check_queries(path, check)
 
 
+@HALF_SIZE
 @given(history=many)
 def test_reveals_with_revoked_keys_matches_brute_force(history: list[Any]) -> None:
     async def check(reader: SqliteProjections) -> None:
@@ -264,6 +273,7 @@ def test_reveals_with_revoked_keys_matches_brute_force(history: list[Any]) -> No
         check_queries(path, check)
 
 
+@HALF_SIZE
 @given(history=many, data=st.data())
 def test_denied_reveals_matches_brute_force(history: list[Any], data: st.DataObject) -> None:
     async def check(reader: SqliteProjections) -> None:
@@ -279,6 +289,7 @@ def test_denied_reveals_matches_brute_force(history: list[Any], data: st.DataObj
         check_queries(path, check)
 
 
+@HALF_SIZE
 @given(history=many, data=st.data())
 def test_reveals_per_actor_matches_brute_force(history: list[Any], data: st.DataObject) -> None:
     async def check(reader: SqliteProjections) -> None:

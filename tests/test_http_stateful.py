@@ -24,6 +24,11 @@ They exclude each other: no members for a reference (422) or a rotating secret (
 policy for a pool or a reference, no reference (by upsert, rollback or restore) for either (409).
 Rotation intervals are an hour or more, so the server's rotation sweep never acts during a run.
 
+SSH public keys too: any key of the org adds one of a few pre-made keys (ed25519, ECDSA, RSA; the same
+one twice in an org is a 409, in two orgs it is not), admin keys and the key that added one remove it
+(403 for others, 404 for another org's, an unknown or a removed id), and the listing matches the model
+after every step: bits, the fingerprint (computed here from the key's blob), comment, label and who added it.
+
 Secret names avoid `%XX` escapes and the dot segments `.`/`..`: Litestar's TestClient unquotes the
 already-decoded path a second time (a test-client quirk: uvicorn does not), and HTTP clients remove
 dot segments. tests/test_cli_e2e.py takes both to a real server.
@@ -31,7 +36,9 @@ dot segments. tests/test_cli_e2e.py takes both to a real server.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import re
 import shutil
 import tempfile
@@ -45,6 +52,8 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -107,7 +116,8 @@ EVENT_TYPES = (
     "secret.revealed", "secret.reveal_denied", "secret.reveal_failed", "secret.rolled_back", "secret.restored",
     "secret.destroyed", "org.settings_changed", "secret.policy_changed", "secret.rotation_configured",
     "secret.rotation_started", "secret.rotated", "secret.member_added", "secret.member_updated",
-    "secret.member_state_changed", "secret.member_removed", "secret.pool_configured",
+    "secret.member_state_changed", "secret.member_removed", "secret.pool_configured", "ssh_key.added",
+    "ssh_key.removed",
 )
 METADATA = {
     "name", "scope", "category", "description", "version", "created_at", "updated_at", "created_by", "updated_by",
@@ -134,6 +144,37 @@ GENERATED = re.compile(r"gen_[0-9a-f]{20}")
 intervals = st.sampled_from((3600, 86_400, 3600, None, 3600, 30, None, 3600))
 # References: vault-kv paths in the FakeStore (the model holds the same dict); "gone" starts missing.
 EXTERNAL_PATHS = ("app/db", "app/api", "gone")
+
+
+@dataclass(frozen=True)
+class SshKeyMade:
+    """A public key line and what the API must say of it (the fingerprint computed here from the blob)."""
+
+    line: str
+    algorithm: str
+    bits: int
+    comment: str
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(base64.b64decode(self.line.split(" ")[1])).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _made(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, algorithm: str, bits: int,
+          comment: str) -> SshKeyMade:
+    raw = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return SshKeyMade(line=f"{raw} {comment}".rstrip(), algorithm=algorithm, bits=bits, comment=comment)
+
+
+# A few SSH public keys, made once: adds meet duplicates (409) and removals within a short run.
+SSH_KEYS = (
+    _made(ed25519.Ed25519PrivateKey.generate(), "ssh-ed25519", 256, "alice@laptop"),
+    _made(ed25519.Ed25519PrivateKey.generate(), "ssh-ed25519", 256, ""),
+    _made(ec.generate_private_key(ec.SECP384R1()), "ecdsa-sha2-nistp384", 384, "ci box"),
+    _made(rsa.generate_private_key(public_exponent=65537, key_size=2048), "ssh-rsa", 2048, "old rsa key"),
+)
+ssh_labels = st.none() | st.sampled_from(("laptop", "build server"))
 
 
 @dataclass
@@ -204,6 +245,15 @@ class MemberModel:
 class RotationModel:
     interval: int
     next_due_at: str  # one interval after the last new value (or after the policy was set)
+
+
+@dataclass
+class SshKeyModel:
+    ssh_key_id: str
+    made: SshKeyMade
+    label: str
+    added_by: str
+    added_at: str
 
 
 @dataclass
@@ -356,6 +406,7 @@ class HttpMachine(RuleBasedStateMachine):
         # Body (without request id) of 404 answers per (operation, name), seen while no org held the name.
         self.missing_bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self.reveals = 0  # pool reveals so far: orders the members' last reveals (least_recent)
+        self.ssh_keys: dict[str, list[SshKeyModel]] = {org: [] for org in ORGS}  # in the order they were added
 
     def teardown(self) -> None:
         try:
@@ -640,6 +691,10 @@ class HttpMachine(RuleBasedStateMachine):
             if reference:
                 self.upsert_as(first, NAMES[3], reference_text(EXTERNAL_PATHS[0]), None, None, None, "none", 1,
                                reference=True)
+            # SSH keys from the start (one the admin added, one a member key), so that removals and
+            # duplicates are met within a short run.
+            self.add_ssh_key_as(first, SSH_KEYS[0], None)
+            self.add_ssh_key_as(next(k for k in self.keys[org] if k.label == "ci"), SSH_KEYS[1], "laptop")
         again = self.send("POST", "/v1/admin/orgs", None, json={"org": ORGS[0]},
                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         self.expect_problem(again, 409)
@@ -735,6 +790,9 @@ class HttpMachine(RuleBasedStateMachine):
             ("POST", member_url(name, MEMBER_NAMES[0], "/enable"), {"json": {"reason": "r"}}),
             ("DELETE", member_url(name, MEMBER_NAMES[0]), {}),
             ("PUT", secret_url(name, "/pool"), {"json": {"selection": "least_recent"}}),
+            ("GET", "/v1/ssh-keys", {}),
+            ("POST", "/v1/ssh-keys", {"json": {"public_key": SSH_KEYS[0].line}}),
+            ("DELETE", "/v1/ssh-keys/ssh_0123456789abcdef", {}),
         ]
         for method, path, kwargs in attempts:
             self.expect_problem(self.send(method, path, key, **kwargs), 401)
@@ -1421,6 +1479,65 @@ class HttpMachine(RuleBasedStateMachine):
         else:
             self.external[path] = value
 
+    # -- SSH keys ------------------------------------------------------------------------------
+
+    @rule(o=org_index, pick=picks, key_pick=picks, label=ssh_labels)
+    def add_ssh_key(self, o: int, pick: int, key_pick: int, label: str | None) -> None:
+        """POST /v1/ssh-keys: any active key of the org; a fingerprint the org holds is a 409."""
+        self.add_ssh_key_as(self.caller(ORGS[o], pick), SSH_KEYS[key_pick % len(SSH_KEYS)], label)
+
+    def add_ssh_key_as(self, caller: KeyModel, made: SshKeyMade, label: str | None) -> None:
+        body = {"public_key": made.line} if label is None else {"public_key": made.line, "label": label}
+        response = self.send("POST", "/v1/ssh-keys", caller, json=body)
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        held = self.ssh_keys[caller.org]
+        same = next((k for k in held if k.made == made), None)
+        if same is not None:
+            self.expect_problem(response, 409)
+            assert same.ssh_key_id in response.json()["detail"]
+            event("the same SSH key twice")
+            return
+        assert response.status_code == 201, response.text
+        info = response.json()
+        assert (info["algorithm"], info["bits"], info["fingerprint"], info["comment"], info["public_key"]) == (
+            made.algorithm, made.bits, made.fingerprint, made.comment, made.line)
+        assert info["label"] == (label or made.comment or made.algorithm)
+        assert info["added_by"] == caller.key_id
+        assert all(info["ssh_key_id"] != k.ssh_key_id for keys in self.ssh_keys.values() for k in keys)
+        if any(k.made == made for keys in self.ssh_keys.values() for k in keys):
+            event("an SSH key another org holds")
+        self.mark_used(caller, "ssh_key.added")
+        held.append(SshKeyModel(ssh_key_id=info["ssh_key_id"], made=made, label=info["label"],
+                                added_by=caller.key_id, added_at=info["added_at"]))
+
+    @rule(o=org_index, pick=picks, target_pick=picks, whose=st.sampled_from(("own", "own", "foreign", "unknown")))
+    def remove_ssh_key(self, o: int, pick: int, target_pick: int, whose: str) -> None:
+        """DELETE /v1/ssh-keys/{id}: admin keys or the key that added it (else 403); another org's, an unknown
+        or a removed id is a 404."""
+        org = ORGS[o]
+        caller = self.caller(org, pick)
+        held = self.ssh_keys[org if whose == "own" else ORGS[1 - o]]
+        target = held[target_pick % len(held)] if held and whose != "unknown" else None
+        ssh_key_id = target.ssh_key_id if target is not None else f"ssh_{target_pick:016x}"
+        response = self.send("DELETE", f"/v1/ssh-keys/{ssh_key_id}", caller)
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if target is None or whose == "foreign":
+            self.expect_problem(response, 404)
+            return
+        if caller.role != "admin" and caller.key_id != target.added_by:
+            self.expect_problem(response, 403)
+            event("an SSH key's removal refused")
+            return
+        assert response.status_code == 204, response.text
+        if caller.key_id == target.added_by and caller.role != "admin":
+            event("an SSH key removed by the key that added it")
+        self.mark_used(caller, "ssh_key.removed")
+        held.remove(target)
+
     # -- invariants ----------------------------------------------------------------------------
 
     def list_all(self, org: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1497,6 +1614,19 @@ class HttpMachine(RuleBasedStateMachine):
                     assert row["last_used_at"] is None
 
     @invariant()
+    def ssh_keys_match_model(self) -> None:
+        if not self.observer:
+            return
+        for org in ORGS:
+            response = self.send("GET", "/v1/ssh-keys", self.observer[org])
+            assert response.status_code == 200, response.text
+            rows = response.json()["ssh_keys"]
+            assert [(r["ssh_key_id"], r["label"], r["added_by"], r["added_at"], r["fingerprint"], r["bits"],
+                     r["public_key"]) for r in rows] == [
+                (k.ssh_key_id, k.label, k.added_by, k.added_at, k.made.fingerprint, k.made.bits, k.made.line)
+                for k in self.ssh_keys[org]]
+
+    @invariant()
     def events_match_model(self) -> None:
         # One query (on PostgreSQL each is a connection of its own): reveals, denied ones (expired or out of
         # scope), rollbacks, restores, destructions and settings changes are all counted by type here.
@@ -1506,7 +1636,10 @@ class HttpMachine(RuleBasedStateMachine):
         assert counted == {t: n for t, n in self.events.items() if n}
 
 
-HttpMachine.TestCase.settings = settings(stateful_step_count=25)
+# Two thirds of the profile's runs (40 in CI): the slowest module of the suite; the soak profile runs 400.
+HttpMachine.TestCase.settings = settings(
+    stateful_step_count=25, max_examples=max(10, (settings.default.max_examples or 60) * 2 // 3)
+)
 TestHttpStateful = HttpMachine.TestCase
 
 
@@ -1517,9 +1650,9 @@ class PostgresHttpMachine(HttpMachine):
         return self.cleanup.enter_context(pg_database())
 
 
-# A third of the runs: each starts a database, and the SQLite machine covers the API's rules at full size.
+# A quarter of the runs (15 in CI): each starts a database, and the SQLite machine covers the API's rules.
 PostgresHttpMachine.TestCase.settings = settings(
-    stateful_step_count=25, max_examples=max(10, (settings.default.max_examples or 60) // 3)
+    stateful_step_count=25, max_examples=max(10, (settings.default.max_examples or 60) // 4)
 )
 TestPostgresHttpStateful = needs_postgres(PostgresHttpMachine.TestCase)
 

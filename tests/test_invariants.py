@@ -139,7 +139,7 @@ async def reopen(ledger: Ledger, keyring: Keyring) -> Ledger:
 _LEDGER_WRITES = re.compile(
     r"\b(UPDATE\s+(OR\s+\w+\s+)?events\b|DELETE\s+FROM\s+events\b|(INSERT\s+OR\s+)?REPLACE\s+INTO\s+events\b"
     # Projection tables are derived and may be dropped and rebuilt (their schema changed); nothing else.
-    r"|DROP\s+TRIGGER\b|DROP\s+TABLE\s+(IF\s+EXISTS\s+)?(?!(IF|secrets|api_keys|audit|secret_versions|secret_rotation)\b)\w+"
+    r"|DROP\s+TRIGGER\b|DROP\s+TABLE\s+(IF\s+EXISTS\s+)?(?!(IF|secrets|api_keys|audit|secret_versions|secret_rotation|ssh_keys|dashboard_sessions)\b)\w+"
     r"|ALTER\s+TABLE\s+events\b)",
     re.IGNORECASE,
 )
@@ -611,7 +611,8 @@ async def test_bug_invariant_7_appends_move_the_positions_of_projectors_that_did
     await ledger.upsert_secret(ctx_for(admin), "acme", "db", b"v")
     positions = await ledger.recorder.projection_positions()
     await ledger.stop()
-    assert positions == {"secrets": 3, "api_keys": 2, "audit": 2, "secret_versions": 2, "secret_rotation": 2}
+    assert positions == {"secrets": 3, "api_keys": 2, "audit": 2, "secret_versions": 2, "secret_rotation": 2,
+                         "ssh_keys": 2, "dashboard_sessions": 2}
 
     ledger = Ledger(SqliteRecorder(db_path, all_projectors()), keyring)
     await ledger.start()

@@ -18,6 +18,8 @@ never echo what they were given.
 | `ledger.idempotency.validate_idempotency_key` | Idempotency-Key | ValidationError |
 | `ledger.model.validate_*` | org ids, names, labels, scopes... | ValidationError |
 | `ledger.checkpoint.parse_checkpoint` | checkpoint text | CheckpointError |
+| `ledger.crypto.parse_ssh_public_key` | an SSH public key line | ValidationError (fixed templates) |
+| `ledger.sessions.validate_session_id` | a dashboard session id | ValidationError |
 | `ledger.export.verify_export`, `ledger.codec.decode_event` | export lines, event bodies | a report; IntegrityError |
 | `api.auth.bearer_token`, `api.middleware.request_id_of` | Authorization, X-Request-ID | UnauthenticatedError; new id |
 | the app (Litestar + the above) | raw header bytes, query text, JSON bodies | a 4xx problem, never a 5xx |
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import re
 import string
 import tempfile
@@ -41,6 +44,8 @@ from urllib.parse import quote_from_bytes
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
@@ -57,6 +62,9 @@ from ledger.codec import decode_event, encode_event
 from ledger.crypto import (
     IV_BYTES,
     KEY_BYTES,
+    MAX_SSH_COMMENT_CHARS,
+    MAX_SSH_PUBLIC_KEY_CHARS,
+    SSH_KEY_TYPES,
     TAG_BYTES,
     Keyring,
     MasterKey,
@@ -64,6 +72,7 @@ from ledger.crypto import (
     new_data_key,
     open_value,
     parse_sealed,
+    parse_ssh_public_key,
     seal_value,
     verify_signature,
 )
@@ -81,6 +90,7 @@ from ledger.model import (
     validate_text,
 )
 from ledger.service import Ledger
+from ledger.sessions import validate_session_id
 from ledger.sqlite_store import SqliteRecorder, iter_org_records
 from ledger.timefmt import rfc3339
 from projections.sqlite_tables import all_projectors
@@ -562,6 +572,78 @@ def test_scopes_categories_and_roles_are_members_of_their_vocabulary_or_a_valida
         assert (result == text and text in vocabulary) or isinstance(result, ValidationError)
 
 
+# -- SSH public keys and dashboard session ids -------------------------------------------------------------------------
+
+
+def _ssh_line(key: Any, comment: str) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{raw.decode()} {comment}".rstrip()
+
+
+# Made once (RSA takes a moment), so that the strategies stay deterministic.
+SSH_LINES = (
+    _ssh_line(ed25519.Ed25519PrivateKey.generate(), "dev@laptop"),
+    _ssh_line(ed25519.Ed25519PrivateKey.generate(), ""),
+    _ssh_line(ec.generate_private_key(ec.SECP256R1()), "ci box"),
+    _ssh_line(ec.generate_private_key(ec.SECP521R1()), "x"),
+    _ssh_line(rsa.generate_private_key(public_exponent=65537, key_size=2048), "old key"),
+    _ssh_line(rsa.generate_private_key(public_exponent=65537, key_size=1024), "too short"),
+)
+_TYPES = "|".join(re.escape(kind) for kind in SSH_KEY_TYPES)
+SSH_KEY_ERRORS = tuple(f"public_key: {template}" for template in (
+    r"this looks like a private key, which is refused and not kept: send the public key only \(the \.pub file\), "
+    r"and keep the private key where it is",
+    rf"must be at most {MAX_SSH_PUBLIC_KEY_CHARS} characters",
+    r"must not be empty",
+    r"must be one line: a single OpenSSH public key \(type, base64 data and an optional comment\)",
+    r"DSA keys are refused \(insecure, and OpenSSH no longer accepts them\): use an ed25519 key",
+    r"SSH certificates are refused: send the public key itself",
+    rf"must be an OpenSSH public key of type {re.escape(', '.join(SSH_KEY_TYPES))} \(nothing before the type, "
+    r"such as authorized_keys options\)",
+    rf"has no key data after the type ({_TYPES})",
+    r"the key data is not (valid|canonical) base64",
+    rf"the key data is not a valid ({_TYPES}) public key",
+    r"RSA keys must have at least 2048 bits, this one has \d+: use an ed25519 key, or RSA of 3072 or 4096 bits",
+    r"RSA keys may have at most 16384 bits",
+    rf"the comment must be at most {MAX_SSH_COMMENT_CHARS} characters",
+    r"the comment must not contain control characters",
+))
+
+
+@FUZZ
+@given(text=untrusted(st.sampled_from(SSH_LINES)))
+@example(text="ssh-dss AAAAB3NzaC1kc3M= x")
+@example(text=SSH_LINES[0] + "\u2028" + SSH_LINES[1])
+def test_an_ssh_public_key_parses_or_is_refused_with_a_template_that_quotes_nothing(text: str) -> None:
+    result = raises_only(ValidationError, lambda: parse_ssh_public_key(text))
+    if isinstance(result, ValidationError):
+        assert result.field == "public_key"
+        assert_clear(result, SSH_KEY_ERRORS)
+        return
+    # A parse: one of the accepted types, its fingerprint over the blob, and a normal form that parses the same.
+    assert result.algorithm in SSH_KEY_TYPES and result.bits >= 256
+    kind, data = result.public_key.split(" ")[:2]
+    digest = hashlib.sha256(base64.b64decode(data)).digest()
+    assert result.fingerprint == "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    assert parse_ssh_public_key(result.public_key) == result
+    assert kind == result.algorithm and "\n" not in result.public_key
+
+
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{20,64}")
+
+
+@FUZZ
+@given(text=untrusted(st.from_regex(SESSION_ID, fullmatch=True)))
+@example(text="a" * 20 + "\n")
+def test_a_session_id_is_the_documented_pattern_exactly_or_a_validation_error(text: str) -> None:
+    result = raises_only(ValidationError, lambda: validate_session_id(text))
+    if isinstance(result, ValidationError):
+        assert result.field == "session_id"
+        assert_clear(result, (r"session_id: must be 20-64 characters of A-Z, a-z, 0-9, '-' and '_'",))
+    else:
+        assert result == text and SESSION_ID.fullmatch(text), repr(text)
+
+
 # -- checkpoint text -------------------------------------------------------------------------------------------------
 
 SIGNING_KEY = SigningKey(bytes(range(KEY_BYTES)))
@@ -826,6 +908,7 @@ JSON_ROUTES = (
     ("/v1/secrets/a/reveal", '{"reason":"r"}'),
     ("/v1/keys", '{"label":"l","role":"member","scope":"all"}'),
     ("/v1/admin/orgs", '{"org":"o"}'),
+    ("/v1/ssh-keys", msgspec.json.encode({"public_key": SSH_LINES[0], "label": "l"}).decode()),
 )
 
 

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +35,20 @@ DUMPS = {
     "audit": "SELECT * FROM audit ORDER BY seq",
     "secret_versions": "SELECT * FROM secret_versions ORDER BY org, name, version",
     "secret_rotation": "SELECT * FROM secret_rotation ORDER BY org, name",
+    "ssh_keys": "SELECT * FROM ssh_keys ORDER BY ssh_key_id",
+    "dashboard_sessions": "SELECT * FROM dashboard_sessions ORDER BY session_id",
 }
+
+
+def _public_line(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey, comment: str) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{raw.decode()} {comment}".strip()
+
+
+# SSH public keys to add (a few, so that the same one is added twice, in one org or two) and session ids.
+SSH_KEYS = (*(_public_line(ed25519.Ed25519PrivateKey.generate(), f"dev{i}@laptop") for i in range(3)),
+            _public_line(ec.generate_private_key(ec.SECP256R1()), ""))
+SESSION_IDS = tuple(f"session-{i}-" + "x" * 20 for i in range(3))
 
 index = st.integers(min_value=0, max_value=20)  # an actor or a target, as an index into the keys made so far
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=8)
@@ -50,6 +65,10 @@ simple_ops = st.one_of(
     st.tuples(st.just("delete"), index, st.sampled_from(NAMES), maybe(st.integers(min_value=1, max_value=4))),
     st.tuples(st.just("key"), index, st.sampled_from(ROLES), st.sampled_from(SCOPES)),
     st.tuples(st.just("revoke"), index, index),
+    st.tuples(st.just("ssh_add"), index, st.sampled_from(SSH_KEYS)),
+    st.tuples(st.just("ssh_remove"), index, index),
+    st.tuples(st.just("session_start"), index, st.sampled_from(SESSION_IDS)),
+    st.tuples(st.just("session_end"), index, st.sampled_from(SESSION_IDS)),
 )
 ops = st.one_of(
     simple_ops,
@@ -69,6 +88,7 @@ class Scenario:
         self.keyring = keyring
         self.ledger = Ledger(SqliteRecorder(path, all_projectors()), keyring)
         self.keys: list[CreatedKey] = []
+        self.ssh_key_ids: list[str] = []
 
     async def start(self) -> None:
         await self.ledger.start()
@@ -91,6 +111,15 @@ class Scenario:
             await self.ledger.delete_secret(ctx, org, op[2], if_match=op[3])
         elif kind == "key":
             self.keys.append(await self.ledger.create_api_key(ctx, org, f"{op[2]}-{op[3]}", op[2], op[3]))
+        elif kind == "ssh_add":
+            self.ssh_key_ids.append((await self.ledger.add_ssh_key(ctx, org, op[2])).ssh_key_id)
+        elif kind == "ssh_remove":
+            if self.ssh_key_ids:
+                await self.ledger.remove_ssh_key(ctx, org, self.ssh_key_ids[op[2] % len(self.ssh_key_ids)])
+        elif kind == "session_start":
+            await self.ledger.start_session(ctx, org, op[2])
+        elif kind == "session_end":
+            await self.ledger.end_session(ctx, org, op[2])
         else:
             await self.ledger.revoke_api_key(ctx, org, self.keys[op[2] % len(self.keys)].key_id)
 
@@ -161,6 +190,12 @@ def scribble(path: Path) -> None:
                      "'scribbled', 1) ON CONFLICT DO NOTHING")
         conn.execute("UPDATE secret_rotation SET failures = failures + 7")
         conn.execute("UPDATE api_keys SET last_used_at = NULL, revoked_at = 42, label = 'scribbled'")
+        conn.execute("UPDATE ssh_keys SET label = 'scribbled', bits = bits + 1")
+        conn.execute("INSERT INTO ssh_keys VALUES ('ssh_ghost', 'acme', 'l', 'ssh-ed25519', 256, 'SHA256:x', '', "
+                     "'ssh-ed25519 AAAA', 1, 'x') ON CONFLICT DO NOTHING")
+        conn.execute("UPDATE dashboard_sessions SET ended_at = 42")
+        conn.execute("INSERT INTO dashboard_sessions VALUES ('ghost-session-xxxxxxxxxxx', 'acme', 'x', 1, NULL) "
+                     "ON CONFLICT DO NOTHING")
         conn.execute("DELETE FROM audit WHERE seq % 2 = 0")
         conn.execute("UPDATE audit SET outcome = 'scribbled'")
         conn.execute("COMMIT")

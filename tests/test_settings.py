@@ -48,3 +48,13 @@ def test_rotation_timings_come_from_the_environment_and_are_checked() -> None:
                            ("KEYLEDGER_WEBHOOK_TIMEOUT_SECONDS", "301")):
         with pytest.raises(ValueError, match=variable):
             Settings.from_env({variable: text}, master_key=key)
+
+
+def test_the_dashboard_s_idle_timeout_comes_from_the_environment_in_minutes() -> None:
+    key = MasterKey.generate()[0]
+    assert Settings.from_env({}, master_key=key).session_idle_minutes == 30.0
+    assert Settings.from_env({"KEYLEDGER_SESSION_IDLE_MINUTES": "5"}, master_key=key).session_idle_minutes == 5.0
+    for text, message in (("0.5", "must be 1 to 10080 minutes"), ("nan", "must be 1 to 10080 minutes"),
+                          ("soon", "expected a number of minutes")):
+        with pytest.raises(ValueError, match=message):
+            Settings.from_env({"KEYLEDGER_SESSION_IDLE_MINUTES": text}, master_key=key)

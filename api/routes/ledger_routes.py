@@ -81,21 +81,25 @@ class LedgerController(Controller):
         summary="Verify the org's whole chain, and its latest signed checkpoint",
     )
     async def verify(self, principal: NamedDependency[Principal], ledger: NamedDependency[Ledger]) -> VerifyOut:
-        org = principal.org
-        checkpoint = await ledger.recorder.latest_checkpoint(org)
-        records: list[StoredRecord] = []
-        after = 0
-        while chunk := await ledger.recorder.read_org(org, after, VERIFY_CHUNK):
-            records.extend(chunk)
-            after = chunk[-1].org_seq
-        report = verify_org_records(records, org, checkpoint)
-        org_seq, head = report.orgs.get(org, (0, ""))
-        return VerifyOut(
-            ok=report.ok,
-            checked=report.checked,
-            org_seq=org_seq,
-            head=head or None,
-            first_bad_seq=report.first_bad_seq,
-            reason=report.reason,
-            checkpoint_org_seq=checkpoint.org_seq if checkpoint else None,
-        )
+        return await verify_org(ledger, principal.org)
+
+
+async def verify_org(ledger: Ledger, org: str) -> VerifyOut:
+    """Verify the org's whole chain from the stored records, and its latest signed checkpoint."""
+    checkpoint = await ledger.recorder.latest_checkpoint(org)
+    records: list[StoredRecord] = []
+    after = 0
+    while chunk := await ledger.recorder.read_org(org, after, VERIFY_CHUNK):
+        records.extend(chunk)
+        after = chunk[-1].org_seq
+    report = verify_org_records(records, org, checkpoint)
+    org_seq, head = report.orgs.get(org, (0, ""))
+    return VerifyOut(
+        ok=report.ok,
+        checked=report.checked,
+        org_seq=org_seq,
+        head=head or None,
+        first_bad_seq=report.first_bad_seq,
+        reason=report.reason,
+        checkpoint_org_seq=checkpoint.org_seq if checkpoint else None,
+    )

@@ -262,7 +262,7 @@ class SecretAccessController(Controller):
 
     @put("/{name:str}/members/{member:str}", operation_id="PutMember", tags=POOLS, status_code=HTTP_200_OK,
          responses={201: ResponseSpec(data_container=MemberInfo, description="Created"),
-                    **problems(*COMMON, 404)},
+                    **problems(*COMMON, 404, 409)},  # 409: the secret has a rotation policy
          summary="Add a pool member, or give it a new value (200 when updated, 201 when created)")
     async def put_member(
         self,

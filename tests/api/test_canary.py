@@ -15,6 +15,11 @@ generator rotation (unknown until revealed once, then canaries like the others),
 external manager. A reference's text is configuration kept sealed: it appears in no response, log or
 file, and the master key opens it. The value fetched through it (from an in-memory Vault KV registered
 in the app) is the secret: it appears in reveal answers only, and never in the database.
+
+SSH public keys hold nothing secret, so nothing is planted through them; but what is sent to their
+routes and refused (a DSA or short RSA key, a certificate, a private key sent by mistake, garbage, a
+label too long, a duplicate, another key's removal, an unknown id) carries a canary that must appear in
+no answer, log or file either.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from urllib.parse import quote
 import httpx
 import msgspec
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from litestar import Litestar
 from litestar.testing import TestClient
 
@@ -691,6 +698,7 @@ class Scenario:
         self.refuse(403, "PUT", "/v1/org/settings", key=member, json={"recovery_window_days": 1},
                     headers={"X-Note": value}, value=value)
         self.run_access_refusals(admin, member)
+        self.run_ssh_key_refusals(admin, member)
         # 503: the append fails; the value was sealed but never committed.
         value = canary()
         client.app.state.ledger.recorder.fail_next_commits = 1
@@ -807,6 +815,60 @@ class Scenario:
         refuse_each(412, "POST", "/v1/secrets",
                     [lambda v: {"name": "referenced", "value": f"vault-kv://s/{v}", "reference": True}],
                     headers={"If-Match": '"7"'})
+
+    def run_ssh_key_refusals(self, admin: Key, member: Key) -> None:
+        """Canaries sent to the SSH key routes, all refused: never quoted back (these routes take any text)."""
+        client = self.client
+
+        def line(key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -> str:
+            return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                 serialization.PublicFormat.OpenSSH).decode()
+
+        good, other = line(ed25519.Ed25519PrivateKey.generate()), line(ed25519.Ed25519PrivateKey.generate())
+        short_rsa = line(rsa.generate_private_key(public_exponent=65537, key_size=1024))
+        data = good.split(" ")[1]
+        for make in (
+            lambda v: {"public_key": v},
+            lambda v: {"public_key": f"ssh-dss {data} {v}"},
+            lambda v: {"public_key": f"{short_rsa} {v}"},
+            lambda v: {"public_key": f"ssh-ed25519-cert-v01@openssh.com {data} {v}"},
+            lambda v: {"public_key": f"{v} {data}"},
+            lambda v: {"public_key": f"ssh-ed25519 {v}"},
+            lambda v: {"public_key": f"{good} {v}\x07"},
+            lambda v: {"public_key": f"{good}\n{other} {v}"},
+            lambda v: {"public_key": f"-----BEGIN OPENSSH PRIVATE KEY-----\n{v}\n-----END OPENSSH PRIVATE KEY-----\n"},
+            lambda v: {"public_key": f"PuTTY-User-Key-File-3: ssh-ed25519\nPrivate-Lines: 1\n{v}\n"},
+            lambda v: {"public_key": f"{good} {v}" + "c" * 1100},
+            lambda v: {"public_key": good, "label": v + "l" * 200},
+            lambda v: {"public_key": good, "note": v},
+            lambda v: {"public_key": [v]},
+        ):
+            value = canary()
+            self.refuse(422, "POST", "/v1/ssh-keys", key=admin, json=make(value), value=value)
+        value = canary()
+        self.refuse(422, "POST", "/v1/ssh-keys", key=admin,
+                    content=b'{"public_key": "' + good.encode() + b" " + value.encode() + b'",}', value=value)
+        # A duplicate (its label a canary), another key's removal, an unknown id, a reused idempotency key.
+        added = client.post("/v1/ssh-keys", json={"public_key": good, "label": "laptop"}, headers=admin.headers)
+        assert added.status_code == 201, added.text
+        value = canary()
+        self.refuse(409, "POST", "/v1/ssh-keys", key=member, json={"public_key": good + " " + value, "label": value},
+                    value=value)
+        value = canary()
+        self.refuse(403, "DELETE", f"/v1/ssh-keys/{added.json()['ssh_key_id']}", key=member,
+                    headers={"X-Note": value}, value=value)
+        value = canary()  # (not in the path: the test client itself logs every URL)
+        self.refuse(404, "DELETE", "/v1/ssh-keys/ssh_0000000000000000", key=admin, headers={"X-Note": value},
+                    value=value)
+        first = client.post("/v1/ssh-keys", json={"public_key": other}, headers={**admin.headers,
+                                                                                 "Idempotency-Key": "reused-ssh"})
+        assert first.status_code == 201, first.text
+        value = canary()
+        self.refuse(422, "POST", "/v1/ssh-keys", key=admin, json={"public_key": other, "label": value},
+                    headers={"Idempotency-Key": "reused-ssh"}, value=value)
+        value = canary()
+        self.refuse(401, "POST", "/v1/ssh-keys", key=None, json={"public_key": f"{good} {value}"},
+                    headers={"Authorization": "Bearer rt_live_" + "Q" * 40}, value=value)
 
     def check_responses(self) -> None:
         every = self.stored + self.refused

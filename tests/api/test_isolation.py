@@ -10,6 +10,9 @@ The same holds for what surrounds a value: acme's `target` has a reveal policy a
 and its `pool` is a key pool (two members, one disabled, least-recent selection). globex reads and
 changes policies, rotation and members under acme's names (and asks who could reveal them), and gets
 the answers a missing name gets; acme's policies, rotation schedule and members stay as they were.
+
+acme also holds an SSH public key: globex lists only its own, removes acme's as it would an unknown id
+(404, alike), and adds the same public key as its own (no conflict: nothing tells it acme has it).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from litestar import Litestar
 from litestar.testing import TestClient
 
@@ -62,6 +67,9 @@ FAR_EXPIRY = "2099-01-01T00:00:00.000000Z"  # as the API prints it
 PAST_EXPIRY = "2001-01-01T00:00:00Z"
 ROTATION = {"interval_seconds": 3600, "rotator": {"kind": "generator", "length": 24, "alphabet": "hex"}}
 WEBHOOK_ROTATION = {"interval_seconds": 60, "rotator": {"kind": "webhook", "url": "http://127.0.0.1:1/rotate"}}
+# acme's SSH public key (the same in every world, so that globex's answers compare).
+ACME_SSH_KEY = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+    serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " acme-only-value-ssh"
 
 
 def member_path(name: str, member: str, suffix: str = "") -> str:
@@ -100,6 +108,9 @@ def open_world(db: Path | PgDsn, *, with_target: bool, deleted: bool = False) ->
             assert client.post(secret_path("target", "/reveal"), headers=acme.headers).status_code == 200
             upsert(client, acme, "lapsed", "acme-only-value-lapsed", expires_at=PAST_EXPIRY, expect=201)
             give_acme_access_rules(client, acme)
+            added = client.post("/v1/ssh-keys", json={"public_key": ACME_SSH_KEY, "label": "acme laptop"},
+                                headers=acme.headers)
+            assert added.status_code == 201, added.text
             if deleted:
                 assert client.delete(secret_path("target"), headers=acme.headers).status_code == 204
         yield World(client, db, acme, globex)
@@ -208,6 +219,8 @@ QUESTIONS: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
      {"If-Match": '"2"'}),
     ("POST", "/v1/secrets", {"name": "pool", "value": "aws-sm://us-east-1/id", "reference": True},
      {"If-Match": "*"}),
+    # SSH keys: globex lists its own (none).
+    ("GET", "/v1/ssh-keys", None, {}),
 ]
 # Parts of an answer that differ between two worlds built alike (ids, times, positions, hashes).
 VOLATILE = {"seq", "time", "at", "key_id", "actor", "request_id", "prev_hash", "hash", "next_cursor", "created_at",
@@ -369,6 +382,7 @@ def acme_holdings(world: World) -> tuple[Any, ...]:
         [comparable(client.get(secret_path(name, suffix), headers=headers))
          for name, suffix in (("target", "/policy"), ("target", "/rotation"), ("pool", "/members"))],
         comparable(client.get("/v1/compliance/rotations", params={"all": "true"}, headers=headers)),
+        comparable(client.get("/v1/ssh-keys", headers=headers)),
     )
 
 
@@ -598,6 +612,32 @@ def test_another_orgs_key_never_lists_its_secrets(foreign: World) -> None:
     assert acme_names == ["a1", "a2", "lapsed", "m-acme", "pool", "target", "z-acme"]
 
 
+def test_another_orgs_key_cannot_list_or_remove_its_ssh_keys(foreign: World, missing: World) -> None:
+    client, acme, globex = foreign.client, foreign.acme, foreign.globex
+    (acmes,) = client.get("/v1/ssh-keys", headers=acme.headers).json()["ssh_keys"]
+    assert (acmes["comment"], acmes["label"]) == ("acme-only-value-ssh", "acme laptop")
+    member = create_key(client, globex, label="globex member")
+    answers = []
+    for world, key in ((foreign, globex), (foreign, member), (missing, missing.globex)):
+        before = max_seq(world.db)
+        listed = world.client.get("/v1/ssh-keys", headers=key.headers)
+        assert listed.json() == {"ssh_keys": []}
+        removed = world.client.delete(f"/v1/ssh-keys/{acmes['ssh_key_id']}", headers=key.headers)
+        assert removed.status_code == 404, removed.text
+        assert "acme" not in removed.text
+        assert max_seq(world.db) == before
+        answers.append(comparable(removed))
+    assert answers[0] == answers[1] == answers[2]
+    # The same public key is globex's own to add (a conflict would tell that acme holds it), and to remove.
+    for world in (foreign, missing):
+        mine = world.client.post("/v1/ssh-keys", json={"public_key": ACME_SSH_KEY}, headers=world.globex.headers)
+        assert mine.status_code == 201, mine.text
+        assert mine.json()["fingerprint"] == acmes["fingerprint"] and mine.json()["ssh_key_id"] != acmes["ssh_key_id"]
+        assert world.client.delete(f"/v1/ssh-keys/{mine.json()['ssh_key_id']}",
+                                   headers=acme.headers if world is foreign else world.acme.headers).status_code == 404
+    assert client.get("/v1/ssh-keys", headers=acme.headers).json()["ssh_keys"] == [acmes]
+
+
 def test_another_orgs_key_never_lists_its_keys(foreign: World) -> None:
     client = foreign.client
     acme_member = create_key(client, foreign.acme, label="acme-member")
@@ -638,6 +678,7 @@ ACCESS_OPERATIONS = {
     ("POST", "/v1/secrets/{name}/members/{member}/enable"), ("PUT", "/v1/secrets/{name}/pool"),
     ("GET", "/v1/compliance/rotations"), ("GET", "/v1/compliance/who-could-reveal"),
 }
+SSH_KEY_OPERATIONS = {("GET", "/v1/ssh-keys"), ("POST", "/v1/ssh-keys"), ("DELETE", "/v1/ssh-keys/{ssh_key_id}")}
 QUERY_VARIANTS = {
     ("DELETE", "/v1/secrets/{name}"): {"purge": "true"},
     ("GET", "/v1/secrets"): {"deleted": "true"},
@@ -654,14 +695,16 @@ def test_revoked_and_malformed_credentials_are_401_on_every_route_and_method(for
     before = max_seq(foreign.db)
     operations = every_operation(client)
     assert len(operations) >= 20
-    assert set(operations) >= LIFECYCLE_OPERATIONS | ACCESS_OPERATIONS
+    assert set(operations) >= LIFECYCLE_OPERATIONS | ACCESS_OPERATIONS | SSH_KEY_OPERATIONS
     credentials = [*MALFORMED, f"Bearer {revoked.api_key}", f"Bearer {foreign.acme.api_key}x"]
     bodies: list[Any] = [None, {"name": "target", "value": "v"}, {"org": "x"}, "not json", {"name": 5},
                          {"version": 1}, {"recovery_window_days": 0}, {"value": "v"}, ROTATION,
                          {"roles": ["admin"]}, {"selection": "round_robin"},
-                         {"name": "target", "value": "vault-kv://secret/x#k", "reference": True}]
+                         {"name": "target", "value": "vault-kv://secret/x#k", "reference": True},
+                         {"public_key": ACME_SSH_KEY}]
     for method, path in operations:
-        url = path.replace("{name}", "target").replace("{key_id}", foreign.acme.key_id).replace("{member}", "a")
+        url = (path.replace("{name}", "target").replace("{key_id}", foreign.acme.key_id).replace("{member}", "a")
+               .replace("{ssh_key_id}", "ssh_0123456789abcdef"))
         for i, credential in enumerate(credentials):
             headers = {} if credential is None else {"Authorization": credential.encode("utf-8")}
             body = bodies[i % len(bodies)] if method in ("POST", "PUT") else None

@@ -6,7 +6,8 @@ conforms to the document (status code, content type, body schema).
   steps, ~11,000: the module's last test counts the cases actually sent and asserts >= 10,000.
 - Stateful: schemathesis' state machine follows the document's OpenAPI links (`api/openapi_links.py`):
   upsert -> get / reveal / update / delete (with the ETag as If-Match) -> get again (404), create a
-  key -> revoke it -> revoke it again (404), create an org -> create it again (409), list -> next page.
+  key -> revoke it -> revoke it again (404), create an org -> create it again (409), list -> next page,
+  add an SSH key -> remove it -> remove it again (404).
   It asserts that the links were followed and reached the answers they lead to.
 
 Bigger runs: `KEYLEDGER_FUZZ_EXAMPLES=2000 .venv/bin/pytest tests/api/test_schemathesis.py` (the stateful
@@ -45,6 +46,8 @@ from typing import Any, ClassVar
 
 import pytest
 import schemathesis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis.checks import not_a_server_error
@@ -68,7 +71,7 @@ FUZZ_EXAMPLES = int(os.environ.get("KEYLEDGER_FUZZ_EXAMPLES", str(DEFAULT_FUZZ_E
 MIN_CASES = 10_000  # in the default (CI) run: stateless, coverage and stateful cases together
 STATEFUL_SCENARIOS = 25  # per run of the state machine: runs follow one another up to the step budget
 STATEFUL_STEPS = 12
-STATEFUL_STEP_BUDGET = 3 * max(FUZZ_EXAMPLES, DEFAULT_FUZZ_EXAMPLES)  # what the link assertions need
+STATEFUL_STEP_BUDGET = 4 * max(FUZZ_EXAMPLES, DEFAULT_FUZZ_EXAMPLES)  # what the link assertions need
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Names the generators tend to produce, so that get, reveal and delete also reach their 2xx answers.
 SEEDED_NAMES = ("0", "00", "000", "a", "A", "aa", "fuzz secret")
@@ -195,6 +198,7 @@ BODY_FIELDS = {
     "PutMember": ("value", "label"),
     "PutPolicy": ("key_ids", "labels", "roles"),
     "PutRotation": ("interval_seconds", "rotator"),
+    "AddSshKey": ("public_key", "label"),
 }
 
 
@@ -202,16 +206,27 @@ def storable(text: str) -> str:
     return "".join("_" if char == "/" or unicodedata.category(char) in ("Cc", "Cs") else char for char in text)
 
 
+def fresh_public_key() -> str:
+    """A new ed25519 public key line: generated text is never one, so that an added key can be removed."""
+    raw = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return raw.decode() + " fuzz@keyledger"
+
+
 @links_schema.hooks.hook("map_body").apply_to(operation_id=list(BODY_FIELDS))  # type: ignore[untyped-decorator]
 def accepted_body(context: Any, body: Any) -> Any:
     if not isinstance(body, dict) or context.operation is None:
         return body
-    fields = BODY_FIELDS[context.operation.definition.raw["operationId"]]
-    return {
+    operation = context.operation.definition.raw["operationId"]
+    fields = BODY_FIELDS[operation]
+    accepted = {
         key: storable(value) if isinstance(value, str) and key != "value" else value
         for key, value in body.items()
         if key in fields
     }
+    if operation == "AddSshKey":
+        accepted["public_key"] = fresh_public_key()
+    return accepted
 
 
 class LinkedCalls(links_schema.as_state_machine()):  # type: ignore[misc]
@@ -278,11 +293,13 @@ def test_the_stateful_calls_follow_the_documents_links(orgs: Orgs) -> None:
         ("UpdateSecret", "UpsertSecret"),
         ("RevokeApiKey", "RevokeApiKey"),
         ("CreateAgain", "CreateOrg"),
+        ("RemoveSshKey", "RemoveSshKey"),
     }
     assert reached >= expected, sorted(LINKED.items())
     statuses = {(target, status) for (_, target, status) in LINKED}
     # The answers only a followed link reaches: a real name, key id or org id taken from an answer.
-    assert {("GetSecret", 200), ("RevealSecret", 200), ("DeleteSecret", 204), ("RevokeApiKey", 204)} <= statuses, (
+    assert {("GetSecret", 200), ("RevealSecret", 200), ("DeleteSecret", 204), ("RevokeApiKey", 204),
+            ("RemoveSshKey", 204)} <= statuses, (
         sorted(LINKED.items())
     )
     assert ("CreateOrg", 409) in statuses, sorted(LINKED.items())
