@@ -36,12 +36,21 @@ async def require_session(request: Request[Any, Any, Any]) -> Response[Any] | No
     if request.method not in _SAFE_METHODS:
         form = await request.form()
         given = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
-        if not csrf_matches(user.csrf_token, given if isinstance(given, str) else None):
-            return page(request, user, "error.html", status=403, title="Form refused",
-                        message="This form did not come from this page of keyledger, or it is out of date. "
-                                "Reload the page and try again. Nothing was changed.")
+        if not from_this_site(request) or not csrf_matches(user.csrf_token, given if isinstance(given, str) else None):
+            refused = page(request, user, "error.html", status=403, title="Form refused",
+                           message="This form did not come from this page of keyledger, or it is out of date. "
+                                   "Reload the page and try again. Nothing was changed.")
+            if is_htmx(request):  # htmx swaps no 403: reload the page, which brings a fresh token
+                refused.headers["HX-Refresh"] = "true"
+            return refused
     request.scope.setdefault("state", {})["dashboard_user"] = user
     return None
+
+
+def from_this_site(request: Request[Any, Any, Any]) -> bool:
+    """False when the browser says the request came from another origin (`Sec-Fetch-Site`), even a
+    sibling subdomain, which SameSite cookies do not stop. Browsers without the header rely on the token."""
+    return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
 
 
 def user_of(request: Request[Any, Any, Any]) -> SignedIn:

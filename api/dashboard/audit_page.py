@@ -27,15 +27,25 @@ PAGE_SIZE = 50
 FILTERS = ("action", "secret", "actor", "since", "until")
 
 
+_SECOND_NS = 1_000_000_000
+
+
 def _time(text: str, field: str, *, upper: bool = False) -> int | None:
-    """A time from the page's `datetime-local` fields (UTC, to the minute or second), or RFC 3339."""
+    """A time from the page's `datetime-local` fields (UTC, to the minute or second), or RFC 3339.
+
+    An upper bound covers the whole minute or second it names: "to 07:40" includes 07:40:59.
+    """
     if not text:
         return None
+    widen = 0
     if len(text) == 16:  # 2026-11-29T07:40
-        text += ":00"
+        text, widen = text + ":00", 60 * _SECOND_NS - 1
+    elif len(text) == 19:  # 2026-11-29T07:40:05
+        widen = _SECOND_NS - 1
     if len(text) == 19:
         text += "Z"
-    return parse_time(text, field, upper=upper)
+    moment = parse_time(text, field, upper=upper and not widen)
+    return None if moment is None else moment + widen if upper else moment
 
 
 def audit_filter_of(request: Request[Any, Any, Any]) -> tuple[AuditFilter, dict[str, str]]:
@@ -66,7 +76,7 @@ class AuditPageController(Controller):
         except ValidationError as exc:
             f, chosen, error = AuditFilter(), {}, str(exc)
         before = query_text(request, "before", 20)
-        if before.isascii() and before.isdigit():
+        if before.isascii() and before.isdigit() and len(before) <= 18:
             f = msgspec.structs.replace(f, before_seq=int(before))
         rows = [] if error else await query_audit(projections, org, f, limit=PAGE_SIZE + 1, newest_first=True)
         older = rows[PAGE_SIZE - 1].seq if len(rows) > PAGE_SIZE else None
@@ -75,7 +85,8 @@ class AuditPageController(Controller):
         return page(request, user, "audit.html", status=422 if error else 200, title="Audit", section="audit",
                     rows=rows[:PAGE_SIZE], chosen=chosen, error=error, actions=get_args(Action), keys=keys,
                     older=(f"/audit?{urlencode({**chosen, 'before': older})}" if older is not None else None),
-                    newest=(f"/audit?{query}" if before else None), query=query, when=when)
+                    newest=(f"/audit?{query}" if before else None), query=query, when=when,
+                    verify_now=not chosen and not before)
 
     @get("/export")
     async def export(self, request: Request[Any, Any, Any]) -> Stream:

@@ -72,7 +72,7 @@ class CredentialsController(Controller):
         search = query_text(request, "q")
         scope = _choice(query_text(request, "scope"), SCOPES)
         category = _choice(query_text(request, "category"), CATEGORIES)
-        after = query_text(request, "after") or None
+        after = (request.query_params.get("after") or "")[:256] or None  # a name: blanks count
         secrets, next_after = await find_secrets(projections, org, search, scope, category, after)
         context: dict[str, Any] = {
             "title": "Credentials", "section": "credentials", "search": search, "scope": scope or "",
@@ -225,8 +225,10 @@ class CredentialsController(Controller):
         form = await request.form()
         ledger: Ledger = request.app.state.ledger
         try:
-            version_text = text_field(form, "version", max_chars=19)
-            if_match = int(version_text) if version_text.isascii() and version_text.isdigit() else None
+            version_text = text_field(form, "version", max_chars=18)
+            if not (version_text.isascii() and version_text.isdigit()):
+                raise ValidationError("version", "is missing: reload the secret's page and try again")
+            if_match = int(version_text)
             await ledger.upsert_secret(user.principal.ctx, user.principal.org, name, _value_of(form).encode(),
                                        scope=text_field(form, "scope", max_chars=16) or None,
                                        category=text_field(form, "category", max_chars=16) or None,

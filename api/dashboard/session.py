@@ -5,7 +5,8 @@ ends when they sign out (`session.ended`). The cookie holds the session id and t
 request, signed with a key derived from the master key, so every server process checks it alike:
 
 - signed out, or the key revoked since: the projections say so, and the session stops at once;
-- idle for longer than `session_idle_minutes`: the signed time says so (each request renews it).
+- idle for longer than `session_idle_minutes`: the signed time says so (each request renews it);
+- 12 hours after sign-in, however active.
 
 Forms carry a token bound to the session (HMAC of its id); a POST without it is refused before it
 does anything. The sign-in form, which has no session yet, carries the value of a cookie of its own
@@ -35,6 +36,7 @@ CSRF_HEADER = "x-csrf-token"
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 _NS_PER_MINUTE = 60 * 1_000_000_000
 _CLOCK_SKEW_NS = 5 * 1_000_000_000  # processes on several hosts may disagree by this much
+SESSION_MAX_NS = 12 * 60 * _NS_PER_MINUTE  # however active, a session ends 12 hours after sign-in
 
 
 class SignedIn(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,7 +107,7 @@ async def signed_in(request: Request[Any, Any, Any], projections: Projections, n
     if session_id is None:
         return None
     session = await projections.get_session(session_id)
-    if session is None or session.ended_at is not None:
+    if session is None or session.ended_at is not None or now - session.started_at > SESSION_MAX_NS:
         return None
     key = await projections.get_key(session.org, session.key_id)
     if key is None or key.revoked_at is not None:

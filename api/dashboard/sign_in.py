@@ -10,7 +10,7 @@ from litestar.exceptions import HTTPException
 from litestar.response import Redirect
 
 from api.auth import key_for_token, limit_address, limit_key, request_context
-from api.dashboard.access import require_session, user_of
+from api.dashboard.access import from_this_site, require_session, user_of
 from api.dashboard.render import PAGE_HEADERS, error_page, is_https, page, redirect, session_cookie
 from api.dashboard.session import (
     CSRF_FIELD,
@@ -64,7 +64,8 @@ class SignInController(Controller):
         form = await request.form()
         expected = request.cookies.get(SIGN_IN_COOKIE, "")
         given = form.get(CSRF_FIELD)
-        if not expected or not csrf_matches(expected, given if isinstance(given, str) else None):
+        if not from_this_site(request) or not expected or not csrf_matches(
+                expected, given if isinstance(given, str) else None):
             return _sign_in_page(request, status=403, error="This sign-in form is out of date or did not come from "
                                                             "keyledger. Try again.")
         limiters = limit_address(request)

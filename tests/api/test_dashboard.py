@@ -220,6 +220,40 @@ def test_forms_without_the_session_token_are_refused_and_change_nothing(
     assert max_seq(db_file) == before + 1
 
 
+def test_a_post_the_browser_marks_as_from_another_site_is_refused(
+        client: TestClient[Litestar], browser: TestClient[Litestar], db_file: Path | PgDsn) -> None:
+    """Even with the right token (a sibling subdomain can plant cookies, which SameSite does not stop)."""
+    acme = create_org(client, "acme")
+    token = sign_in(browser, acme)
+    before = max_seq(db_file)
+    for site in ("same-site", "cross-site"):
+        answer = browser.post("/credentials/api-keys", data={"csrf_token": token, "label": "x"},
+                              headers={"Sec-Fetch-Site": site})
+        assert answer.status_code == 403
+        form = browser.get("/")
+        answer = browser.post("/sign-in", data={"api_key": acme.api_key, "csrf_token": csrf_of(form)},
+                              headers={"Sec-Fetch-Site": site}, follow_redirects=False)
+        assert answer.status_code == 403
+    assert max_seq(db_file) == before
+    # A stale token in an htmx request asks the page to reload (htmx shows no 403 by itself).
+    answer = browser.post("/credentials/secrets/X/reveal", data={"csrf_token": "stale"},
+                          headers={"HX-Request": "true"})
+    assert answer.status_code == 403 and answer.headers["hx-refresh"] == "true"
+    assert browser.post("/credentials/api-keys", data={"csrf_token": token, "label": "ok"},
+                        headers={"Sec-Fetch-Site": "same-origin"}).status_code == 201
+
+
+def test_a_session_ends_twelve_hours_after_sign_in_however_active(
+        client: TestClient[Litestar], browser: TestClient[Litestar], clock: Clock) -> None:
+    acme = create_org(client, "acme")
+    sign_in(browser, acme)
+    for _ in range(28):  # every 25 minutes, for 11 h 40 min
+        clock.advance(25 * MINUTE)
+        assert browser.get("/credentials", follow_redirects=False).status_code == 200
+    clock.advance(25 * MINUTE)
+    assert browser.get("/credentials", follow_redirects=False).status_code == 303
+
+
 def test_the_sign_in_form_needs_its_own_token(client: TestClient[Litestar], browser: TestClient[Litestar],
                                               db_file: Path | PgDsn) -> None:
     acme = create_org(client, "acme")
@@ -285,6 +319,8 @@ def test_create_update_and_delete_go_through_the_ledger_and_never_echo_the_value
     stale = browser.post("/credentials/secrets/GITHUB_TOKEN", data={
         "csrf_token": token, "value": CANARY + "-3", "version": "1", "scope": "tools", "category": "tool"})
     assert stale.status_code == 412 and CANARY not in stale.text
+    unversioned = browser.post("/credentials/secrets/GITHUB_TOKEN", data={"csrf_token": token, "value": CANARY})
+    assert unversioned.status_code == 422 and CANARY not in unversioned.text
     history = browser.get("/credentials/secrets/GITHUB_TOKEN")
     assert "2 <span class=\"muted\">(current)</span>" in history.text
     deleted = browser.post("/credentials/secrets/GITHUB_TOKEN/delete", data={"csrf_token": token},
@@ -326,6 +362,7 @@ def test_member_keys_see_their_org_but_not_the_admin_actions(
     token = sign_in(browser, member)
     page = browser.get("/credentials")
     assert "Only admin keys create and revoke API keys." in page.text
+    assert 'href="/audit"' not in page.text  # the audit is for admin keys
     before = max_seq(db_file)
     answer = browser.post("/credentials/api-keys", data={"csrf_token": token, "label": "x", "role": "admin"})
     assert answer.status_code == 403
@@ -372,6 +409,16 @@ def test_the_audit_page_filters_paginates_and_exports(
     assert only.text.count("<tr>") == 2
     assert browser.get("/audit?since=2200-01-01T00:00").text.count("<tr>") == 0
     assert browser.get("/audit?action=nonsense").status_code == 422
+    assert browser.get("/audit?before=99999999999999999999").status_code == 200  # too large: ignored
+    # "To" covers the whole minute or second it names (the page shows times to the second).
+    shown = re.search(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d):(\d\d) UTC", first.text)
+    assert shown is not None
+    day, minute, second = shown.groups()
+    newest_seq = re.search(r'<td data-label="Seq">(\d+)</td>', first.text)
+    assert newest_seq is not None
+    for until in (f"{day}T{minute}", f"{day}T{minute}:{second}"):
+        page = browser.get(f"/audit?until={until}")
+        assert f'<td data-label="Seq">{newest_seq.group(1)}</td>' in page.text, until
     csv = browser.get("/audit/export?format=csv&action=secret.created")
     assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
     assert len(csv.text.strip().splitlines()) == 61  # a header and 60 creations

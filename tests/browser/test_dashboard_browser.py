@@ -188,9 +188,18 @@ def test_a_new_user_manages_credentials_end_to_end(page: Page, server: Server, s
     assert shown.count() == 0
     assert VALUE not in p.content()  # removed from the page, not only hidden
     assert "hidden again" in locate("#reveal-result").inner_text()
+    # Another look: given 30 s more (it outlasts the first 30 s), then hidden at once.
+    label("Reason (optional)").fill("second look")
+    role("button", name="Reveal value").click()
+    shown.wait_for()
+    role("button", name="Show 30 s more").click()
+    p.clock.run_for(45_000)
+    assert shown.input_value() == VALUE
+    role("button", name="Hide now").click()
+    assert shown.count() == 0 and VALUE not in p.content()
     reveals = audit_actions(server, admin["api_key"], action="secret.revealed")
-    assert [(e["secret"], e["actor"]["key_id"], e["detail"]) for e in reveals] == [
-        ("OPENAI_API_KEY", admin["key_id"], "checking the new key")]
+    assert [(e["secret"], e["actor"]["key_id"], e["detail"]) for e in reversed(reveals)] == [
+        ("OPENAI_API_KEY", admin["key_id"], "checking the new key"), ("OPENAI_API_KEY", admin["key_id"], "second look")]
     role("link", name="Audit").click()
     locate("#chain-status").wait_for()
     assert "Verified" in locate("#chain-status").inner_text()
@@ -395,13 +404,14 @@ def _tab_to(tab: Page, text: str, limit: int = 60) -> None:
 
 def test_a_keyboard_alone_reveals_a_secret_and_revokes_a_key(page: Page, server: Server) -> None:
     admin = new_org(server)
-    api(server, "POST", "/v1/secrets", admin["api_key"], json={"name": "STRIPE_KEY", "value": VALUE})
+    multi_line = "-----BEGIN KEY-----\nline one\nline two\n-----END KEY-----\n"
+    api(server, "POST", "/v1/secrets", admin["api_key"], json={"name": "STRIPE_KEY", "value": multi_line})
     api(server, "POST", "/v1/keys", admin["api_key"], json={"label": "old laptop", "role": "member"})
     sign_in_with_keyboard(page, admin["api_key"])
     page.goto("/credentials/secrets/STRIPE_KEY")
     _tab_to(page, "Reveal value")
     page.keyboard.press("Enter")
-    expect(page.locator("#revealed-value")).to_have_value(VALUE)
+    expect(page.locator("#revealed-value")).to_have_value(multi_line)  # every line, as stored
     page.goto("/credentials")
     _tab_to(page, "Revoke old laptop")
     with page.expect_navigation():

@@ -17,24 +17,42 @@ document.addEventListener("click", async (event) => {
   }
 });
 
-// A revealed value counts down, then is removed from the page (not only hidden).
+// Take a revealed value out of the page (not only out of sight), and keep the keyboard focus in place.
+function hideValue(box) {
+  const hadFocus = box.contains(document.activeElement);
+  const done = document.createElement("p");
+  done.className = "hidden-note";
+  done.tabIndex = -1;
+  done.setAttribute("role", "status");
+  done.textContent = "The value is hidden again. Reveal it again to see it (each reveal is recorded).";
+  box.replaceChildren(done);
+  box.removeAttribute("data-hide-after");
+  box.dataset.hidden = "1";
+  if (hadFocus) done.focus();
+}
+
+// A revealed value counts down, can be given 30 s more or hidden at once, then is removed.
 function armReveals(root) {
   root.querySelectorAll("[data-hide-after]:not([data-armed])").forEach((box) => {
     box.dataset.armed = "1";
-    let left = parseInt(box.dataset.hideAfter, 10);
+    const seconds = parseInt(box.dataset.hideAfter, 10);
+    let left = seconds;
     const counter = box.querySelector("[data-countdown]");
     const timer = setInterval(() => {
       left -= 1;
       if (counter) counter.textContent = String(Math.max(left, 0));
       if (left > 0) return;
       clearInterval(timer);
-      const done = document.createElement("p");
-      done.className = "hidden-note";
-      done.textContent = "The value is hidden again. Reveal it again to see it (each reveal is recorded).";
-      box.replaceChildren(done);
-      box.removeAttribute("data-hide-after");
-      box.dataset.hidden = "1";
+      hideValue(box);
     }, 1000);
+    box.querySelector("[data-extend]")?.addEventListener("click", () => {
+      left += seconds;
+      if (counter) counter.textContent = String(left);
+    });
+    box.querySelector("[data-hide-now]")?.addEventListener("click", () => {
+      clearInterval(timer);
+      hideValue(box);
+    });
   });
 }
 
