@@ -45,6 +45,11 @@ NARROW = {"width": 375, "height": 812}
 VALUE = "sk-browser-test-4b1d8e"
 
 
+# What the pages look like and how they are driven does not depend on the storage: those tests take
+# the SQLite server only; the flows that write run on both.
+sqlite_only = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+
+
 def _backends() -> list[object]:
     postgres = pytest.param("postgresql", marks=pytest.mark.skipif(not DSN and not REQUIRED,
                                                                    reason="no PostgreSQL to test on"))
@@ -332,6 +337,7 @@ class _ForgeryPage(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@sqlite_only
 def test_a_forged_form_from_another_site_is_refused_and_nothing_is_recorded(
         chromium: Browser, server: Server) -> None:
     admin = new_org(server)
@@ -368,6 +374,7 @@ def _check_labels_and_width(tab: Page) -> None:
     assert overflow <= 0, f"{tab.url} is {overflow}px wider than the screen"
 
 
+@sqlite_only
 def test_every_page_labels_its_controls_and_fits_a_narrow_screen(chromium: Browser, server: Server,
                                                                  shots: Path) -> None:
     admin = new_org(server)
@@ -402,6 +409,7 @@ def _tab_to(tab: Page, text: str, limit: int = 60) -> None:
     raise AssertionError(f"Tab never reached {text!r}")
 
 
+@sqlite_only
 def test_a_keyboard_alone_reveals_a_secret_and_revokes_a_key(page: Page, server: Server) -> None:
     admin = new_org(server)
     multi_line = "-----BEGIN KEY-----\nline one\nline two\n-----END KEY-----\n"
