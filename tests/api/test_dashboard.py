@@ -123,7 +123,8 @@ def test_a_wrong_key_is_refused_and_nothing_is_recorded(
         client: TestClient[Litestar], browser: TestClient[Litestar], db_file: Path | PgDsn) -> None:
     acme = create_org(client, "acme")
     before = max_seq(db_file)
-    for wrong in ("", "not a key", "rt_live_" + "x" * 40, acme.api_key[:-1] + "Z"):
+    last = "Y" if acme.api_key.endswith("Z") else "Z"  # one character off, never the key itself
+    for wrong in ("", "not a key", "rt_live_" + "x" * 40, acme.api_key[:-1] + last):
         form = browser.get("/")
         answer = browser.post("/sign-in", data={"api_key": wrong, "csrf_token": csrf_of(form)},
                               follow_redirects=False)

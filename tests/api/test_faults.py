@@ -135,7 +135,7 @@ def test_projections_equal_a_rebuild_after_faults_at_every_step(
 
 # -- fail closed under random faults -----------------------------------------------------------------
 
-REVEALS = int(os.environ.get("KEYLEDGER_FAULT_REVEALS", "10000"))
+REVEALS = int(os.environ.get("KEYLEDGER_FAULT_REVEALS", "4000"))
 CONCURRENCY = 32
 
 

@@ -71,7 +71,7 @@ FUZZ_EXAMPLES = int(os.environ.get("KEYLEDGER_FUZZ_EXAMPLES", str(DEFAULT_FUZZ_E
 MIN_CASES = 10_000  # in the default (CI) run: stateless, coverage and stateful cases together
 STATEFUL_SCENARIOS = 25  # per run of the state machine: runs follow one another up to the step budget
 STATEFUL_STEPS = 12
-STATEFUL_STEP_BUDGET = 4 * max(FUZZ_EXAMPLES, DEFAULT_FUZZ_EXAMPLES)  # what the link assertions need
+STATEFUL_STEP_BUDGET = 3 * max(FUZZ_EXAMPLES, DEFAULT_FUZZ_EXAMPLES)  # what the link assertions need
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Names the generators tend to produce, so that get, reveal and delete also reach their 2xx answers.
 SEEDED_NAMES = ("0", "00", "000", "a", "A", "aa", "fuzz secret")
