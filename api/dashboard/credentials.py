@@ -155,18 +155,13 @@ class CredentialsController(Controller):
                                     ssh_form={"label": text_field(form, "label", max_chars=128)})
         return redirect(request, user, "/credentials?notice=ssh-key-added#ssh-keys")
 
-    async def _ssh_key(self, request: Request[Any, Any, Any], user: SignedIn, ssh_key_id: str) -> Any:
-        projections: Projections = request.app.state.projections
-        for key in await projections.list_ssh_keys(user.principal.org):
-            if key.ssh_key_id == ssh_key_id:
-                return key
-        raise NotFoundError(f"SSH key {ssh_key_id!r} not found")
-
     @get("/ssh-keys/{ssh_key_id:str}/remove")
     async def confirm_remove_ssh_key(self, request: Request[Any, Any, Any],
                                      ssh_key_id: FromPath[str]) -> Response[Any]:
         user = user_of(request)
-        key = await self._ssh_key(request, user, ssh_key_id)
+        key = await request.app.state.projections.get_ssh_key(user.principal.org, ssh_key_id)
+        if key is None:
+            raise NotFoundError(f"SSH key {ssh_key_id!r} not found")
         return page(request, user, "confirm.html", title="Remove SSH key", section="credentials",
                     question=f"Remove the SSH key “{key.label}” ({key.fingerprint})?",
                     consequence="Sandboxes stop accepting it for new SSH connections.",

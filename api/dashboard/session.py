@@ -84,11 +84,8 @@ class SessionSigner:
         return self._mac(b"csrf", session_id)
 
 
-def new_session_id() -> str:
-    return secrets.token_urlsafe(24)
-
-
-def new_sign_in_token() -> str:
+def new_token() -> str:
+    """A session id or a sign-in form's token: 32 url-safe characters, 192 random bits."""
     return secrets.token_urlsafe(24)
 
 

@@ -16,8 +16,7 @@ from api.dashboard.session import (
     CSRF_FIELD,
     SIGN_IN_COOKIE,
     csrf_matches,
-    new_session_id,
-    new_sign_in_token,
+    new_token,
     signed_in,
     signer_of,
 )
@@ -36,7 +35,7 @@ def _sign_in_cookie(request: Request[Any, Any, Any], value: str, *, clear: bool 
 
 def _sign_in_page(request: Request[Any, Any, Any], *, status: int = 200, error: str | None = None,
                   notice: str | None = None) -> Response[Any]:
-    token = new_sign_in_token()
+    token = new_token()
     return page(request, None, "sign_in.html", status=status, cookies=[_sign_in_cookie(request, token)],
                 title="Sign in", sign_in_token=token, error=error, notice=notice)
 
@@ -78,7 +77,7 @@ class SignInController(Controller):
         limit_key(limiters, key.key_id)
         ledger: Ledger = request.app.state.ledger
         ctx = request_context(request, Actor(key_id=key.key_id, label=key.label, kind="api_key"))
-        session_id = new_session_id()
+        session_id = new_token()
         await ledger.start_session(ctx, key.org, session_id)
         cookie = signer_of(request).cookie(session_id, request.app.state.clock())
         return Redirect("/credentials", status_code=303, headers=PAGE_HEADERS,

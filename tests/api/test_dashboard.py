@@ -390,6 +390,10 @@ def test_one_org_s_session_sees_nothing_of_another_org(
     export = browser.get("/audit/export?format=jsonl")
     assert export.status_code == 200 and "globex" not in export.text
     assert all(e["org"] == "acme" for e in events_after(db_file, before))
+    globex_ssh = client.post("/v1/ssh-keys", headers=globex.headers, json={
+        "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDxDxh3aF2tV0QyG2mC2WJq2cK2d3zM0pZ6mP6uYb9cN globex"})
+    assert globex_ssh.status_code == 201, globex_ssh.text
+    assert browser.get(f"/credentials/ssh-keys/{globex_ssh.json()['ssh_key_id']}/remove").status_code == 404
 
 
 def test_the_audit_page_filters_paginates_and_exports(
