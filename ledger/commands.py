@@ -120,10 +120,21 @@ async def caller_key(view: WriteView, org: str, ctx: Context, *, admin_token: bo
         if admin_token:
             return None
         raise PermissionDeniedError("the admin token manages orgs only; use an API key of the org")
+    if ctx.actor.kind == "person":
+        return await person_as_key(view, org, ctx.actor.key_id)
     key = await view.key(ctx.actor.key_id)
     if key is None or key.revoked or key.org != org:
         raise UnauthenticatedError("the API key is unknown or revoked")
     return key
+
+
+async def person_as_key(view: WriteView, org: str, member_id: str) -> KeyState:
+    """A person signed in through single sign-on, as the key they act like (`PersonEntry.as_key`)."""
+    members = await view.org_members(org)
+    person = members.by_id(member_id) if members is not None else None
+    if person is None or person.removed:
+        raise UnauthenticatedError("this person is not a member of the org, or was removed")
+    return person.as_key(org)
 
 
 def refuse_reference(state: SecretState) -> None:

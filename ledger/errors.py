@@ -122,3 +122,13 @@ class ConflictError(LedgerError):
 
 class RotationFailedError(LedgerError):
     """A rotation attempt failed (a `secret.rotation_failed` event was recorded); the reason never holds a value."""
+
+
+class AppBrokenError(ConflictError):
+    """A connected app's grant is gone (a refresh was refused, or the token expired with no way to refresh):
+    an admin must connect it again. A `app.refresh_failed` event with `broken` was recorded."""
+
+
+class AppRefreshFailedError(LedgerError):
+    """A connected app's token could not be refreshed now (the provider was unreachable or failed); the
+    connection is not broken and a later call retries. The message names the kind of failure only."""

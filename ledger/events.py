@@ -18,7 +18,7 @@ from msgspec import UNSET, UnsetType
 
 from ledger.generator import Rotator
 
-ActorKind = Literal["api_key", "admin", "system"]
+ActorKind = Literal["api_key", "admin", "system", "person"]
 Role = Literal["admin", "member"]
 Scope = Literal["all", "agents", "tools", "sandboxes"]
 Category = Literal["provider", "tool", "custom"]
@@ -30,14 +30,18 @@ MemberState = Literal["active", "disabled"]
 Selection = Literal["round_robin", "least_recent"]
 SELECTIONS: tuple[str, ...] = ("round_robin", "least_recent")
 SessionEndReason = Literal["signed_out"]
+AppProvider = Literal["github", "google", "slack", "custom"]
+APP_PROVIDERS: tuple[str, ...] = ("github", "google", "slack", "custom")
 
 
 class Actor(msgspec.Struct, frozen=True, kw_only=True):
-    """Who did it: an API key (id and label), the admin token, or the system itself."""
+    """Who did it: an API key (id and label), the admin token, the system itself, or a person signed in
+    through the org's single sign-on (`key_id` the member id, `label` the email, `subject` the provider's)."""
 
     key_id: str
     label: str = ""
     kind: ActorKind = "api_key"
+    subject: str | UnsetType = UNSET  # a person's subject at the identity provider; never encoded when unset
 
 
 class Source(msgspec.Struct, frozen=True, kw_only=True):
@@ -302,6 +306,86 @@ class SessionEnded(Event, frozen=True, kw_only=True, tag="session.ended"):
     reason: SessionEndReason
 
 
+class MemberJoined(Event, frozen=True, kw_only=True, tag="member.joined"):
+    """A person's first single sign-on into the org (the first person of an org is an admin)."""
+
+    member_id: str
+    issuer: str
+    subject: str
+    email: str
+    role: Role
+
+
+class MemberRoleChanged(Event, frozen=True, kw_only=True, tag="member.role_changed"):
+    member_id: str
+    role: Role
+
+
+class MemberRemoved(Event, frozen=True, kw_only=True, tag="member.removed"):
+    member_id: str
+
+
+class SsoConfigured(Event, frozen=True, kw_only=True, tag="sso.configured"):
+    """The org's OpenID Connect provider. The client secret is a keyledger secret, named here."""
+
+    issuer: str
+    client_id: str
+    client_secret_name: str
+    allowed_domains: list[str]
+
+
+class SsoRemoved(Event, frozen=True, kw_only=True, tag="sso.removed"):
+    pass
+
+
+class AppConnected(Event, frozen=True, kw_only=True, tag="app.connected"):
+    """An OAuth 2.0 connection. Its client secret and tokens are sealed together (stored beside the body,
+    committed to by `sealed_sha256`), never in the body."""
+
+    name: str
+    provider: AppProvider
+    authorization_url: str
+    token_url: str
+    client_id: str
+    scopes: list[str]
+    scope: Scope
+    token_version: int
+    data_key_id: str
+    sealed_sha256: str
+    expires_at: int | None  # the access token's expiry (UTC ns); None: the provider set none
+    refreshable: bool  # a refresh token was issued
+
+
+class AppTokenRefreshed(Event, frozen=True, kw_only=True, tag="app.token_refreshed"):
+    name: str
+    token_version: int
+    data_key_id: str
+    sealed_sha256: str
+    expires_at: int | None
+    refreshable: bool
+
+
+class AppRefreshFailed(Event, frozen=True, kw_only=True, tag="app.refresh_failed"):
+    """A refresh that failed: `error` is the provider's OAuth error code or the kind of failure (never a
+    token); `broken` when the grant is gone (the connection must be made again)."""
+
+    name: str
+    error: str
+    broken: bool
+
+
+class AppDisconnected(Event, frozen=True, kw_only=True, tag="app.disconnected"):
+    name: str
+
+
+class AppTokenRevealed(Event, frozen=True, kw_only=True, tag="app.token_revealed"):
+    """An access token handed out (changes no state, like a secret reveal)."""
+
+    name: str
+    token_version: int
+    reason: str = ""
+
+
 AnyEvent = (
     OrgCreated
     | ApiKeyCreated
@@ -332,6 +416,16 @@ AnyEvent = (
     | SshKeyRemoved
     | SessionStarted
     | SessionEnded
+    | MemberJoined
+    | MemberRoleChanged
+    | MemberRemoved
+    | SsoConfigured
+    | SsoRemoved
+    | AppConnected
+    | AppTokenRefreshed
+    | AppRefreshFailed
+    | AppDisconnected
+    | AppTokenRevealed
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -364,6 +458,16 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SshKeyRemoved,
     SessionStarted,
     SessionEnded,
+    MemberJoined,
+    MemberRoleChanged,
+    MemberRemoved,
+    SsoConfigured,
+    SsoRemoved,
+    AppConnected,
+    AppTokenRefreshed,
+    AppRefreshFailed,
+    AppDisconnected,
+    AppTokenRevealed,
 )
 
 # Events that make a new version with a value (each stores a sealed value beside its body).
@@ -426,4 +530,20 @@ def outcome_of(event: Event) -> tuple[str, str]:
         return "ok", event.ssh_key_id
     if isinstance(event, SessionEnded):
         return "ok", event.reason
+    if isinstance(event, MemberJoined):
+        return "ok", f"{event.member_id} {event.email} as {event.role}"
+    if isinstance(event, MemberRoleChanged):
+        return "ok", f"{event.member_id} now {event.role}"
+    if isinstance(event, MemberRemoved):
+        return "ok", event.member_id
+    if isinstance(event, SsoConfigured):
+        return "ok", f"{event.issuer} for {', '.join(event.allowed_domains)}"
+    if isinstance(event, AppConnected):
+        return "ok", f"{event.provider}, token {event.token_version}"
+    if isinstance(event, AppTokenRefreshed):
+        return "ok", f"token {event.token_version}"
+    if isinstance(event, AppRefreshFailed):
+        return "failed", event.error + ("; broken" if event.broken else "")
+    if isinstance(event, AppTokenRevealed):
+        return "granted", event.reason
     return "ok", ""

@@ -12,6 +12,7 @@ import io
 from collections.abc import Iterable, Iterator
 
 import msgspec
+from msgspec import UnsetType
 
 from ledger.checkpoint import Checkpoint, CheckpointError, check_signature
 from ledger.codec import decode_event
@@ -119,7 +120,12 @@ _API_ACTIVITY = {"secret.created": (1, "CreateSecret"), "secret.updated": (3, "U
                  "secret.member_state_changed": (3, "ChangePoolMemberState"),
                  "secret.member_removed": (4, "RemovePoolMember"), "secret.pool_configured": (3, "ConfigurePool"),
                  "ssh_key.added": (1, "AddSshKey"), "ssh_key.removed": (4, "RemoveSshKey"),
-                 "session.started": (1, "StartSession"), "session.ended": (4, "EndSession")}
+                 "session.started": (1, "StartSession"), "session.ended": (4, "EndSession"),
+                 "member.joined": (1, "JoinOrg"), "member.role_changed": (3, "ChangeMemberRole"),
+                 "member.removed": (4, "RemoveMember"), "sso.configured": (3, "ConfigureSso"),
+                 "sso.removed": (4, "RemoveSso"), "app.connected": (1, "ConnectApp"),
+                 "app.token_refreshed": (3, "RefreshAppToken"), "app.refresh_failed": (3, "RefreshAppToken"),
+                 "app.disconnected": (4, "DisconnectApp"), "app.token_revealed": (2, "RevealAppToken")}
 
 
 def ocsf_event(record: StoredRecord, event: Event, product_version: str = "0.1.0") -> dict[str, object]:
@@ -128,7 +134,7 @@ def ocsf_event(record: StoredRecord, event: Event, product_version: str = "0.1.0
         "metadata": {"version": "1.3.0", "uid": f"{record.org}:{record.org_seq}", "tenant_uid": record.org,
                      "product": {"name": "keyledger", "vendor_name": "keyledger", "version": product_version},
                      "correlation_uid": event.request_id},
-        "actor": {"user": {"uid": event.actor.key_id, "name": event.actor.label, "type": event.actor.kind}},
+        "actor": {"user": actor_user(event)},
         "src_endpoint": {"ip": event.source.address or None},
         "unmapped": {"keyledger_type": record.type, "seq": record.seq, "hash": record.hash.hex()},
     }
@@ -148,9 +154,20 @@ def ocsf_event(record: StoredRecord, event: Event, product_version: str = "0.1.0
         "http_request": {"user_agent": event.source.user_agent or None},
     })
     name = secret_name(event)
-    if name is not None:
+    if name is not None and record.type.startswith("app."):
+        base["resources"] = [{"type": "connected_app", "name": name, "uid": f"{record.org}/{name}"}]
+    elif name is not None:
         base["resources"] = [{"type": "secret", "name": name, "uid": f"{record.org}/{name}@{secret_version(event)}"}]
     return base
+
+
+def actor_user(event: Event) -> dict[str, object]:
+    """OCSF's User: a person carries their email and their subject at the identity provider."""
+    user: dict[str, object] = {"uid": event.actor.key_id, "name": event.actor.label, "type": event.actor.kind}
+    if event.actor.kind == "person":
+        user["email_addr"] = event.actor.label
+        user["uid_alt"] = None if isinstance(event.actor.subject, UnsetType) else event.actor.subject
+    return user
 
 
 def ocsf(records: Iterable[tuple[StoredRecord, Event]]) -> Iterator[bytes]:

@@ -1,7 +1,9 @@
 """The write model: per-stream state folded from events (`evolve`) and the rules (`validate_*`).
 
 Streams: `org:ORG`, `key:KEY_ID`, `secret:ORG/NAME` (names cannot contain '/'), `ssh_keys:ORG` (every
-SSH key of the org, so that a fingerprint is added once per org), `session:SESSION_ID` (a dashboard session).
+SSH key of the org, so that a fingerprint is added once per org), `session:SESSION_ID` (a dashboard session),
+`members:ORG` (every person of the org, so that a subject joins once and the first is an admin),
+`sso:ORG` (the org's identity provider) and `app:ORG/NAME` (a connected app).
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ from ledger.events import (
     SCOPES,
     ApiKeyCreated,
     ApiKeyRevoked,
+    AppConnected,
+    AppDisconnected,
+    AppProvider,
+    AppRefreshFailed,
+    AppTokenRefreshed,
     Category,
     Event,
+    MemberJoined,
+    MemberRemoved,
+    MemberRoleChanged,
     MemberState,
     OrgCreated,
     OrgSettingsChanged,
@@ -49,6 +59,8 @@ from ledger.events import (
     SessionStarted,
     SshKeyAdded,
     SshKeyRemoved,
+    SsoConfigured,
+    SsoRemoved,
     when,
 )
 from ledger.generator import Rotator
@@ -79,6 +91,18 @@ def ssh_keys_stream(org: str) -> str:
 
 def session_stream(session_id: str) -> str:
     return f"session:{session_id}"
+
+
+def members_stream(org: str) -> str:
+    return f"members:{org}"
+
+
+def sso_stream(org: str) -> str:
+    return f"sso:{org}"
+
+
+def app_stream(org: str, name: str) -> str:
+    return f"app:{org}/{name}"
 
 
 # The write side keeps one state per stream in memory. They hold only strings, numbers and sets of
@@ -208,6 +232,121 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     key_id: str
     ended: bool
     stream_version: int
+
+
+class PersonEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A person of the org: who they are at the identity provider, their role, and whether removed."""
+
+    member_id: str
+    issuer: str
+    subject: str
+    email: str
+    role: Role
+    removed: bool = False
+
+    def as_key(self, org: str) -> KeyState:
+        """A person acts like a key of scope `all` with their role: the member id stands in for a key id
+        (a reveal policy may name it), the email for a label."""
+        return KeyState(key_id=self.member_id, org=org, label=self.email, role=self.role, scope="all",
+                        key_sha256="", revoked=self.removed, stream_version=0)
+
+
+class MembersState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Every person who ever joined the org, in the order they joined (removed ones stay, marked)."""
+
+    org: str
+    stream_version: int
+    people: tuple[PersonEntry, ...] = ()
+
+    def by_id(self, member_id: str) -> PersonEntry | None:
+        return next((p for p in self.people if p.member_id == member_id), None)
+
+    def by_subject(self, issuer: str, subject: str) -> PersonEntry | None:
+        return next((p for p in self.people if p.issuer == issuer and p.subject == subject), None)
+
+
+class SsoState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The org's OpenID Connect provider (`configured` False after a removal)."""
+
+    org: str
+    stream_version: int
+    configured: bool
+    issuer: str = ""
+    client_id: str = ""
+    client_secret_name: str = ""
+    allowed_domains: tuple[str, ...] = ()
+
+
+class AppState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A connected app: its endpoints, its sealed client secret and tokens, and its health."""
+
+    org: str
+    name: str
+    stream_version: int
+    connected: bool
+    broken: bool
+    provider: AppProvider
+    authorization_url: str
+    token_url: str
+    client_id: str
+    scopes: tuple[str, ...]
+    scope: Scope
+    token_version: int
+    data_key_id: str
+    sealed: str
+    expires_at: int | None
+    refreshable: bool
+
+
+def evolve_members(state: MembersState | None, event: Event) -> MembersState | None:
+    if isinstance(event, MemberJoined):
+        joined = PersonEntry(member_id=event.member_id, issuer=event.issuer, subject=event.subject,
+                             email=event.email, role=event.role)
+        return MembersState(org=event.org, stream_version=event.stream_version or 0,
+                            people=(*(state.people if state is not None else ()), joined))
+    if isinstance(event, MemberRoleChanged | MemberRemoved) and state is not None:
+        return msgspec.structs.replace(state, stream_version=event.stream_version or 0, people=tuple(
+            (msgspec.structs.replace(p, role=event.role) if isinstance(event, MemberRoleChanged)
+             else msgspec.structs.replace(p, removed=True)) if p.member_id == event.member_id else p
+            for p in state.people
+        ))
+    return state
+
+
+def evolve_sso(state: SsoState | None, event: Event) -> SsoState | None:
+    if isinstance(event, SsoConfigured):
+        return SsoState(org=event.org, stream_version=event.stream_version or 0, configured=True,
+                        issuer=event.issuer, client_id=event.client_id, client_secret_name=event.client_secret_name,
+                        allowed_domains=tuple(event.allowed_domains))
+    if isinstance(event, SsoRemoved):
+        return SsoState(org=event.org, stream_version=event.stream_version or 0, configured=False)
+    return state
+
+
+def evolve_app(state: AppState | None, event: Event, sealed: str | None) -> AppState | None:
+    if isinstance(event, AppConnected):
+        return AppState(
+            org=event.org, name=event.name, stream_version=event.stream_version or 0, connected=True, broken=False,
+            provider=event.provider, authorization_url=event.authorization_url, token_url=event.token_url,
+            client_id=event.client_id, scopes=tuple(event.scopes), scope=event.scope,
+            token_version=event.token_version, data_key_id=event.data_key_id, sealed=sealed or "",
+            expires_at=event.expires_at, refreshable=event.refreshable,
+        )
+    if state is None or event.stream_version is None:
+        return state
+    if isinstance(event, AppTokenRefreshed):
+        return msgspec.structs.replace(
+            state, stream_version=event.stream_version, broken=False, token_version=event.token_version,
+            data_key_id=event.data_key_id, sealed=sealed or "", expires_at=event.expires_at,
+            refreshable=event.refreshable,
+        )
+    if isinstance(event, AppRefreshFailed):
+        return msgspec.structs.replace(state, stream_version=event.stream_version,
+                                       broken=state.broken or event.broken)
+    if isinstance(event, AppDisconnected):
+        return msgspec.structs.replace(state, stream_version=event.stream_version, connected=False, broken=False,
+                                       data_key_id="", sealed="")
+    return state
 
 
 def evolve_org(state: OrgState | None, event: Event) -> OrgState | None:

@@ -6,6 +6,7 @@ The HTTP API and the CLI only call this; it never imports them.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -14,6 +15,17 @@ from typing import TypeVar
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from ledger import oauth
+from ledger.apps import (
+    AppToken,
+    AppTokens,
+    ConnectApp,
+    DisconnectApp,
+    RecordAppRefresh,
+    RecordAppRefreshFailed,
+    RefreshNeeded,
+    RevealAppToken,
+)
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.commands import (
     SYSTEM,
@@ -32,8 +44,8 @@ from ledger.commands import (
     new_key_id,
 )
 from ledger.crypto import Keyring, SigningKey, parse_ssh_public_key
-from ledger.errors import ExternalSecretError, LedgerError, ValidationError
-from ledger.events import SELECTIONS, Category, Scope, SshKeyAdded
+from ledger.errors import AppBrokenError, AppRefreshFailedError, ExternalSecretError, LedgerError, ValidationError
+from ledger.events import APP_PROVIDERS, SELECTIONS, AppConnected, AppProvider, Category, Scope, SshKeyAdded
 from ledger.external import ExternalStores, parse_reference
 from ledger.generator import Rotator, validate_rotator
 from ledger.idempotency import Answer, Idempotent, Render, validate_idempotency_key
@@ -58,6 +70,19 @@ from ledger.model import (
     validate_scope,
     validate_text,
     validate_value,
+)
+from ledger.people import (
+    ChangePersonRole,
+    ConfigureSso,
+    RemovePerson,
+    RemoveSso,
+    RevealSsoClient,
+    SignedInPerson,
+    SignInPerson,
+    SsoClient,
+    new_member_id,
+    validate_claim,
+    validate_domains,
 )
 from ledger.policy import SetPolicy, validate_policy
 from ledger.pools import ChangeMemberState, ConfigurePool, PutMember, RemoveMember, validate_member_name
@@ -106,6 +131,7 @@ class Ledger:
         self.writer.signing_key = self.signing_key
         self.writer.checkpoint_every = checkpoint_every
         self.external = external or ExternalStores.default()  # adapters for references (AWS, Vault)
+        self._refreshing: dict[tuple[str, str], asyncio.Lock] = {}  # one refresh per app at a time (per process)
 
     async def start(self) -> None:
         await self.recorder.open()
@@ -292,6 +318,108 @@ class Ledger:
             return False  # no such session can exist
         return await self.submit(EndSession(org=org, ctx=ctx, session_id=session_id))
 
+    # -- people and single sign-on ----------------------------------------------------------------
+
+    async def configure_sso(self, ctx: Context, org: str, *, issuer: str, client_id: str, client_secret_name: str,
+                            allowed_domains: list[str]) -> None:
+        await self.submit(ConfigureSso(
+            org=org, ctx=ctx, issuer=oauth.validate_endpoint_url(issuer, "issuer"),  # exactly as the provider says it
+            client_id=validate_claim(client_id, "client_id"),
+            client_secret_name=validate_name(client_secret_name), allowed_domains=validate_domains(allowed_domains),
+        ))
+
+    async def remove_sso(self, ctx: Context, org: str) -> None:
+        await self.submit(RemoveSso(org=org, ctx=ctx))
+
+    async def sso_client(self, org: str, request_id: str = "") -> SsoClient:
+        """The org's provider and client secret (a recorded reveal of that secret, by the system)."""
+        return await self.submit(RevealSsoClient(org=org, request_id=request_id))
+
+    async def sign_in_person(self, ctx: Context, org: str, *, issuer: str, subject: str, email: str,
+                             session_id: str) -> SignedInPerson:
+        """A person whose ID token was verified: joins the org the first time, and starts a session."""
+        return await self.submit(SignInPerson(
+            org=org, ctx=ctx, issuer=issuer, subject=validate_claim(subject, "sub"),
+            email=validate_claim(email, "email"), session_id=validate_session_id(session_id),
+            new_member_id=new_member_id(),
+        ))
+
+    async def change_person_role(self, ctx: Context, org: str, member_id: str, role: str) -> bool:
+        return await self.submit(ChangePersonRole(org=org, ctx=ctx, member_id=member_id, role=validate_role(role)))
+
+    async def remove_person(self, ctx: Context, org: str, member_id: str) -> None:
+        await self.submit(RemovePerson(org=org, ctx=ctx, member_id=member_id))
+
+    # -- connected apps --------------------------------------------------------------------------
+
+    async def connect_app(self, ctx: Context, org: str, name: str, *, provider: str, authorization_url: str,
+                          token_url: str, client_id: str, client_secret: str, scopes: list[str], scope: str = "all",
+                          tokens: AppTokens) -> AppConnected:
+        if provider not in APP_PROVIDERS:
+            raise ValidationError("provider", f"must be one of {', '.join(APP_PROVIDERS)}")
+        if not isinstance(client_secret, str) or not 1 <= len(client_secret) <= 4096:
+            raise ValidationError("client_secret", "must be 1-4096 characters")
+        if not isinstance(tokens.access_token, str) or not 1 <= len(tokens.access_token) <= 16_384:
+            raise ValidationError("access_token", "must be 1-16384 characters")
+        if tokens.refresh_token is not None and not 1 <= len(tokens.refresh_token) <= 16_384:
+            raise ValidationError("refresh_token", "must be 1-16384 characters")
+        provider_name: AppProvider = provider  # type: ignore[assignment]
+        return await self.submit(ConnectApp(
+            org=org, ctx=ctx, name=validate_name(name), provider=provider_name,
+            authorization_url=oauth.validate_endpoint_url(authorization_url, "authorization_url"),
+            token_url=oauth.validate_endpoint_url(token_url, "token_url"),
+            client_id=validate_claim(client_id, "client_id"), client_secret=client_secret,
+            scopes=validate_scopes(scopes), scope=validate_scope(scope), tokens=tokens,
+        ))
+
+    async def disconnect_app(self, ctx: Context, org: str, name: str) -> None:
+        await self.submit(DisconnectApp(org=org, ctx=ctx, name=validate_name(name)))
+
+    async def app_token(self, ctx: Context, org: str, name: str, *, reason: str = "") -> AppToken:
+        """A valid access token of the app, refreshed first when it expires within a minute; recorded as
+        `app.token_revealed`. A refusal by the provider marks the connection broken (409); a provider that
+        cannot be reached is a 502 and leaves the connection as it was."""
+        reveal = RevealAppToken(org=org, ctx=ctx, name=validate_name(name),
+                                reason=validate_text(reason, "reason", MAX_REASON_CHARS))
+        for _ in range(4):  # another caller's refresh may land between our reveal and our refresh
+            answer = await self.submit(reveal)
+            if isinstance(answer, AppToken):
+                return answer
+            async with self._refreshing.setdefault((org, name), asyncio.Lock()):
+                again = await self.submit(reveal)  # refreshed by the caller we waited for?
+                if isinstance(again, AppToken):
+                    return again
+                token = await self._refresh(ctx, org, again, reason)
+                if token is not None:
+                    return token
+        raise AppRefreshFailedError(f"connected app {name!r}: the token kept changing while refreshing; try again")
+
+    async def _refresh(self, ctx: Context, org: str, needed: RefreshNeeded, reason: str) -> AppToken | None:
+        preset = oauth.PRESETS.get(needed.provider)  # GitHub and Slack take the client secret in the body
+        try:
+            fresh = await oauth.refresh_tokens(
+                needed.token_url, client_id=needed.client_id, client_secret=needed.client_secret,
+                refresh_token=needed.refresh_token, now_ns=self.clock(),
+                scope=(preset.scope_separator if preset else " ").join(needed.scopes),
+                auth_method=preset.auth_method if preset else "client_secret_basic",
+            )
+        except oauth.ProviderRefusedError as exc:
+            await self.submit(RecordAppRefreshFailed(org=org, ctx=ctx, name=needed.name,
+                                                     token_version=needed.token_version, error=exc.error_code,
+                                                     broken=True))
+            raise AppBrokenError(f"connected app {needed.name!r}: the provider refused the refresh "
+                                 f"({exc.error_code}); an admin must connect it again") from None
+        except oauth.OAuthError as exc:
+            await self.submit(RecordAppRefreshFailed(org=org, ctx=ctx, name=needed.name,
+                                                     token_version=needed.token_version,
+                                                     error=type(exc).__name__, broken=False))
+            raise AppRefreshFailedError(f"connected app {needed.name!r}: the provider could not be reached "
+                                        f"({type(exc).__name__}); try again") from None
+        tokens = AppTokens(access_token=fresh.access_token, token_type=fresh.token_type or "Bearer",
+                           refresh_token=fresh.refresh_token, expires_at=fresh.expires_at)
+        return await self.submit(RecordAppRefresh(org=org, ctx=ctx, name=needed.name,
+                                                  token_version=needed.token_version, tokens=tokens, reason=reason))
+
     async def org_settings(self, ctx: Context, org: str) -> OrgSettings:
         return await self.submit(ReadOrgSettings(org=org, ctx=ctx))
 
@@ -344,6 +472,19 @@ class Ledger:
             except NotDue:
                 pass  # rotated, reconfigured, deleted or started elsewhere since the projection was read
         return started
+
+
+MAX_SCOPES = 50
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,200}$")  # RFC 6749 scope-token characters
+
+
+def validate_scopes(scopes: list[str]) -> tuple[str, ...]:
+    if not isinstance(scopes, list) or len(scopes) > MAX_SCOPES:
+        raise ValidationError("scopes", f"must be a list of at most {MAX_SCOPES} scopes")
+    for scope in scopes:
+        if not isinstance(scope, str) or not SCOPE_TOKEN.fullmatch(scope):
+            raise ValidationError("scopes", "each must be 1-200 printable characters without spaces, '\"' or '\\'")
+    return tuple(dict.fromkeys(scopes))
 
 
 __all__ = ("Context", "CreatedKey", "Ledger", "Revealed", "UpsertOutcome")

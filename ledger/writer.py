@@ -24,21 +24,30 @@ from ledger.crypto import Keyring, SigningKey, ValueOpener
 from ledger.errors import ConcurrencyError, LedgerError, StaleReadError, StoreUnavailableError
 from ledger.events import Event, event_type
 from ledger.model import (
+    AppState,
     KeyState,
+    MembersState,
     OrgState,
     SecretState,
     SessionState,
     SshKeysState,
+    SsoState,
+    app_stream,
+    evolve_app,
     evolve_key,
+    evolve_members,
     evolve_org,
     evolve_secret,
     evolve_session,
     evolve_ssh_keys,
+    evolve_sso,
     key_stream,
+    members_stream,
     org_stream,
     secret_stream,
     session_stream,
     ssh_keys_stream,
+    sso_stream,
 )
 from ledger.recorder import ReadSet, Recorder
 from ledger.records import DataKeyRow, IdempotencyRow, PendingRecord, StoredRecord
@@ -78,6 +87,9 @@ class WriteView:
         self.secrets: dict[str, SecretState | None] = {}
         self.ssh_keys: dict[str, SshKeysState | None] = {}
         self.sessions: dict[str, SessionState | None] = {}
+        self.members: dict[str, MembersState | None] = {}
+        self.sso: dict[str, SsoState | None] = {}
+        self.apps: dict[str, AppState | None] = {}
         self.data_keys: dict[str, DataKeyRow | None] = {}
         self.idempotency: dict[tuple[str, str], IdempotencyRow] = {}
         # Events with a sealed value decided earlier in this batch, per stream: not in the store yet, but
@@ -116,6 +128,25 @@ class WriteView:
             self.sessions[stream] = await self._committed_state(stream, "sessions")  # type: ignore[assignment]
         return self.sessions[stream]
 
+    async def org_members(self, org: str) -> MembersState | None:
+        """Every person who joined the org (None: nobody yet)."""
+        stream = members_stream(org)
+        if stream not in self.members:
+            self.members[stream] = await self._committed_state(stream, "members")  # type: ignore[assignment]
+        return self.members[stream]
+
+    async def org_sso(self, org: str) -> SsoState | None:
+        stream = sso_stream(org)
+        if stream not in self.sso:
+            self.sso[stream] = await self._committed_state(stream, "sso")  # type: ignore[assignment]
+        return self.sso[stream]
+
+    async def app(self, org: str, name: str) -> AppState | None:
+        stream = app_stream(org, name)
+        if stream not in self.apps:
+            self.apps[stream] = await self._committed_state(stream, "apps")  # type: ignore[assignment]
+        return self.apps[stream]
+
     async def data_key(self, data_key_id: str) -> DataKeyRow | None:
         if data_key_id not in self.data_keys:
             assert self._committed is not None
@@ -150,6 +181,12 @@ class WriteView:
                 self.ssh_keys[stream] = evolve_ssh_keys(self.ssh_keys.get(stream), event)
             elif stream.startswith("session:"):
                 self.sessions[stream] = evolve_session(self.sessions.get(stream), event)
+            elif stream.startswith("members:"):
+                self.members[stream] = evolve_members(self.members.get(stream), event)
+            elif stream.startswith("sso:"):
+                self.sso[stream] = evolve_sso(self.sso.get(stream), event)
+            elif stream.startswith("app:"):
+                self.apps[stream] = evolve_app(self.apps.get(stream), event, value)
         for row in decision.data_keys:
             self.data_keys[row.id] = row
         for data_key_id in decision.drop_data_keys:
@@ -190,6 +227,12 @@ class WriteCache:
                     state = evolve_ssh_keys(state, event)  # type: ignore[arg-type]
                 elif kind == "sessions":
                     state = evolve_session(state, event)  # type: ignore[arg-type]
+                elif kind == "members":
+                    state = evolve_members(state, event)  # type: ignore[arg-type]
+                elif kind == "sso":
+                    state = evolve_sso(state, event)  # type: ignore[arg-type]
+                elif kind == "apps":
+                    state = evolve_app(state, event, record.sealed)  # type: ignore[arg-type]
                 else:
                     state = evolve_secret(state, event, record.sealed)  # type: ignore[arg-type]
             self.streams[stream] = state
@@ -201,7 +244,8 @@ class WriteCache:
         return self.wrapped[data_key_id]
 
     def merge(self, view: WriteView) -> None:
-        for table in (view.orgs, view.keys, view.secrets, view.ssh_keys, view.sessions):
+        for table in (view.orgs, view.keys, view.secrets, view.ssh_keys, view.sessions, view.members, view.sso,
+                      view.apps):
             self.streams.update(table)
         self.wrapped.update(view.data_keys)
         for data_key_id, row in view.data_keys.items():
@@ -378,7 +422,7 @@ class Writer:
             await self.before_commit()
         try:
             read_set = ReadSet(self.known_seq, frozenset((*view.orgs, *view.keys, *view.secrets, *view.ssh_keys,
-                                                          *view.sessions)))
+                                                          *view.sessions, *view.members, *view.sso, *view.apps)))
             stored = await self.recorder.append(
                 pending, events, data_keys=data_keys, drop_data_keys=drop_data_keys, idempotency=idempotency,
                 read_set=read_set,

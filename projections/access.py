@@ -12,7 +12,17 @@ import msgspec
 
 from ledger.codec import decode_event
 from ledger.events import ApiKeyCreated, ApiKeyRevoked
-from ledger.model import KeyState, SecretState, evolve_key, evolve_secret, scope_covers, secret_stream
+from ledger.model import (
+    KeyState,
+    MembersState,
+    SecretState,
+    evolve_key,
+    evolve_members,
+    evolve_secret,
+    members_stream,
+    scope_covers,
+    secret_stream,
+)
 from ledger.recorder import Recorder
 
 
@@ -31,13 +41,15 @@ class RevealAccess(msgspec.Struct, frozen=True, kw_only=True):
     policy_key_ids: list[str]
     policy_labels: list[str]
     policy_roles: list[str]
-    keys: list[KeyAccess]  # every active key that could have revealed it, by key id
+    keys: list[KeyAccess]  # every active key (and person: role and scope `all`) that could have revealed it, by id
 
 
 async def who_could_reveal(recorder: Recorder, org: str, name: str, at: int, chunk: int = 5000) -> RevealAccess:
     stream = secret_stream(org, name)
     keys: dict[str, KeyState] = {}
     secret: SecretState | None = None
+    people: MembersState | None = None
+    people_stream = members_stream(org)
     after = 0
     done = False
     while not done and (records := await recorder.read_org(org, after, chunk)):
@@ -47,6 +59,8 @@ async def who_could_reveal(recorder: Recorder, org: str, name: str, at: int, chu
                 break
             if record.stream == stream and record.stream_version is not None:
                 secret = evolve_secret(secret, decode_event(record.body), None)
+            elif record.stream == people_stream and record.stream_version is not None:
+                people = evolve_members(people, decode_event(record.body))
             elif record.type in ("api_key.created", "api_key.revoked"):
                 event = decode_event(record.body)
                 assert isinstance(event, ApiKeyCreated | ApiKeyRevoked)
@@ -56,6 +70,9 @@ async def who_could_reveal(recorder: Recorder, org: str, name: str, at: int, chu
         after = records[-1].org_seq
     exists = secret is not None and secret.exists
     expired = secret is not None and secret.expires_at is not None and at >= secret.expires_at
+    # People act like keys of scope `all` with their role (ledger.commands.person_as_key).
+    for person in people.people if people is not None else ():
+        keys[person.member_id] = person.as_key(org)
     allowed: list[KeyAccess] = []
     if secret is not None and exists and not expired:
         for key in sorted(keys.values(), key=lambda k: k.key_id):

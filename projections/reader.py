@@ -14,7 +14,18 @@ import msgspec
 
 from ledger.events import ApiKeyRevoked, Event
 from ledger.writer import Writer
-from projections.views import ApiKeyRow, AuditRow, RotationRow, SecretMeta, SessionRow, SshKeyRow, VersionRow
+from projections.views import (
+    ApiKeyRow,
+    AppRow,
+    AuditRow,
+    PersonRow,
+    RotationRow,
+    SecretMeta,
+    SessionRow,
+    SshKeyRow,
+    SsoRow,
+    VersionRow,
+)
 
 Row = Sequence[Any]
 _CACHE_LIMIT = 100_000  # entries per cache; a full cache starts again empty
@@ -25,9 +36,12 @@ SECRET_COLUMNS = (
 )
 KEY_COLUMNS = "key_id, org, label, role, scope, created_at, revoked_at, last_used_at"
 SSH_KEY_COLUMNS = "org, ssh_key_id, label, algorithm, bits, fingerprint, comment, public_key, added_at, added_by"
+PERSON_COLUMNS = "org, member_id, issuer, subject, email, role, joined_at, removed_at, last_sign_in_at"
+APP_COLUMNS = ("org, name, provider, authorization_url, token_url, client_id, scopes, scope, state, token_version, "
+               "expires_at, connected_at, connected_by, last_refresh_at, last_error, last_error_at")
 _AUDIT_COLUMNS = (
     "seq, org, at, action, actor_key_id, actor_label, actor_kind, secret, version, request_id, "
-    "client_address, user_agent, outcome, detail"
+    "client_address, user_agent, outcome, detail, actor_subject"
 )
 
 
@@ -51,6 +65,22 @@ def key_of_row(row: Row) -> ApiKeyRow:
         created_at=int(row[5]),
         revoked_at=None if row[6] is None else int(row[6]),
         last_used_at=None if row[7] is None else int(row[7]),
+    )
+
+
+def person_of_row(r: Row) -> PersonRow:
+    return PersonRow(org=str(r[0]), member_id=str(r[1]), issuer=str(r[2]), subject=str(r[3]), email=str(r[4]),
+                     role=str(r[5]), joined_at=int(r[6]), removed_at=_int_or_none(r[7]),
+                     last_sign_in_at=_int_or_none(r[8]))
+
+
+def app_of_row(r: Row) -> AppRow:
+    return AppRow(
+        org=str(r[0]), name=str(r[1]), provider=str(r[2]), authorization_url=str(r[3]), token_url=str(r[4]),
+        client_id=str(r[5]), scopes=str(r[6]).split(), scope=str(r[7]), state=str(r[8]), token_version=int(r[9]),
+        expires_at=_int_or_none(r[10]), connected_at=int(r[11]), connected_by=str(r[12]),
+        last_refresh_at=_int_or_none(r[13]), last_error=None if r[14] is None else str(r[14]),
+        last_error_at=_int_or_none(r[15]),
     )
 
 
@@ -163,6 +193,42 @@ class Projections:
         return SessionRow(org=str(row[0]), session_id=str(row[1]), key_id=str(row[2]), started_at=int(row[3]),
                           ended_at=_int_or_none(row[4]))
 
+    async def list_people(self, org: str) -> list[PersonRow]:
+        """The org's people, in the order they joined (removed ones too: `removed_at` is set)."""
+        rows = await self.db.all(
+            f"SELECT {PERSON_COLUMNS} FROM members WHERE org = ? ORDER BY joined_at, member_id", (org,)
+        )
+        return [person_of_row(r) for r in rows]
+
+    async def get_person(self, org: str, member_id: str) -> PersonRow | None:
+        row = await self.db.one(f"SELECT {PERSON_COLUMNS} FROM members WHERE member_id = ? AND org = ?",
+                                (member_id, org))
+        return None if row is None else person_of_row(row)
+
+    async def get_sso(self, org: str) -> SsoRow | None:
+        row = await self.db.one(
+            "SELECT org, issuer, client_id, client_secret_name, allowed_domains, changed_at FROM sso_settings "
+            "WHERE org = ?", (org,),
+        )
+        if row is None:
+            return None
+        return SsoRow(org=str(row[0]), issuer=str(row[1]), client_id=str(row[2]), client_secret_name=str(row[3]),
+                      allowed_domains=str(row[4]).split(), changed_at=int(row[5]))
+
+    async def list_apps(self, org: str, *, include_disconnected: bool = False) -> list[AppRow]:
+        """The org's connected apps by name (disconnected ones only when asked)."""
+        rows = await self.db.all(
+            f"SELECT {APP_COLUMNS} FROM connected_apps WHERE org = ? ORDER BY name", (org,)
+        )
+        apps = [app_of_row(r) for r in rows]
+        return apps if include_disconnected else [a for a in apps if a.state != "disconnected"]
+
+    async def get_app(self, org: str, name: str) -> AppRow | None:
+        """A connection that is not disconnected."""
+        row = await self.db.one(f"SELECT {APP_COLUMNS} FROM connected_apps WHERE org = ? AND name = ?", (org, name))
+        app = None if row is None else app_of_row(row)
+        return app if app is not None and app.state != "disconnected" else None
+
     async def get_secret(self, org: str, name: str) -> SecretMeta | None:
         cached = self._secrets.get((org, name))
         if cached is not None:
@@ -265,7 +331,7 @@ class Projections:
             AuditRow(
                 seq=r[0], org=r[1], at=r[2], action=r[3], actor_key_id=r[4], actor_label=r[5], actor_kind=r[6],
                 secret=r[7], version=r[8], request_id=r[9], client_address=r[10], user_agent=r[11],
-                outcome=r[12], detail=r[13],
+                outcome=r[12], detail=r[13], actor_subject=r[14],
             )
             for r in rows
         ]
@@ -311,7 +377,7 @@ def _audit_row(r: Row) -> AuditRow:
     return AuditRow(
         seq=r[0], org=r[1], at=r[2], action=r[3], actor_key_id=r[4], actor_label=r[5],
         actor_kind=r[6], secret=r[7], version=r[8], request_id=r[9], client_address=r[10],
-        user_agent=r[11], outcome=r[12], detail=r[13],
+        user_agent=r[11], outcome=r[12], detail=r[13], actor_subject=r[14],
     )
 
 

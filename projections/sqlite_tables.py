@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from msgspec import UnsetType
+
 from ledger.events import (
     VALUE_EVENTS,
     ApiKeyCreated,
     ApiKeyRevoked,
+    AppConnected,
+    AppDisconnected,
+    AppRefreshFailed,
+    AppTokenRefreshed,
     Event,
+    MemberJoined,
+    MemberRemoved,
+    MemberRoleChanged,
     SecretCreated,
     SecretDeleted,
     SecretDestroyed,
@@ -29,6 +38,8 @@ from ledger.events import (
     SessionStarted,
     SshKeyAdded,
     SshKeyRemoved,
+    SsoConfigured,
+    SsoRemoved,
     event_type,
     external_of,
     outcome_of,
@@ -202,7 +213,8 @@ class ApiKeysProjector:
 
 
 _AUDIT_INSERT = """INSERT INTO audit (seq, org, at, action, actor_key_id, actor_label, actor_kind, secret,
-    version, request_id, client_address, user_agent, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"""
+    version, request_id, client_address, user_agent, outcome, detail, actor_subject)
+    VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"""
 
 
 class AuditProjector:
@@ -216,7 +228,8 @@ class AuditProjector:
                 seq INTEGER PRIMARY KEY, org TEXT NOT NULL, at INTEGER NOT NULL, action TEXT NOT NULL,
                 actor_key_id TEXT NOT NULL, actor_label TEXT NOT NULL, actor_kind TEXT NOT NULL,
                 secret TEXT, version INTEGER, request_id TEXT NOT NULL, client_address TEXT NOT NULL,
-                user_agent TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL)""",
+                user_agent TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL,
+                actor_subject TEXT NOT NULL)""",
             # Per org in seq order: appended at each org's end, so it costs little on the hot path.
             "CREATE INDEX IF NOT EXISTS audit_org_seq ON audit(org, seq)",
         ]
@@ -235,6 +248,7 @@ class AuditProjector:
                 record.seq, event.org, event.at, event_type(event), event.actor.key_id, event.actor.label,
                 event.actor.kind, secret_name(event), secret_version(event), event.request_id,
                 event.source.address, event.source.user_agent, outcome, detail,
+                "" if isinstance(event.actor.subject, UnsetType) else event.actor.subject,
             ))
         return [Statement(_AUDIT_INSERT, rows)]
 
@@ -368,10 +382,124 @@ class DashboardSessionsProjector:
         return _coalesce(rows)
 
 
+_MEMBER_JOINED = """INSERT INTO members (member_id, org, issuer, subject, email, role, joined_at, removed_at)
+    VALUES (?,?,?,?,?,?,?,NULL)"""
+_MEMBER_ROLE = "UPDATE members SET role=? WHERE member_id=?"
+_MEMBER_REMOVED = "UPDATE members SET removed_at=? WHERE member_id=?"
+_MEMBER_SEEN = "UPDATE members SET last_sign_in_at=?, email=? WHERE member_id=?"
+_SSO_SET = """INSERT INTO sso_settings (org, issuer, client_id, client_secret_name, allowed_domains, changed_at)
+    VALUES (?,?,?,?,?,?) ON CONFLICT(org) DO UPDATE SET issuer=excluded.issuer, client_id=excluded.client_id,
+    client_secret_name=excluded.client_secret_name, allowed_domains=excluded.allowed_domains,
+    changed_at=excluded.changed_at"""
+_SSO_REMOVED = "DELETE FROM sso_settings WHERE org=?"
+
+
+class PeopleProjector:
+    """The org's people (joined through single sign-on; removed ones keep their row, with `removed_at`) and its
+    identity provider's settings (no secret: the client secret is a keyledger secret, named)."""
+
+    name = "people"
+
+    def schema(self) -> list[str]:
+        return [
+            """CREATE TABLE IF NOT EXISTS members (
+                member_id TEXT PRIMARY KEY, org TEXT NOT NULL, issuer TEXT NOT NULL, subject TEXT NOT NULL,
+                email TEXT NOT NULL, role TEXT NOT NULL, joined_at INTEGER NOT NULL, removed_at INTEGER,
+                last_sign_in_at INTEGER)""",
+            "CREATE INDEX IF NOT EXISTS members_org ON members(org, joined_at)",
+            """CREATE TABLE IF NOT EXISTS sso_settings (
+                org TEXT PRIMARY KEY, issuer TEXT NOT NULL, client_id TEXT NOT NULL,
+                client_secret_name TEXT NOT NULL, allowed_domains TEXT NOT NULL, changed_at INTEGER NOT NULL)""",
+        ]
+
+    def reset(self) -> list[str]:
+        return ["DELETE FROM members", "DELETE FROM sso_settings"]
+
+    def drop(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS members", "DROP TABLE IF EXISTS sso_settings"]
+
+    def project(self, batch: Batch) -> list[Statement]:
+        rows: list[tuple[str, tuple[object, ...]]] = []
+        for _, event in batch:
+            if isinstance(event, MemberJoined):
+                rows.append((_MEMBER_JOINED, (event.member_id, event.org, event.issuer, event.subject, event.email,
+                                              event.role, event.at)))
+            elif isinstance(event, MemberRoleChanged):
+                rows.append((_MEMBER_ROLE, (event.role, event.member_id)))
+            elif isinstance(event, MemberRemoved):
+                rows.append((_MEMBER_REMOVED, (event.at, event.member_id)))
+            elif isinstance(event, SessionStarted) and event.actor.kind == "person":
+                rows.append((_MEMBER_SEEN, (event.at, event.actor.label, event.actor.key_id)))
+            elif isinstance(event, SsoConfigured):
+                rows.append((_SSO_SET, (event.org, event.issuer, event.client_id, event.client_secret_name,
+                                        " ".join(event.allowed_domains), event.at)))
+            elif isinstance(event, SsoRemoved):
+                rows.append((_SSO_REMOVED, (event.org,)))
+        return _coalesce(rows)
+
+
+_APP_CONNECTED = """INSERT INTO connected_apps (org, name, provider, authorization_url, token_url, client_id, scopes,
+    scope, state, token_version, expires_at, connected_at, connected_by, last_refresh_at, last_error, last_error_at,
+    disconnected_at) VALUES (?,?,?,?,?,?,?,?,'connected',?,?,?,?,NULL,NULL,NULL,NULL)
+    ON CONFLICT(org, name) DO UPDATE SET provider=excluded.provider, authorization_url=excluded.authorization_url,
+    token_url=excluded.token_url, client_id=excluded.client_id, scopes=excluded.scopes, scope=excluded.scope,
+    state='connected', token_version=excluded.token_version, expires_at=excluded.expires_at,
+    connected_at=excluded.connected_at, connected_by=excluded.connected_by, last_refresh_at=NULL, last_error=NULL,
+    last_error_at=NULL, disconnected_at=NULL"""
+_APP_REFRESHED = """UPDATE connected_apps SET state='connected', token_version=?, expires_at=?, last_refresh_at=?
+    WHERE org=? AND name=?"""
+_APP_FAILED = """UPDATE connected_apps SET state=CASE WHEN ? THEN 'broken' ELSE state END, last_error=?,
+    last_error_at=? WHERE org=? AND name=?"""
+_APP_DISCONNECTED = "UPDATE connected_apps SET state='disconnected', disconnected_at=? WHERE org=? AND name=?"
+
+
+class ConnectedAppsProjector:
+    """Each connection's endpoints and health (`connected`, `broken`, `disconnected`): never a token."""
+
+    name = "connected_apps"
+
+    def schema(self) -> list[str]:
+        return [
+            """CREATE TABLE IF NOT EXISTS connected_apps (
+                org TEXT NOT NULL, name TEXT NOT NULL, provider TEXT NOT NULL, authorization_url TEXT NOT NULL,
+                token_url TEXT NOT NULL, client_id TEXT NOT NULL, scopes TEXT NOT NULL, scope TEXT NOT NULL,
+                state TEXT NOT NULL, token_version INTEGER NOT NULL, expires_at INTEGER,
+                connected_at INTEGER NOT NULL, connected_by TEXT NOT NULL, last_refresh_at INTEGER,
+                last_error TEXT, last_error_at INTEGER, disconnected_at INTEGER,
+                PRIMARY KEY (org, name)) WITHOUT ROWID""",
+        ]
+
+    def reset(self) -> list[str]:
+        return ["DELETE FROM connected_apps"]
+
+    def drop(self) -> list[str]:
+        return ["DROP TABLE IF EXISTS connected_apps"]
+
+    def project(self, batch: Batch) -> list[Statement]:
+        rows: list[tuple[str, tuple[object, ...]]] = []
+        for _, event in batch:
+            if isinstance(event, AppConnected):
+                rows.append((_APP_CONNECTED, (
+                    event.org, event.name, event.provider, event.authorization_url, event.token_url, event.client_id,
+                    " ".join(event.scopes), event.scope, event.token_version, event.expires_at, event.at,
+                    event.actor.key_id,
+                )))
+            elif isinstance(event, AppTokenRefreshed):
+                rows.append((_APP_REFRESHED, (event.token_version, event.expires_at, event.at, event.org,
+                                              event.name)))
+            elif isinstance(event, AppRefreshFailed):
+                rows.append((_APP_FAILED, (event.broken, event.error, event.at, event.org, event.name)))
+            elif isinstance(event, AppDisconnected):
+                rows.append((_APP_DISCONNECTED, (event.at, event.org, event.name)))
+        return _coalesce(rows)
+
+
 def all_projectors() -> list[Projector]:
     return [SecretsProjector(), ApiKeysProjector(), AuditProjector(), SecretVersionsProjector(), RotationsProjector(),
-            SshKeysProjector(), DashboardSessionsProjector()]
+            SshKeysProjector(), DashboardSessionsProjector(), PeopleProjector(), ConnectedAppsProjector()]
 
 
 PROJECTION_TABLES = ("secrets", "api_keys", "audit", "secret_versions", "secret_rotation", "ssh_keys",
-                     "dashboard_sessions")
+                     "dashboard_sessions", "members", "sso_settings", "connected_apps")
+# Each projector's position is kept under its name (a projector may own several tables).
+PROJECTOR_NAMES = tuple(p.name for p in all_projectors())

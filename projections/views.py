@@ -51,6 +51,7 @@ class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
     user_agent: str
     outcome: str
     detail: str
+    actor_subject: str = ""  # a person's subject at the org's identity provider
 
 
 class VersionRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,3 +102,49 @@ class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str
     started_at: int
     ended_at: int | None
+
+
+class PersonRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A person of the org (joined through single sign-on)."""
+
+    org: str
+    member_id: str
+    issuer: str
+    subject: str
+    email: str  # as of the last sign-in
+    role: str
+    joined_at: int
+    removed_at: int | None
+    last_sign_in_at: int | None
+
+
+class SsoRow(msgspec.Struct, frozen=True, kw_only=True):
+    """The org's identity provider (the client secret is the keyledger secret named here)."""
+
+    org: str
+    issuer: str
+    client_id: str
+    client_secret_name: str
+    allowed_domains: list[str]
+    changed_at: int
+
+
+class AppRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A connected app's endpoints and health; never a token."""
+
+    org: str
+    name: str
+    provider: str
+    authorization_url: str
+    token_url: str
+    client_id: str
+    scopes: list[str]
+    scope: str
+    state: str  # "connected", "broken" or "disconnected"
+    token_version: int
+    expires_at: int | None
+    connected_at: int
+    connected_by: str
+    last_refresh_at: int | None
+    last_error: str | None
+    last_error_at: int | None

@@ -48,7 +48,7 @@ from ledger.crypto import MasterKey
 from ledger.events import event_type, secret_name, secret_version
 from ledger.sqlite_store import SqliteRecorder, iter_records, iter_rows
 from ledger.verify import verify_rows
-from projections.sqlite_tables import PROJECTION_TABLES, all_projectors
+from projections.sqlite_tables import PROJECTION_TABLES, PROJECTOR_NAMES, all_projectors
 from tests.test_projections import dump, head_and_positions
 
 ORG = "crash"
@@ -479,7 +479,7 @@ def check_reveal_count(index: Index, answers: list[Answer], findings: Findings) 
 def check_projections(db: Path, findings: Findings) -> None:
     """The projections are current and equal a rebuild from the first event (made on a copy)."""
     head, positions = head_and_positions(db)
-    if positions != dict.fromkeys(PROJECTION_TABLES, head):
+    if positions != dict.fromkeys(PROJECTOR_NAMES, head):
         findings.projection_mismatches.append(f"positions {positions}, head {head}")
     with tempfile.TemporaryDirectory(prefix="keyledger-crash-rebuild-") as tmp:
         copy = Path(tmp) / db.name

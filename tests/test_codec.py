@@ -22,8 +22,16 @@ from ledger.events import (
     Actor,
     ApiKeyCreated,
     ApiKeyRevoked,
+    AppConnected,
+    AppDisconnected,
+    AppRefreshFailed,
+    AppTokenRefreshed,
+    AppTokenRevealed,
     Event,
     MasterKeyRotated,
+    MemberJoined,
+    MemberRemoved,
+    MemberRoleChanged,
     OrgCreated,
     OrgSettingsChanged,
     SecretCreated,
@@ -51,6 +59,8 @@ from ledger.events import (
     Source,
     SshKeyAdded,
     SshKeyRemoved,
+    SsoConfigured,
+    SsoRemoved,
     event_type,
 )
 from ledger.generator import GeneratorSpec
@@ -154,6 +164,26 @@ EXPECTED: dict[str, tuple[type[Event], dict[str, Any]]] = {
     "session.ended": (SessionEnded, {
         "stream": "session:q8Xz3LhT0vR5bN2mK7yW1cJ4", "stream_version": 2, "session_id": "q8Xz3LhT0vR5bN2mK7yW1cJ4",
         "reason": "signed_out", "at": AT + 31}),
+    # Added with single sign-on for people and connected apps.
+    "sso.configured": (SsoConfigured, {
+        "stream": "sso:acme", "issuer": "https://login.example.com", "client_id": "keyledger-acme",
+        "client_secret_name": "SSO_CLIENT_SECRET", "allowed_domains": ["acme.example"]}),
+    "sso.removed": (SsoRemoved, {"stream": "sso:acme", "stream_version": 2}),
+    "member.joined": (MemberJoined, {
+        "stream": "members:acme", "member_id": "mbr_6a1f0e9d2c3b4a58", "subject": "248289761001",
+        "email": "ada@acme.example", "role": "admin",
+        "actor": Actor(key_id="mbr_6a1f0e9d2c3b4a58", label="ada@acme.example", kind="person",
+                       subject="248289761001")}),
+    "member.role_changed": (MemberRoleChanged, {"member_id": "mbr_6a1f0e9d2c3b4a58", "role": "member"}),
+    "member.removed": (MemberRemoved, {"member_id": "mbr_6a1f0e9d2c3b4a58", "stream_version": 3}),
+    "app.connected": (AppConnected, {
+        "stream": "app:acme/github", "name": "github", "provider": "github", "scopes": ["repo", "read:org"],
+        "scope": "tools", "token_version": 1, "refreshable": True, "client_id": "Iv1.8a61f9b3a7aba766"}),
+    "app.token_refreshed": (AppTokenRefreshed, {"token_version": 2, "data_key_id": "dek_0f1e2d3c4b5a69788796a5b4"}),
+    "app.token_revealed": (AppTokenRevealed, {"stream_version": None, "token_version": 2,
+                                              "reason": "nightly sync"}),
+    "app.refresh_failed": (AppRefreshFailed, {"error": "invalid_grant", "broken": True}),
+    "app.disconnected": (AppDisconnected, {"name": "github", "stream_version": 4}),
 }
 
 

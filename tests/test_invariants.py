@@ -51,7 +51,7 @@ from ledger.sqlite_store import SqliteRecorder, iter_records
 from ledger.verify import verify_records
 from ledger.writer import WriteCache, WriteView
 from projections.sqlite_reader import SqliteProjections
-from projections.sqlite_tables import PROJECTION_TABLES, SecretsProjector, all_projectors
+from projections.sqlite_tables import PROJECTION_TABLES, PROJECTOR_NAMES, SecretsProjector, all_projectors
 from tests.conftest import ADMIN, ctx_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ async def reopen(ledger: Ledger, keyring: Keyring) -> Ledger:
 _LEDGER_WRITES = re.compile(
     r"\b(UPDATE\s+(OR\s+\w+\s+)?events\b|DELETE\s+FROM\s+events\b|(INSERT\s+OR\s+)?REPLACE\s+INTO\s+events\b"
     # Projection tables are derived and may be dropped and rebuilt (their schema changed); nothing else.
-    r"|DROP\s+TRIGGER\b|DROP\s+TABLE\s+(IF\s+EXISTS\s+)?(?!(IF|secrets|api_keys|audit|secret_versions|secret_rotation|ssh_keys|dashboard_sessions)\b)\w+"
+    r"|DROP\s+TRIGGER\b|DROP\s+TABLE\s+(IF\s+EXISTS\s+)?(?!(IF|secrets|api_keys|audit|secret_versions|secret_rotation|ssh_keys|dashboard_sessions|members|sso_settings|connected_apps)\b)\w+"
     r"|ALTER\s+TABLE\s+events\b)",
     re.IGNORECASE,
 )
@@ -538,7 +538,7 @@ async def test_invariant_6_projections_are_pure(ledger: Ledger, db_path: Path) -
     ))
     incremental = projection_dump(db_path)
     head, positions = head_and_positions(db_path)
-    assert positions == dict.fromkeys(PROJECTION_TABLES, head)
+    assert positions == dict.fromkeys(PROJECTOR_NAMES, head)
     assert all(incremental.values()) and len(incremental["audit"]) == head
     conn = sqlite3.connect(db_path)
     try:  # derived data may be lost or damaged: a rebuild from the first event does not look at it
@@ -551,7 +551,7 @@ async def test_invariant_6_projections_are_pure(ledger: Ledger, db_path: Path) -
     assert projection_dump(db_path) != incremental
     await ledger.recorder.rebuild_projections()
     assert projection_dump(db_path) == incremental
-    assert head_and_positions(db_path) == (head, dict.fromkeys(PROJECTION_TABLES, head))
+    assert head_and_positions(db_path) == (head, dict.fromkeys(PROJECTOR_NAMES, head))
 
 
 # -- 7. exactly once -----------------------------------------------------------------------------
@@ -560,7 +560,7 @@ async def test_invariant_6_projections_are_pure(ledger: Ledger, db_path: Path) -
 async def test_invariant_7_exactly_once(ledger: Ledger, db_path: Path, keyring: Keyring) -> None:
     w = await workload(ledger)
     head, positions = head_and_positions(db_path)
-    assert positions == dict.fromkeys(PROJECTION_TABLES, head) and head == 14
+    assert positions == dict.fromkeys(PROJECTOR_NAMES, head) and head == 14
     before = projection_dump(db_path)
     data_keys = query(db_path, "SELECT * FROM data_keys ORDER BY id")
     a = ctx_for(w.acme)
@@ -583,13 +583,13 @@ async def test_invariant_7_exactly_once(ledger: Ledger, db_path: Path, keyring: 
     await ledger.upsert_secret(a, "acme", "db", b"new value")
     await ledger.reveal_secret(a, "acme", "db")
     await asyncio.gather(ledger.create_api_key(a, "acme", "new key"), ledger.delete_secret(a, "acme", "db"))
-    assert head_and_positions(db_path) == (head + 4, dict.fromkeys(PROJECTION_TABLES, head + 4))
+    assert head_and_positions(db_path) == (head + 4, dict.fromkeys(PROJECTOR_NAMES, head + 4))
     assert [r[0] for r in query(db_path, "SELECT seq FROM audit ORDER BY seq")] == list(range(1, head + 5))
 
     # Reopening applies nothing twice (audit's primary key is the seq) and skips nothing.
     ledger = await reopen(ledger, keyring)
     try:
-        assert head_and_positions(db_path) == (head + 4, dict.fromkeys(PROJECTION_TABLES, head + 4))
+        assert head_and_positions(db_path) == (head + 4, dict.fromkeys(PROJECTOR_NAMES, head + 4))
         assert [r[0] for r in query(db_path, "SELECT seq FROM audit ORDER BY seq")] == list(range(1, head + 5))
     finally:
         await ledger.stop()
@@ -612,7 +612,7 @@ async def test_bug_invariant_7_appends_move_the_positions_of_projectors_that_did
     positions = await ledger.recorder.projection_positions()
     await ledger.stop()
     assert positions == {"secrets": 3, "api_keys": 2, "audit": 2, "secret_versions": 2, "secret_rotation": 2,
-                         "ssh_keys": 2, "dashboard_sessions": 2}
+                         "ssh_keys": 2, "dashboard_sessions": 2, "people": 2, "connected_apps": 2}
 
     ledger = Ledger(SqliteRecorder(db_path, all_projectors()), keyring)
     await ledger.start()

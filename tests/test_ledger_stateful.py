@@ -21,6 +21,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from ledger.apps import AppTokens
 from ledger.commands import Context, CreatedKey, Revealed, UpsertOutcome
 from ledger.crypto import Keyring, MasterKey, open_value
 from ledger.errors import (
@@ -32,7 +33,7 @@ from ledger.errors import (
     RevealDeniedError,
     UnauthenticatedError,
 )
-from ledger.events import CATEGORIES, ROLES, SCOPES
+from ledger.events import CATEGORIES, ROLES, SCOPES, Actor
 from ledger.model import KeyState, SecretState, key_stream, scope_covers, secret_stream
 from ledger.recorder import Recorder
 from ledger.records import StoredRecord
@@ -45,6 +46,9 @@ from projections.sqlite_tables import all_projectors
 from tests.conftest import ADMIN, ctx_for
 
 ORGS = ("acme", "globex", "initech")
+ISSUER = "https://login.example.com"
+SUBJECTS = ("ada", "grace", "linus", "barbara")
+APP_NAMES = ("github", "slack")
 NAMES = ("db-password", "OPENAI_API_KEY", "tool config", "ключ", "x")
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12)
 values = st.binary(max_size=48)
@@ -65,8 +69,17 @@ class KeyModel:
     role: str
     scope: str
     ctx: Context
-    revoked: bool = False
+    revoked: bool = False  # for a person: removed
     used: bool = False  # acted at least once with a command that recorded an event
+    person: bool = False  # a person signed in through single sign-on (key_id is the member id)
+
+
+@dataclass
+class AppModel:
+    connected: bool = False
+    scope: str = "all"
+    token_version: int = 0
+    access_token: str = ""
 
 
 @dataclass
@@ -112,6 +125,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.restarts = 0
         self.events_at_restart = 0
         self.first_admins: set[str] = set()
+        self.sso_orgs: set[str] = set()
+        self.people: dict[tuple[str, str], str] = {}  # (org, subject) -> member id
+        self.apps: dict[tuple[str, str], AppModel] = {}
+        self.token_reveals = 0
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -247,7 +264,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if key.role != "admin":
             return ("err", PermissionDeniedError)
         target = self.model_keys.get(op.args["target"])
-        if target is None or target.org != op.org or target.revoked:
+        if target is None or target.org != op.org or target.revoked or target.person:
             return ("err", NotFoundError)
         target.revoked = True
         self._acted(key.key_id)
@@ -407,7 +424,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if by_admin_token:
             v = self.model_keys[victim]
             outcome = self.run(self._outcome(self.ledger.revoke_api_key(ADMIN, v.org, victim)))
-            if v.revoked:
+            if v.revoked or v.person:  # a person is not a key: removing one is another command
                 assert outcome[0] == "err" and type(outcome[1]) is NotFoundError, outcome
             else:
                 assert outcome == ("ok", None), outcome
@@ -526,11 +543,178 @@ class LedgerMachine(RuleBasedStateMachine):
                 dek = self.keyring.unwrap(row.id, row.kek_id, row.wrapped)
                 assert open_value(dek, state.sealed, org, name, state.version) == s.value
             for key_id, k in self.model_keys.items():
+                if k.person:
+                    continue  # people are folded from their org's members stream (checked by the invariant)
                 key = await cache.state(key_stream(key_id), "keys")
                 assert isinstance(key, KeyState)
                 assert (key.org, key.role, key.scope, key.revoked) == (k.org, k.role, k.scope, k.revoked)
 
         self.run(check_write_state())
+
+    # -- people (single sign-on) and connected apps ------------------------------------------
+
+    def first_admin_of(self, org: str) -> KeyModel:
+        return next(self.model_keys[k] for k in self.first_admins if self.model_keys[k].org == org)
+
+    @rule(org=st.sampled_from(ORGS[:2]))
+    def configure_sso(self, org: str) -> None:
+        """The client secret is stored as a secret first (an upsert the model follows), then named."""
+        admin = self.first_admin_of(org)
+        self.one(Op("upsert", admin.key_id, org, {
+            "name": "sso client secret", "value": b"s3cret", "scope": None, "category": None,
+            "description": None, "if_match": None,
+        }))
+        outcome = self.run(self._outcome(self.ledger.configure_sso(
+            admin.ctx, org, issuer=ISSUER, client_id=f"keyledger-{org}",
+            client_secret_name="sso client secret", allowed_domains=[f"{org}.example"])))
+        assert outcome == ("ok", None), outcome
+        self._acted(admin.key_id)
+        self.sso_orgs.add(org)
+
+    @rule(org=st.sampled_from(ORGS[:2]), subject=st.sampled_from(SUBJECTS), own_domain=st.booleans())
+    def person_signs_in(self, org: str, subject: str, own_domain: bool) -> None:
+        """First sign-in joins (the org's first person an admin); a removed person stays out."""
+        email = f"{subject}@{org if own_domain else 'elsewhere'}.example"
+        outcome = self.run(self._outcome(self.ledger.sign_in_person(
+            Context(actor=ADMIN.actor), org, issuer=ISSUER, subject=subject, email=email,
+            session_id=f"stateful-session-{self.events:08d}-{subject}")))
+        member_id = self.people.get((org, subject))
+        if org not in self.sso_orgs:
+            expected: type[LedgerError] | None = UnauthenticatedError
+        elif not own_domain or (member_id is not None and self.model_keys[member_id].revoked):
+            expected = PermissionDeniedError
+        else:
+            expected = None
+        if expected is not None:
+            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+            return
+        assert outcome[0] == "ok", outcome
+        signed_in = outcome[1]
+        if member_id is None:
+            first = not any(o == org for (o, _) in self.people)
+            assert signed_in.joined and signed_in.role == ("admin" if first else "member")
+            self.people[(org, subject)] = signed_in.member_id
+            self.model_keys[signed_in.member_id] = KeyModel(
+                key_id=signed_in.member_id, org=org, label=email, role=signed_in.role, scope="all", person=True,
+                ctx=Context(actor=Actor(key_id=signed_in.member_id, label=email, kind="person", subject=subject)),
+            )
+            self.events += 2
+        else:
+            assert not signed_in.joined and signed_in.member_id == member_id
+            assert signed_in.role == self.model_keys[member_id].role
+            self.events += 1
+
+    def draw_person(self, data: st.DataObject) -> str | None:
+        ids = [k for k, m in self.model_keys.items() if m.person]
+        return data.draw(st.sampled_from(ids), label="person") if ids else None
+
+    @rule(data=st.data(), role=st.sampled_from(ROLES))
+    def change_person_role(self, data: st.DataObject, role: str) -> None:
+        target_id = self.draw_person(data)
+        if target_id is None:
+            return
+        actor = self.model_keys[self.draw_actor(data)]
+        target = self.model_keys[target_id]
+        outcome = self.run(self._outcome(self.ledger.change_person_role(actor.ctx, actor.org, target_id, role)))
+        expected = self._caller_error(actor, actor.org) or (PermissionDeniedError if actor.role != "admin" else None)
+        if expected is None and (target.org != actor.org or target.revoked):
+            expected = NotFoundError
+        if expected is not None:
+            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+            return
+        assert outcome == ("ok", target.role != role), outcome
+        if target.role != role:
+            target.role = role
+            self._acted(actor.key_id)
+
+    @rule(data=st.data())
+    def remove_person(self, data: st.DataObject) -> None:
+        target_id = self.draw_person(data)
+        if target_id is None:
+            return
+        actor = self.model_keys[self.draw_actor(data)]
+        target = self.model_keys[target_id]
+        outcome = self.run(self._outcome(self.ledger.remove_person(actor.ctx, actor.org, target_id)))
+        expected = self._caller_error(actor, actor.org) or (PermissionDeniedError if actor.role != "admin" else None)
+        if expected is None and (target.org != actor.org or target.revoked):
+            expected = NotFoundError
+        if expected is not None:
+            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+            return
+        assert outcome == ("ok", None), outcome
+        target.revoked = True
+        self._acted(actor.key_id)
+
+    @rule(data=st.data(), name=st.sampled_from(APP_NAMES), scope=st.sampled_from(SCOPES),
+          token=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=8, max_size=16))
+    def connect_app(self, data: st.DataObject, name: str, scope: str, token: str) -> None:
+        actor = self.model_keys[self.draw_actor(data)]
+        outcome = self.run(self._outcome(self.ledger.connect_app(
+            actor.ctx, actor.org, name, provider="custom", authorization_url="https://auth.example.com/authorize",
+            token_url="https://auth.example.com/token", client_id="client", client_secret="client-secret",
+            scopes=["read"], scope=scope, tokens=AppTokens(access_token=token, refresh_token=None, expires_at=None))))
+        app = self.apps.setdefault((actor.org, name), AppModel())
+        expected = self._caller_error(actor, actor.org) or (PermissionDeniedError if actor.role != "admin" else None)
+        if expected is None and app.connected:
+            expected = AlreadyExistsError
+        if expected is not None:
+            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+            return
+        assert outcome[0] == "ok", outcome
+        app.connected, app.scope, app.access_token = True, scope, token
+        app.token_version += 1
+        assert outcome[1].token_version == app.token_version
+        self._acted(actor.key_id)
+
+    @rule(data=st.data(), name=st.sampled_from(APP_NAMES))
+    def app_token(self, data: st.DataObject, name: str) -> None:
+        actor = self.model_keys[self.draw_actor(data)]
+        outcome = self.run(self._outcome(self.ledger.app_token(actor.ctx, actor.org, name, reason="stateful")))
+        app = self.apps.get((actor.org, name), AppModel())
+        expected = self._caller_error(actor, actor.org)
+        if expected is None and not app.connected:
+            expected = NotFoundError
+        if expected is None and not scope_covers(actor.scope, app.scope):
+            expected = PermissionDeniedError
+        if expected is not None:
+            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+            return
+        assert outcome[0] == "ok", outcome
+        assert (outcome[1].access_token, outcome[1].token_version) == (app.access_token, app.token_version)
+        self.token_reveals += 1
+        self._acted(actor.key_id)
+
+    @rule(data=st.data(), name=st.sampled_from(APP_NAMES))
+    def disconnect_app(self, data: st.DataObject, name: str) -> None:
+        actor = self.model_keys[self.draw_actor(data)]
+        outcome = self.run(self._outcome(self.ledger.disconnect_app(actor.ctx, actor.org, name)))
+        app = self.apps.get((actor.org, name), AppModel())
+        expected = self._caller_error(actor, actor.org) or (PermissionDeniedError if actor.role != "admin" else None)
+        if expected is None and not app.connected:
+            expected = NotFoundError
+        if expected is not None:
+            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+            return
+        assert outcome == ("ok", None), outcome
+        app.connected = False
+        self._acted(actor.key_id)
+
+    @invariant()
+    def people_and_apps_equal_the_model(self) -> None:
+        async def check() -> None:
+            for org in ORGS:
+                people = await self.projections.list_people(org)
+                assert {p.member_id: (p.subject, p.role, p.removed_at is not None) for p in people} == {
+                    member_id: (subject, self.model_keys[member_id].role, self.model_keys[member_id].revoked)
+                    for (o, subject), member_id in self.people.items() if o == org
+                }, org
+                apps = await self.projections.list_apps(org)
+                assert {a.name: (a.scope, a.token_version, a.state) for a in apps} == {
+                    name: (m.scope, m.token_version, "connected")
+                    for (o, name), m in self.apps.items() if o == org and m.connected
+                }, org
+
+        self.run(check())
 
     # -- invariants ------------------------------------------------------------------------
 
@@ -559,7 +743,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert [(k.created_at, k.key_id) for k in keys] == sorted((k.created_at, k.key_id) for k in keys)
                 expected = {
                     k.key_id: (k.label, k.role, k.scope, k.revoked, k.used)
-                    for k in self.model_keys.values() if k.org == org
+                    for k in self.model_keys.values() if k.org == org and not k.person
                 }
                 assert {
                     k.key_id: (k.label, k.role, k.scope, k.revoked_at is not None, k.last_used_at is not None)
@@ -573,6 +757,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.count_events() == self.events
         assert self.count_events("secret.revealed") == self.granted
         assert self.count_events("secret.reveal_denied") == self.denied
+        assert self.count_events("app.token_revealed") == self.token_reveals
 
     @invariant()
     def ledger_verifies(self) -> None:

@@ -24,7 +24,7 @@ from ledger.errors import LedgerError, StoreUnavailableError
 from ledger.events import CATEGORIES, ROLES, SCOPES
 from ledger.service import Ledger
 from ledger.sqlite_store import SqliteRecorder
-from projections.sqlite_tables import PROJECTION_TABLES, all_projectors
+from projections.sqlite_tables import PROJECTION_TABLES, PROJECTOR_NAMES, all_projectors
 from tests.conftest import ADMIN, ctx_for
 
 ORGS = ("acme", "globex")
@@ -37,6 +37,9 @@ DUMPS = {
     "secret_rotation": "SELECT * FROM secret_rotation ORDER BY org, name",
     "ssh_keys": "SELECT * FROM ssh_keys ORDER BY ssh_key_id",
     "dashboard_sessions": "SELECT * FROM dashboard_sessions ORDER BY session_id",
+    "members": "SELECT * FROM members ORDER BY member_id",
+    "sso_settings": "SELECT * FROM sso_settings ORDER BY org",
+    "connected_apps": "SELECT * FROM connected_apps ORDER BY org, name",
 }
 
 
@@ -196,6 +199,11 @@ def scribble(path: Path) -> None:
         conn.execute("UPDATE dashboard_sessions SET ended_at = 42")
         conn.execute("INSERT INTO dashboard_sessions VALUES ('ghost-session-xxxxxxxxxxx', 'acme', 'x', 1, NULL) "
                      "ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO members VALUES ('mbr_ghost', 'acme', 'i', 's', 'e', 'admin', 1, NULL, NULL) "
+                     "ON CONFLICT DO NOTHING")
+        conn.execute("UPDATE members SET role = 'scribbled'")
+        conn.execute("INSERT INTO sso_settings VALUES ('ghost', 'i', 'c', 's', 'd', 1) ON CONFLICT DO NOTHING")
+        conn.execute("UPDATE connected_apps SET state = 'scribbled', token_version = token_version + 9")
         conn.execute("DELETE FROM audit WHERE seq % 2 = 0")
         conn.execute("UPDATE audit SET outcome = 'scribbled'")
         conn.execute("COMMIT")
@@ -222,7 +230,7 @@ def test_rebuild_equals_incremental(history: list[tuple[Any, ...]], chunk: int) 
     async def check(scenario: Scenario) -> None:
         path = scenario.path
         head, positions = head_and_positions(path)
-        assert positions == dict.fromkeys(PROJECTION_TABLES, head)
+        assert positions == dict.fromkeys(PROJECTOR_NAMES, head)
         incremental = dump(path)
         assert len(incremental["audit"]) == head  # one audit row per event: the dump is not trivially empty
         assert len(incremental["api_keys"]) == len(scenario.keys)
@@ -235,8 +243,8 @@ def test_rebuild_equals_incremental(history: list[tuple[Any, ...]], chunk: int) 
         finally:
             sqlite_store._REBUILD_CHUNK = original_chunk
         assert dump(path) == incremental
-        assert head_and_positions(path) == (head, dict.fromkeys(PROJECTION_TABLES, head))
-        assert await scenario.ledger.recorder.projection_positions() == dict.fromkeys(PROJECTION_TABLES, head)
+        assert head_and_positions(path) == (head, dict.fromkeys(PROJECTOR_NAMES, head))
+        assert await scenario.ledger.recorder.projection_positions() == dict.fromkeys(PROJECTOR_NAMES, head)
 
     run_scenario(history, check)
 
@@ -258,7 +266,7 @@ def test_reopening_catches_up_projections_that_lost_their_rows(history: list[tup
         scenario.ledger = Ledger(SqliteRecorder(path, all_projectors()), scenario.keyring)
         await scenario.ledger.start()
         assert dump(path) == incremental
-        assert head_and_positions(path) == (head, dict.fromkeys(PROJECTION_TABLES, head))
+        assert head_and_positions(path) == (head, dict.fromkeys(PROJECTOR_NAMES, head))
 
     run_scenario(history, check)
 
