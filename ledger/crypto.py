@@ -44,7 +44,7 @@ _B64 = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
 class MasterKey:
     """A 32-byte key-encryption key and its public id (a digest that reveals nothing of the key)."""
 
-    __slots__ = ("_aead", "_session_seed", "_signing_seed", "kek_id")
+    __slots__ = ("_aead", "_flow_seed", "_session_seed", "_signing_seed", "kek_id")
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != KEY_BYTES:
@@ -57,6 +57,9 @@ class MasterKey:
         self._session_seed = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=b"keyledger/v1/dashboard-session-key"
         ).derive(raw)
+        self._flow_seed = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"keyledger/v1/dashboard-flow-key"
+        ).derive(raw)
 
     def signing_key(self) -> SigningKey:
         """The checkpoint signing key derived from this master key (HKDF-SHA256)."""
@@ -66,6 +69,12 @@ class MasterKey:
         """The key that signs the dashboard's session cookies (HKDF-SHA256): every process with this
         master key derives the same one, and it reveals nothing of the master key."""
         return self._session_seed
+
+    def flow_key(self) -> bytes:
+        """The key that seals the dashboard's short-lived sign-in and connect flows in a cookie
+        (`seal_flow`; HKDF-SHA256, info `keyledger/v1/dashboard-flow-key`): every process with this master
+        key opens them alike, and it reveals nothing of the master key or the session key."""
+        return self._flow_seed
 
     def __repr__(self) -> str:
         return f"MasterKey(kek_id={self.kek_id!r})"
@@ -309,6 +318,37 @@ def _open(aead: AESGCM, text: str, aad: bytes) -> bytes:
         return aead.decrypt(iv, body + tag, aad)
     except InvalidTag:
         raise IntegrityError("ciphertext failed authentication (tampered, moved, or wrong key)") from None
+
+
+# -- sealed flows (the dashboard's cookies that carry a flow through a provider's sign-in) -------------
+
+_FLOW_AAD = b"keyledger/v1/flow\0"
+MAX_FLOW_CHARS = 16_384  # larger texts are refused unread
+
+
+def seal_flow(key: bytes, purpose: str, data: bytes) -> str:
+    """`data` sealed under `key` (AES-256-GCM, a random 96-bit IV, associated data naming `purpose`), as
+    url-safe base64 without padding: a cookie value. Only `open_flow` with the same key and purpose opens it."""
+    iv = os.urandom(IV_BYTES)
+    out = AESGCM(key).encrypt(iv, data, _FLOW_AAD + purpose.encode())
+    return base64.urlsafe_b64encode(iv + out).decode().rstrip("=")
+
+
+def open_flow(key: bytes, purpose: str, text: str) -> bytes | None:
+    """What `seal_flow` sealed, or None when `text` is not a flow of `purpose` sealed under `key`: tampered,
+    sealed for another purpose or under another key (a master key rotated since), or not base64 at all."""
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_FLOW_CHARS or not text.isascii():
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) < IV_BYTES + TAG_BYTES:
+        return None
+    try:
+        return AESGCM(key).decrypt(raw[:IV_BYTES], raw[IV_BYTES:], _FLOW_AAD + purpose.encode())
+    except InvalidTag:
+        return None
 
 
 # -- SSH public keys -------------------------------------------------------------------------------

@@ -11,11 +11,14 @@ from litestar.router import Router
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from api.dashboard.apps import AppsController, apps_callback
 from api.dashboard.audit_page import AuditPageController
 from api.dashboard.credentials import CredentialsController
+from api.dashboard.people import PeopleController
 from api.dashboard.render import STATIC, TEMPLATES
 from api.dashboard.session import SessionSigner
 from api.dashboard.sign_in import SignInController
+from api.dashboard.sso import SsoController
 
 __all__ = ["DASHBOARD_HANDLERS", "SessionSigner", "template_config"]
 
@@ -32,5 +35,6 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 
 
 DASHBOARD_HANDLERS: list[type | Router | HTTPRouteHandler] = [
-    SignInController, CredentialsController, AuditPageController, _static(),
+    SignInController, SsoController, CredentialsController, PeopleController, AppsController, apps_callback,
+    AuditPageController, _static(),
 ]

@@ -30,6 +30,8 @@ NOTICES = {
     "key-revoked": "API key revoked. It stopped working at once, and so did its dashboard sessions.",
     "ssh-key-added": "SSH key added.",
     "ssh-key-removed": "SSH key removed.",
+    "app-connected": "App connected: tools can ask keyledger for its token now.",
+    "app-disconnected": "App disconnected: its tokens and client secret were destroyed.",
 }
 REVEAL_SECONDS = 30
 MAX_VALUE_CHARS = 65_536
@@ -83,9 +85,10 @@ class CredentialsController(Controller):
             return page(request, user, "_secret_results.html", status=status, **context, **extra)
         keys = [key for key in await projections.list_keys(org) if key.revoked_at is None]
         ssh_keys = await projections.list_ssh_keys(org)
+        apps = await projections.list_apps(org)
         notice = NOTICES.get(query_text(request, "notice"))
-        return page(request, user, "credentials.html", status=status, keys=keys, ssh_keys=ssh_keys, notice=notice,
-                    form={}, **{**context, **extra})
+        return page(request, user, "credentials.html", status=status, keys=keys, ssh_keys=ssh_keys, apps=apps,
+                    notice=notice, form={}, **{**context, **extra})
 
     @get("/")
     async def credentials(self, request: Request[Any, Any, Any]) -> Response[Any]:

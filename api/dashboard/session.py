@@ -1,10 +1,11 @@
 """The dashboard's sessions: a signed cookie that names a session the ledger recorded.
 
-A session starts when a person signs in with an API key (`session.started`, under that key) and
-ends when they sign out (`session.ended`). The cookie holds the session id and the time of the last
+A session starts when a person signs in with an API key (`session.started`, under that key) or through
+the org's identity provider (`session.started` by the person, a member of the org) and ends when they sign
+out (`session.ended`). The cookie holds the session id and the time of the last
 request, signed with a key derived from the master key, so every server process checks it alike:
 
-- signed out, or the key revoked since: the projections say so, and the session stops at once;
+- signed out, or the key revoked (the person removed) since: the projections say so, and the session stops at once;
 - idle for longer than `session_idle_minutes`: the signed time says so (each request renews it);
 - 12 hours after sign-in, however active.
 
@@ -37,6 +38,7 @@ _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 _NS_PER_MINUTE = 60 * 1_000_000_000
 _CLOCK_SKEW_NS = 5 * 1_000_000_000  # processes on several hosts may disagree by this much
 SESSION_MAX_NS = 12 * 60 * _NS_PER_MINUTE  # however active, a session ends 12 hours after sign-in
+PERSON_ID_PREFIX = "mbr_"  # a session started by a person (single sign-on) rather than an API key
 
 
 class SignedIn(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,12 +108,21 @@ async def signed_in(request: Request[Any, Any, Any], projections: Projections, n
     session = await projections.get_session(session_id)
     if session is None or session.ended_at is not None or now - session.started_at > SESSION_MAX_NS:
         return None
-    key = await projections.get_key(session.org, session.key_id)
-    if key is None or key.revoked_at is not None:
-        return None
-    actor = Actor(key_id=key.key_id, label=key.label, kind="api_key")
-    principal = Principal(org=key.org, key_id=key.key_id, label=key.label, role=key.role, scope=key.scope,
-                          ctx=request_context(request, actor))
+    if session.key_id.startswith(PERSON_ID_PREFIX):
+        # A person (single sign-on): removed since, and the session stops at once in every process.
+        person = await projections.get_person(session.org, session.key_id)
+        if person is None or person.removed_at is not None:
+            return None
+        actor = Actor(key_id=person.member_id, label=person.email, kind="person", subject=person.subject)
+        principal = Principal(org=person.org, key_id=person.member_id, label=person.email, role=person.role,
+                              scope="all", ctx=request_context(request, actor))
+    else:
+        key = await projections.get_key(session.org, session.key_id)
+        if key is None or key.revoked_at is not None:
+            return None
+        actor = Actor(key_id=key.key_id, label=key.label, kind="api_key")
+        principal = Principal(org=key.org, key_id=key.key_id, label=key.label, role=key.role, scope=key.scope,
+                              ctx=request_context(request, actor))
     return SignedIn(principal=principal, session_id=session_id, csrf_token=signer.csrf_token(session_id),
                     cookie=signer.cookie(session_id, now))
 

@@ -1,4 +1,8 @@
-"""Signing in with an API key, and out: each is an event under that key (`session.started`, `session.ended`)."""
+"""Signing in with an API key, and out: each is an event under that key (`session.started`, `session.ended`).
+
+The sign-in page also offers single sign-on (`sso.py`): an organisation's name, or `/?org=ORG` for an org
+that has it, starts the flow through the org's identity provider.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from api.dashboard.session import (
 )
 from ledger.errors import LedgerError, UnauthenticatedError
 from ledger.events import Actor
+from ledger.model import ORG_PATTERN
 from ledger.service import Ledger
 from projections.reader import Projections
 
@@ -33,11 +38,15 @@ def _sign_in_cookie(request: Request[Any, Any, Any], value: str, *, clear: bool 
                   secure=is_https(request), max_age=0 if clear else _SIGN_IN_SECONDS)
 
 
-def _sign_in_page(request: Request[Any, Any, Any], *, status: int = 200, error: str | None = None,
-                  notice: str | None = None) -> Response[Any]:
+def sign_in_page(request: Request[Any, Any, Any], *, status: int = 200, error: str | None = None,
+                 notice: str | None = None, org: str = "", sso_org: str | None = None,
+                 cookies: list[Cookie] | None = None) -> Response[Any]:
+    """The sign-in page: the API key form, and single sign-on (`org` fills its field; `sso_org`, an org that
+    signs in with SSO, gets a button of its own)."""
     token = new_token()
-    return page(request, None, "sign_in.html", status=status, cookies=[_sign_in_cookie(request, token)],
-                title="Sign in", sign_in_token=token, error=error, notice=notice)
+    return page(request, None, "sign_in.html", status=status,
+                cookies=[_sign_in_cookie(request, token), *(cookies or [])], title="Sign in", sign_in_token=token,
+                error=error, notice=notice, org=org, sso_org=sso_org)
 
 
 class SignInController(Controller):
@@ -51,7 +60,11 @@ class SignInController(Controller):
         if user is not None:
             return redirect(request, user, "/credentials")
         ended = request.query_params.get("ended") == "1"
-        return _sign_in_page(request, notice="Your session ended. Sign in again to go on." if ended else None)
+        notice = "Your session ended. Sign in again to go on." if ended else None
+        org = (request.query_params.get("org") or "").strip().lower()[:64]
+        projections: Projections = request.app.state.projections
+        sso_org = org if org and ORG_PATTERN.fullmatch(org) and await projections.get_sso(org) is not None else None
+        return sign_in_page(request, notice=notice, org=org, sso_org=sso_org)
 
     @get("/sign-in")
     async def sign_in_again(self) -> Redirect:
@@ -65,7 +78,7 @@ class SignInController(Controller):
         given = form.get(CSRF_FIELD)
         if not from_this_site(request) or not expected or not csrf_matches(
                 expected, given if isinstance(given, str) else None):
-            return _sign_in_page(request, status=403, error="This sign-in form is out of date or did not come from "
+            return sign_in_page(request, status=403, error="This sign-in form is out of date or did not come from "
                                                             "keyledger. Try again.")
         limiters = limit_address(request)
         raw = form.get("api_key")
@@ -73,7 +86,7 @@ class SignInController(Controller):
         try:
             key = await key_for_token(projections, raw.strip() if isinstance(raw, str) else "")
         except UnauthenticatedError:
-            return _sign_in_page(request, status=401, error="That API key is not valid, or it was revoked.")
+            return sign_in_page(request, status=401, error="That API key is not valid, or it was revoked.")
         limit_key(limiters, key.key_id)
         ledger: Ledger = request.app.state.ledger
         ctx = request_context(request, Actor(key_id=key.key_id, label=key.label, kind="api_key"))

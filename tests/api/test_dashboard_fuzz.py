@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,6 +31,8 @@ texts = st.one_of(st.text(max_size=40), st.text(alphabet="abcXYZ_-./ %?#&<>\"'",
                   st.sampled_from(["", " ", "all", "tools", "provider", "admin", "member", "1", "-1",
                                    "9" * 25, "2026-11-29T07:40", "x" * 5000]))
 names = st.one_of(st.sampled_from(["OPENAI_API_KEY", "MISSING"]), st.text(min_size=1, max_size=30))
+urls = st.sampled_from(["https://provider.example/oauth/authorize", "http://localhost:1/token", "https://x.example",
+                        "https://user:pw@x.example/", "javascript:alert(1)", "https://x.example/#frag"])
 
 
 def _forms() -> st.SearchStrategy[tuple[str, dict[str, str]]]:
@@ -48,6 +51,16 @@ def _forms() -> st.SearchStrategy[tuple[str, dict[str, str]]]:
                   st.fixed_dictionaries({}, optional={"public_key": texts.map(lambda t: t + CANARY),
                                                       "label": texts})),
         st.tuples(texts.map(lambda k: f"/credentials/ssh-keys/{quote(k or 'x', safe='')}/remove"), st.just({})),
+        # People (single sign-on) and connected apps: a planted client secret is never echoed either.
+        st.tuples(texts.map(lambda k: f"/people/{quote(k or 'x', safe='')}/role"),
+                  st.fixed_dictionaries({}, optional={"role": texts})),
+        st.tuples(texts.map(lambda k: f"/people/{quote(k or 'x', safe='')}/remove"), st.just({})),
+        st.tuples(st.just("/apps/connect"), st.fixed_dictionaries({}, optional={
+            "name": names, "provider": st.one_of(texts, st.sampled_from(["github", "google", "slack", "custom"])),
+            "authorization_url": st.one_of(texts, urls), "token_url": st.one_of(texts, urls), "client_id": texts,
+            "client_secret": st.sampled_from([CANARY, " " + CANARY, "", CANARY * 200]), "scopes": texts,
+            "scope": texts})),
+        st.tuples(names.map(lambda n: f"/apps/{quote(n, safe='')}/disconnect"), st.just({})),
     )
 
 
@@ -61,11 +74,19 @@ def _pages() -> st.SearchStrategy[tuple[str, dict[str, str]]]:
                                                                   optional={"since": texts, "secret": texts})),
         st.tuples(names.map(lambda n: f"/credentials/secrets/{quote(n, safe='')}"), st.just({})),
         st.tuples(names.map(lambda n: f"/credentials/secrets/{quote(n, safe='')}/delete"), st.just({})),
+        st.tuples(st.just("/people"), st.fixed_dictionaries({}, optional={"notice": texts})),
+        st.tuples(texts.map(lambda k: f"/people/{quote(k or 'x', safe='')}/remove"), st.just({})),
+        st.tuples(st.just("/apps/connect"), st.fixed_dictionaries({}, optional={"name": names, "provider": texts})),
+        st.tuples(names.map(lambda n: f"/apps/{quote(n, safe='')}/disconnect"), st.just({})),
+        st.tuples(st.sampled_from(["/apps/finish", "/apps/callback", "/sso/callback"]),
+                  st.fixed_dictionaries({}, optional={"code": texts, "state": texts, "error": texts})),
+        st.tuples(st.sampled_from(["/sso/start", "/"]), st.fixed_dictionaries({}, optional={"org": texts})),
     )
 
 
 @pytest.fixture
 def session(client: TestClient[Litestar]) -> tuple[Key, str]:
+    client.base_url = httpx.URL("http://127.0.0.1:8000")  # loopback: "Connect an app" may use its plain-http URLs
     acme = create_org(client, "acme")
     upsert(client, acme, "OPENAI_API_KEY", CANARY)
     return acme, sign_in(client, acme)
@@ -89,6 +110,7 @@ def test_forms_never_fail_and_never_echo_a_value(client: TestClient[Litestar], s
     revealed = re.search(r'<textarea id="revealed-value"', answer.text)
     if revealed is None:
         assert CANARY not in answer.text, path
+    assert CANARY not in str(answer.headers.multi_items()), path  # a cookie carries it sealed, if at all
     _no_canary_logged(caplog)
     # The session still works (no form signs anyone out or breaks the page).
     assert client.get("/credentials", follow_redirects=False).status_code == 200

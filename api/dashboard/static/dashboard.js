@@ -58,3 +58,20 @@ function armReveals(root) {
 
 document.addEventListener("DOMContentLoaded", () => armReveals(document));
 document.addEventListener("htmx:afterSettle", (event) => armReveals(event.target));
+
+// "Connect an app": choosing a provider fills in its URLs and default scopes. Only fields that are empty or
+// still hold another provider's values change: never what someone typed.
+document.addEventListener("change", (event) => {
+  const select = event.target.closest("select[data-presets]");
+  if (!select || !select.form) return;
+  const chosen = select.selectedOptions[0];
+  const fields = [["authorization_url", "authorizationUrl"], ["token_url", "tokenUrl"], ["scopes", "scopes"]];
+  for (const [name, key] of fields) {
+    const input = select.form.elements.namedItem(name);
+    if (!input) continue;
+    const presetValues = [...select.options].map((option) => option.dataset[key]).filter(Boolean);
+    if (input.value === "" || presetValues.includes(input.value)) {
+      input.value = (chosen && chosen.dataset[key]) || "";
+    }
+  }
+});
