@@ -397,24 +397,26 @@ class Ledger:
     async def _refresh(self, ctx: Context, org: str, needed: RefreshNeeded, reason: str) -> AppToken | None:
         preset = oauth.PRESETS.get(needed.provider)  # GitHub and Slack take the client secret in the body
         try:
+            # No scope: a refresh asks for what was granted (RFC 6749 6), which a provider may have narrowed.
             fresh = await oauth.refresh_tokens(
                 needed.token_url, client_id=needed.client_id, client_secret=needed.client_secret,
-                refresh_token=needed.refresh_token, now_ns=self.clock(),
-                scope=(preset.scope_separator if preset else " ").join(needed.scopes),
+                refresh_token=needed.refresh_token, now_ns=self.clock(), scope="",
                 auth_method=preset.auth_method if preset else "client_secret_basic",
             )
-        except oauth.ProviderRefusedError as exc:
-            await self.submit(RecordAppRefreshFailed(org=org, ctx=ctx, name=needed.name,
-                                                     token_version=needed.token_version, error=exc.error_code,
-                                                     broken=True))
-            raise AppBrokenError(f"connected app {needed.name!r}: the provider refused the refresh "
-                                 f"({exc.error_code}); an admin must connect it again") from None
         except oauth.OAuthError as exc:
-            await self.submit(RecordAppRefreshFailed(org=org, ctx=ctx, name=needed.name,
-                                                     token_version=needed.token_version,
-                                                     error=type(exc).__name__, broken=False))
+            broken = isinstance(exc, oauth.ProviderRefusedError)
+            code = exc.error_code if isinstance(exc, oauth.ProviderRefusedError) else type(exc).__name__
+            recorded = await self.submit(RecordAppRefreshFailed(
+                org=org, ctx=ctx, name=needed.name, token_version=needed.token_version, error=code, broken=broken))
+            if not recorded:
+                # Another process refreshed meanwhile (a rotated refresh token is refused once spent): its new
+                # token is there to be answered, so ask again rather than report a failure.
+                return None
+            if broken:
+                raise AppBrokenError(f"connected app {needed.name!r}: the provider refused the refresh ({code}); "
+                                     f"an admin must connect it again") from None
             raise AppRefreshFailedError(f"connected app {needed.name!r}: the provider could not be reached "
-                                        f"({type(exc).__name__}); try again") from None
+                                        f"({code}); try again") from None
         tokens = AppTokens(access_token=fresh.access_token, token_type=fresh.token_type or "Bearer",
                            refresh_token=fresh.refresh_token, expires_at=fresh.expires_at)
         return await self.submit(RecordAppRefresh(org=org, ctx=ctx, name=needed.name,
