@@ -190,18 +190,23 @@ def _verify_with(records: list[StoredRecord], index: int, tampered: StoredRecord
     return verify_records(itertools.chain(records[:index], (tampered,), records[index + 1:]))
 
 
+# Every bit of every hash under the soak profile; in CI each event gets every 8th bit (from a starting bit
+# that moves with the event), so any 8 events in a row still flip all 256 positions between them.
+HASH_BIT_STRIDE = 1 if os.environ.get("KEYLEDGER_HYPOTHESIS_PROFILE") == "soak" else 8
+
+
 @pytest.mark.parametrize("field", ["prev_hash", "hash"])
-def test_every_bit_flip_of_every_hash_and_prev_hash_is_caught_at_its_event(built: Built, field: str) -> None:
+def test_bit_flips_of_every_hash_and_prev_hash_are_caught_at_its_event(built: Built, field: str) -> None:
     records = built.records
     flips = 0
     for index, record in enumerate(records):
         value: bytes = getattr(record, field)
         assert len(value) == 32
-        for bit in range(256):
+        for bit in range(index % HASH_BIT_STRIDE, 256, HASH_BIT_STRIDE):
             report = _verify_with(records, index, msgspec.structs.replace(record, **{field: _flip(value, bit)}))
             assert report.first_bad_seq == record.seq and not report.ok, (field, record.seq, bit)
             flips += 1
-    assert flips == 256 * len(records)
+    assert flips == 256 // HASH_BIT_STRIDE * len(records)
 
 
 def test_bit_flips_of_every_body_are_caught_at_its_event(built: Built) -> None:
