@@ -26,10 +26,12 @@ from api.rotation_runner import RotationSettings, keep_rotating
 from api.routes.admin import AdminController
 from api.routes.audit import AuditController
 from api.routes.compliance import ComplianceController
+from api.routes.connected_apps import ConnectedAppsController
 from api.routes.health import healthz, readyz
 from api.routes.keys import KeysController
 from api.routes.ledger_routes import LedgerController
 from api.routes.org import OrgController
+from api.routes.people import PeopleController, SsoController
 from api.routes.secret_access import SecretAccessController
 from api.routes.secrets import SecretsController
 from api.routes.ssh_keys import SshKeysController
@@ -160,6 +162,9 @@ def create_app(settings: Settings, clock: Callable[[], int] = time.time_ns,
             ComplianceController,
             OrgController,
             SshKeysController,
+            PeopleController,
+            SsoController,
+            ConnectedAppsController,
             healthz,
             readyz,
             *DASHBOARD_HANDLERS,

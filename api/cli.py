@@ -729,15 +729,253 @@ def org_settings(ctx: click.Context, recovery_window_days: int | None, output: s
     emit(answer, output, ["org", "recovery_window_days"])
 
 
+# -- people and single sign-on ---------------------------------------------------------------------
+
+PERSON_COLUMNS = ["member_id", "email", "role", "subject", "joined_at", "last_sign_in_at"]
+SSO_COLUMNS = ["issuer", "client_id", "client_secret_name", "allowed_domains", "changed_at"]
+
+
+@main.group("members")
+def members_group() -> None:
+    """The org's people (they join by signing in to the dashboard through single sign-on)."""
+
+
+@members_group.command("list")
+@output_option
+@click.pass_context
+def people_list(ctx: click.Context, output: str | None) -> None:
+    """List the org's people and their roles."""
+    emit(call(ctx, "GET", "/v1/members")["members"], output, PERSON_COLUMNS)
+
+
+@members_group.command("role")
+@click.argument("member_id")
+@click.argument("role", type=click.Choice(["admin", "member"]))
+@output_option
+@click.pass_context
+def people_role(ctx: click.Context, member_id: str, role: str, output: str | None) -> None:
+    """Change a person's role (admin keys)."""
+    emit(call(ctx, "PATCH", f"/v1/members/{quote(member_id, safe='')}", json={"role": role}), output, PERSON_COLUMNS)
+
+
+@members_group.command("remove")
+@click.argument("member_id")
+@click.pass_context
+def people_remove(ctx: click.Context, member_id: str) -> None:
+    """Remove a person (admin keys): their dashboard sessions end at once and they cannot sign in again."""
+    call(ctx, "DELETE", f"/v1/members/{quote(member_id, safe='')}")
+    click.echo(f"removed {member_id}", err=True)
+
+
+@main.group("sso")
+def sso_group() -> None:
+    """The org's single sign-on (an OpenID Connect provider) for the dashboard."""
+
+
+def _show_sso(answer: dict[str, Any], output: str | None) -> None:
+    _emit_answer(answer, {**answer, "allowed_domains": " ".join(answer["allowed_domains"])}, output, SSO_COLUMNS)
+
+
+@sso_group.command("show")
+@output_option
+@click.pass_context
+def sso_show(ctx: click.Context, output: str | None) -> None:
+    """Show the org's single sign-on settings."""
+    _show_sso(call(ctx, "GET", "/v1/sso"), output)
+
+
+@sso_group.command("set")
+@click.option("--issuer", required=True, help="The provider's issuer URL (https), e.g. https://accounts.google.com.")
+@click.option("--client-id", required=True, help="The dashboard's client id at the provider.")
+@click.option("--client-secret-name", required=True, metavar="SECRET",
+              help="The keyledger secret that holds the client secret (store it first with `secrets set`).")
+@click.option("--domain", "domains", multiple=True, required=True, metavar="DOMAIN",
+              help="An email domain whose people may sign in, e.g. example.com (repeatable).")
+@output_option
+@click.pass_context
+def sso_set(ctx: click.Context, issuer: str, client_id: str, client_secret_name: str, domains: tuple[str, ...],
+            output: str | None) -> None:
+    """Set the org's OpenID Connect provider (admin keys); the client secret itself is a secret, named here."""
+    body = {"issuer": issuer, "client_id": client_id, "client_secret_name": client_secret_name,
+            "allowed_domains": list(domains)}
+    _show_sso(call(ctx, "PUT", "/v1/sso", json=body), output)
+
+
+@sso_group.command("remove")
+@click.pass_context
+def sso_remove(ctx: click.Context) -> None:
+    """Stop single sign-on (admin keys); people keep their membership."""
+    call(ctx, "DELETE", "/v1/sso")
+    click.echo("single sign-on removed", err=True)
+
+
+# -- connected apps --------------------------------------------------------------------------------
+
+APP_COLUMNS = ["name", "provider", "state", "scope", "token_version", "expires_at", "last_refresh_at", "last_error"]
+APP_DETAIL = [*APP_COLUMNS, "client_id", "scopes", "authorization_url", "token_url", "connected_at", "connected_by",
+              "last_error_at"]
+MAX_TOKEN_FILE = 65_536
+
+
+def app_path(name: str, suffix: str = "") -> str:
+    return f"/v1/connected-apps/{quote(name, safe='').replace('.', '%2E')}{suffix}"
+
+
+def app_env_name(app: str) -> str:
+    """The variable `run --app NAME` sets: NAME upper-cased, other characters as `_`, and `_ACCESS_TOKEN`."""
+    return re.sub(r"[^A-Za-z0-9]", "_", app).upper() + "_ACCESS_TOKEN"
+
+
+def _show_app(answer: dict[str, Any], output: str | None, columns: list[str]) -> None:
+    _emit_answer(answer, {**answer, "scopes": " ".join(answer.get("scopes") or [])}, output, columns)
+
+
+@main.group("apps")
+def apps_group() -> None:
+    """Connected apps: OAuth 2.0 connections whose access tokens keyledger hands out, refreshed when due."""
+
+
+@apps_group.command("list")
+@output_option
+@click.pass_context
+def apps_list(ctx: click.Context, output: str | None) -> None:
+    """List the org's connected apps and their state (never a token)."""
+    emit(call(ctx, "GET", "/v1/connected-apps")["apps"], output, APP_COLUMNS)
+
+
+@apps_group.command("show")
+@click.argument("name")
+@output_option
+@click.pass_context
+def apps_show(ctx: click.Context, name: str, output: str | None) -> None:
+    """Show one connected app: its endpoints, scopes, token version and health."""
+    _show_app(call(ctx, "GET", app_path(name)), output, APP_DETAIL)
+
+
+@apps_group.command("token")
+@click.argument("name")
+@click.option("--reason", default="", help="Recorded with the token's reveal.")
+@output_option
+@click.pass_context
+def apps_token(ctx: click.Context, name: str, reason: str, output: str | None) -> None:
+    """Print a valid access token of the app, refreshed first when due (recorded). Only the token by default,
+    for `$(keyledger apps token NAME)`; -o json: the whole answer."""
+    answer = call(ctx, "POST", app_path(name, "/token"), json={"reason": reason} if reason else None)
+    if output == "json":
+        click.echo(msgspec.json.encode(answer).decode())
+    elif output == "env":
+        click.echo(f"{app_env_name(answer['name'])}={shlex.quote(answer['access_token'])}")
+    else:
+        click.echo(answer["access_token"], nl=sys.stdout.isatty())
+    if answer.get("refreshed"):
+        click.echo(f"{name}: refreshed (token version {answer['token_version']})", err=True)
+
+
+def _read_credential(option: str, source: click.File | None, env_name: str, *, prompt: str | None,
+                     stdin_used: list[str]) -> str | None:
+    """A credential from its file ('-': stdin, once), else its environment variable, else a hidden prompt on a
+    terminal (when `prompt`); never from the command line."""
+    if source is not None:
+        if getattr(source, "name", "") == "<stdin>":
+            if stdin_used:
+                fail(f"{option} and {stdin_used[0]} cannot both read stdin", 2)
+            stdin_used.append(option)
+        data = source.read(MAX_TOKEN_FILE + 1)  # type: ignore[attr-defined]
+        if len(data) > MAX_TOKEN_FILE:
+            fail(f"{option}: the file is larger than {MAX_TOKEN_FILE} bytes", 2)
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        return text.strip()
+    from_env = os.environ.get(env_name)
+    if from_env:
+        return from_env.strip()
+    if prompt is not None and sys.stdin.isatty():
+        return str(click.prompt(prompt, hide_input=True, err=True)).strip()
+    return None
+
+
+@apps_group.command("connect")
+@click.argument("name")
+@click.option("--provider", type=click.Choice(["github", "google", "slack", "custom"]), required=True,
+              help="A preset fills the URLs; custom needs --authorization-url and --token-url.")
+@click.option("--client-id", required=True, help="The OAuth client id.")
+@click.option("--authorization-url", default=None, help="Default: the preset's.")
+@click.option("--token-url", default=None, help="Default: the preset's (refreshes go there).")
+@click.option("--oauth-scope", "oauth_scopes", multiple=True, metavar="SCOPE",
+              help="An OAuth scope the tokens were granted (repeatable); sent again on refreshes.")
+@click.option("--scope", type=click.Choice(["all", "agents", "tools", "sandboxes"]), default="all", show_default=True,
+              help="Which API keys may get its tokens (as a secret's scope).")
+@click.option("--expires-in", type=click.IntRange(min=1), default=None, metavar="SECONDS",
+              help="Seconds until the access token expires (default: it does not).")
+@click.option("--client-secret-file", type=click.File("rb"), default=None,
+              help="Read the client secret from a file ('-': stdin) [else env KEYLEDGER_CLIENT_SECRET, or a prompt].")
+@click.option("--access-token-file", type=click.File("rb"), default=None,
+              help="Read the access token from a file ('-': stdin) [else env KEYLEDGER_ACCESS_TOKEN, or a prompt].")
+@click.option("--refresh-token-file", type=click.File("rb"), default=None,
+              help="Read the refresh token from a file ('-': stdin) [else env KEYLEDGER_REFRESH_TOKEN; optional].")
+@output_option
+@click.pass_context
+def apps_connect(ctx: click.Context, name: str, provider: str, client_id: str, authorization_url: str | None,
+                 token_url: str | None, oauth_scopes: tuple[str, ...], scope: str, expires_in: int | None,
+                 client_secret_file: click.File | None, access_token_file: click.File | None,
+                 refresh_token_file: click.File | None, output: str | None) -> None:
+    """Connect an app with tokens obtained elsewhere (admin keys). The client secret and the tokens never come
+    from the command line: from files (or stdin), KEYLEDGER_CLIENT_SECRET / KEYLEDGER_ACCESS_TOKEN /
+    KEYLEDGER_REFRESH_TOKEN, or hidden prompts."""
+    stdin_used: list[str] = []
+    client_secret = _read_credential("--client-secret-file", client_secret_file, "KEYLEDGER_CLIENT_SECRET",
+                                     prompt="Client secret", stdin_used=stdin_used)
+    access_token = _read_credential("--access-token-file", access_token_file, "KEYLEDGER_ACCESS_TOKEN",
+                                    prompt="Access token", stdin_used=stdin_used)
+    refresh_token = _read_credential("--refresh-token-file", refresh_token_file, "KEYLEDGER_REFRESH_TOKEN",
+                                     prompt=None, stdin_used=stdin_used)
+    if not client_secret:
+        fail("no client secret: use --client-secret-file or KEYLEDGER_CLIENT_SECRET", 2)
+    if not access_token:
+        fail("no access token: use --access-token-file or KEYLEDGER_ACCESS_TOKEN", 2)
+    body: dict[str, Any] = {"name": name, "provider": provider, "client_id": client_id,
+                            "client_secret": client_secret, "access_token": access_token,
+                            "scopes": list(oauth_scopes), "scope": scope}
+    for field, given in (("authorization_url", authorization_url), ("token_url", token_url),
+                         ("refresh_token", refresh_token or None), ("expires_in", expires_in)):
+        if given is not None:
+            body[field] = given
+    _show_app(call(ctx, "POST", "/v1/connected-apps", json=body), output, APP_DETAIL)
+    click.echo(f"connected {name}", err=True)
+
+
+@apps_group.command("disconnect")
+@click.argument("name")
+@click.pass_context
+def apps_disconnect(ctx: click.Context, name: str) -> None:
+    """Disconnect an app (admin keys): its stored tokens are destroyed."""
+    call(ctx, "DELETE", app_path(name))
+    click.echo(f"disconnected {name}", err=True)
+
+
 # -- run -------------------------------------------------------------------------------------------
+
+
+def parse_app_option(given: str) -> tuple[str, str]:
+    """`NAME` or `NAME=VAR`: the app and the environment variable its access token goes in."""
+    name, eq, var = given.partition("=")
+    if not name:
+        fail(f"--app {given!r}: give the app's name, e.g. --app github or --app github=GH_TOKEN", 2)
+    var = var if eq else app_env_name(name)
+    if not ENV_NAME.match(var):
+        fail(f"--app {given!r}: {var!r} is not a valid environment variable name; choose one with NAME=VAR", 2)
+    return name, var
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--only", "only", multiple=True, help="Reveal only these names (repeatable).")
+@click.option("--app", "apps", multiple=True, metavar="NAME[=VAR]",
+              help="Put a connected app's access token in VAR (default NAME_ACCESS_TOKEN, upper-cased; repeatable).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 @click.pass_context
-def run(ctx: click.Context, only: tuple[str, ...], command: tuple[str, ...]) -> None:
-    """Run COMMAND with secrets in its environment (each one a recorded reveal); exits with its code."""
+def run(ctx: click.Context, only: tuple[str, ...], apps: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND with secrets (and apps' access tokens, with --app) in its environment, each one a recorded
+    reveal; exits with its code."""
+    wanted_apps = [parse_app_option(given) for given in apps]
     names = list(only) or [row["name"] for row in all_pages(ctx, {})]
     env = dict(os.environ)
     api = client(ctx)
@@ -756,6 +994,12 @@ def run(ctx: click.Context, only: tuple[str, ...], command: tuple[str, ...]) -> 
                 click.echo(f"skipped {name!r}: {exc}", err=True)
                 continue
             env[name] = revealed["value"]
+        for app, var in wanted_apps:
+            try:
+                answer = api.request("POST", app_path(app, "/token"), json={"reason": "keyledger run"})
+            except ClientError as exc:
+                fail(f"app {app}: {exc}", exc.exit_code)
+            env[var] = answer["access_token"]
     finally:
         api.close()
     try:

@@ -18,6 +18,8 @@ from api.middleware import request_id_of
 from api.schemas import Problem
 from ledger.errors import (
     AlreadyExistsError,
+    AppBrokenError,
+    AppRefreshFailedError,
     ConcurrencyError,
     ConflictError,
     CryptoError,
@@ -52,7 +54,9 @@ STATUS_BY_ERROR: tuple[tuple[type[LedgerError], int, str], ...] = (
     (GoneError, 410, "Gone"),
     (AlreadyExistsError, 409, "Conflict"),
     (ConcurrencyError, 409, "Conflict"),
+    (AppBrokenError, 409, "Connection broken"),
     (ConflictError, 409, "Conflict"),
+    (AppRefreshFailedError, 502, "Token refresh failed"),
     (ExternalSecretError, 502, "External secret manager error"),
     (RotationFailedError, 502, "Rotation failed"),
     (PreconditionFailedError, 412, "Precondition failed"),

@@ -73,6 +73,19 @@ def _member_links(name: str, member: str) -> dict[str, Link]:
     }
 
 
+MEMBER_ID = "$response.body#/member_id"
+
+
+def _app_links(name: str) -> dict[str, Link]:
+    """Where a connected app's name leads."""
+    return {
+        "GetConnectedApp": _link("GetConnectedApp", "The app's state", {"path.name": name}),
+        "ConnectedAppToken": _link("ConnectedAppToken", "A valid access token of the app (recorded)",
+                                   {"path.name": name}),
+        "DisconnectApp": _link("DisconnectApp", "Disconnect the app: its tokens are destroyed", {"path.name": name}),
+    }
+
+
 def _version_exposure(description: str) -> Link:
     return _link("VersionExposure", description, {"query.secret": NAME, "query.version": VERSION})
 
@@ -191,6 +204,74 @@ LINKS: dict[str, dict[str, dict[str, Link]]] = {
         "204": {
             "DeleteAgain": _link("DeleteMember", "Remove it again: not found",
                                  {"path.name": "$request.path.name", "path.member": "$request.path.member"}),
+        }
+    },
+    # Connected apps: connect -> read / token / disconnect -> read again (404).
+    "ConnectApp": {
+        "201": {
+            **_app_links(NAME),
+            "ConnectAgain": _link("ConnectApp", "Connect the same name again while it is healthy: a conflict", {},
+                                  {"name": NAME}),
+        }
+    },
+    "GetConnectedApp": {"200": _app_links("$request.path.name")},
+    "ConnectedAppToken": {
+        "200": {
+            "GetConnectedApp": _link("GetConnectedApp", "The app's state after the token (refreshed or not)",
+                                     {"path.name": NAME}),
+            "TokenAgain": _link("ConnectedAppToken", "A token again (the same one until it is due)",
+                                {"path.name": NAME}),
+        }
+    },
+    "DisconnectApp": {
+        "204": {
+            "GetConnectedApp": _link("GetConnectedApp", "The disconnected app: not found",
+                                     {"path.name": "$request.path.name"}),
+            "DisconnectAgain": _link("DisconnectApp", "Disconnect it again: not found",
+                                     {"path.name": "$request.path.name"}),
+            "ReconnectApp": _link("ConnectApp", "Connect the name again", {}, {"name": "$request.path.name"}),
+        }
+    },
+    "ListConnectedApps": {
+        "200": {
+            "GetConnectedApp": _link("GetConnectedApp", "The first app of the list",
+                                     {"path.name": "$response.body#/apps/0/name"}),
+            "ConnectApp": _link("ConnectApp", "Connect another app (a listed name is a conflict while connected)", {}),
+        }
+    },
+    # The org's single sign-on settings and its people.
+    "SetSso": {
+        "200": {
+            "GetSso": _link("GetSso", "The settings just set", {}),
+            "RemoveSso": _link("RemoveSso", "Stop single sign-on", {}),
+        }
+    },
+    "RemoveSso": {
+        "204": {
+            "GetSso": _link("GetSso", "The removed settings: not found", {}),
+            "RemoveAgain": _link("RemoveSso", "Remove them again: not found", {}),
+        }
+    },
+    "ListMembers": {
+        "200": {
+            "ChangeMemberRole": _link("ChangeMemberRole", "Change the first person's role",
+                                      {"path.member_id": "$response.body#/members/0/member_id"}),
+            "RemoveMember": _link("RemoveMember", "Remove the first person",
+                                  {"path.member_id": "$response.body#/members/0/member_id"}),
+            "SetSso": _link("SetSso", "Set the provider people sign in with", {}),
+        }
+    },
+    "ChangeMemberRole": {
+        "200": {
+            "RemoveMember": _link("RemoveMember", "Remove the person", {"path.member_id": MEMBER_ID}),
+        }
+    },
+    "RemoveMember": {
+        "204": {
+            "RemoveAgain": _link("RemoveMember", "Remove them again: not found",
+                                 {"path.member_id": "$request.path.member_id"}),
+            "ChangeRemoved": _link("ChangeMemberRole", "Change a removed person's role: not found",
+                                   {"path.member_id": "$request.path.member_id"}),
         }
     },
 }

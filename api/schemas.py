@@ -3,7 +3,7 @@ value except the reveal response."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -189,6 +189,101 @@ class SshKeyInfo(msgspec.Struct, kw_only=True):
 
 class SshKeyList(msgspec.Struct, kw_only=True):
     ssh_keys: list[SshKeyInfo]
+
+
+class PersonInfo(msgspec.Struct, kw_only=True):
+    member_id: str
+    email: str
+    subject: str
+    issuer: str
+    role: Role
+    joined_at: str
+    last_sign_in_at: str | None
+
+
+class PersonList(msgspec.Struct, kw_only=True):
+    members: list[PersonInfo]
+
+
+class ChangeRoleBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    role: Role
+
+
+class SsoBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    issuer: Annotated[str, msgspec.Meta(min_length=1, max_length=2048,
+                                        description="The OpenID Connect issuer URL (https)")]
+    client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    client_secret_name: Annotated[str, msgspec.Meta(
+        min_length=1, max_length=256, description="The name of the keyledger secret that holds the client secret")]
+    allowed_domains: Annotated[list[str], msgspec.Meta(
+        min_length=1, max_length=50, description="Email domains whose people may sign in, e.g. example.com")]
+
+
+class SsoInfo(msgspec.Struct, kw_only=True):
+    issuer: str
+    client_id: str
+    client_secret_name: str
+    allowed_domains: list[str]
+    changed_at: str
+
+
+class ConnectAppBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A connection with tokens obtained elsewhere (the dashboard's Connect button obtains them itself)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    provider: Literal["github", "google", "slack", "custom"] = "custom"
+    # Omitted for a preset provider: the preset's.
+    authorization_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    token_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    client_secret: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    scopes: Annotated[list[str], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=list)
+    scope: Scope = "all"
+    access_token: Annotated[str, msgspec.Meta(min_length=1, max_length=16_384)]
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=16_384)] | None = None
+    expires_in: Annotated[int, msgspec.Meta(ge=1, le=10 * 365 * 86_400,
+                                            description="Seconds until the access token expires")] | None = None
+
+    def __repr__(self) -> str:
+        return f"ConnectAppBody(name={self.name!r})"
+
+
+class AppInfo(msgspec.Struct, kw_only=True):
+    name: str
+    provider: str
+    state: Literal["connected", "broken"]
+    authorization_url: str
+    token_url: str
+    client_id: str
+    scopes: list[str]
+    scope: Scope
+    token_version: int
+    expires_at: str | None
+    connected_at: str
+    connected_by: str
+    last_refresh_at: str | None
+    last_error: str | None
+    last_error_at: str | None
+
+
+class AppList(msgspec.Struct, kw_only=True):
+    apps: list[AppInfo]
+
+
+class AppTokenBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+
+
+class AppTokenAnswer(msgspec.Struct, kw_only=True):
+    name: str
+    access_token: str
+    token_type: str
+    expires_at: str | None
+    token_version: int
+    refreshed: bool
+
+    def __repr__(self) -> str:
+        return f"AppTokenAnswer(name={self.name!r})"
 
 
 class Health(msgspec.Struct, kw_only=True):

@@ -29,6 +29,15 @@ one twice in an org is a 409, in two orgs it is not), admin keys and the key tha
 (403 for others, 404 for another org's, an unknown or a removed id), and the listing matches the model
 after every step: bits, the fingerprint (computed here from the key's blob), comment, label and who added it.
 
+People and connected apps (issue 10): both orgs have single sign-on from the start, and people join
+in-process (`Ledger.sign_in_person` on the app's ledger, as the dashboard's callback does: the org's first
+person an admin, later ones members; a removed person is refused). Admin keys change their roles and
+remove them over HTTP (403 for member keys, 404 for another org's, a removed or an unknown person; the same
+role again records nothing). Admin keys connect apps with static tokens that never expire (so no refresh
+ever leaves the machine; 409 while the name is connected), any key whose scope covers the app's gets its
+token (`app.token_revealed`), admin keys disconnect them. The invariants compare `GET /v1/members` and
+`GET /v1/connected-apps` with the model; a token (of a recognisable shape) appears in token answers only.
+
 Secret names avoid `%XX` escapes and the dot segments `.`/`..`: Litestar's TestClient unquotes the
 already-decoded path a second time (a test-client quirk: uvicorn does not), and HTTP clients remove
 dot segments. tests/test_cli_e2e.py takes both to a real server.
@@ -62,8 +71,10 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api.settings import Settings
 from ledger.crypto import MasterKey
+from ledger.errors import PermissionDeniedError
 from ledger.external import ExternalStores
 from tests.api.conftest import query
+from tests.api.test_people_api import ISSUER, sign_in
 from tests.fake_external import FakeStore
 from tests.pg import PgDsn, needs_postgres, pg_database
 
@@ -117,7 +128,8 @@ EVENT_TYPES = (
     "secret.destroyed", "org.settings_changed", "secret.policy_changed", "secret.rotation_configured",
     "secret.rotation_started", "secret.rotated", "secret.member_added", "secret.member_updated",
     "secret.member_state_changed", "secret.member_removed", "secret.pool_configured", "ssh_key.added",
-    "ssh_key.removed",
+    "ssh_key.removed", "sso.configured", "member.joined", "session.started", "member.role_changed", "member.removed",
+    "app.connected", "app.token_revealed", "app.disconnected",
 )
 METADATA = {
     "name", "scope", "category", "description", "version", "created_at", "updated_at", "created_by", "updated_by",
@@ -144,6 +156,11 @@ GENERATED = re.compile(r"gen_[0-9a-f]{20}")
 intervals = st.sampled_from((3600, 86_400, 3600, None, 3600, 30, None, 3600))
 # References: vault-kv paths in the FakeStore (the model holds the same dict); "gone" starts missing.
 EXTERNAL_PATHS = ("app/db", "app/api", "gone")
+# People: subjects at the org's identity provider (the same subject may join both orgs).
+SUBJECTS = ("ada", "bob", "cy")
+# Connected apps: names, and tokens of a shape no other answer may show.
+APP_NAMES = ("github", "ci bot")
+APP_TOKEN = re.compile(r"apptok_[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -254,6 +271,23 @@ class SshKeyModel:
     label: str
     added_by: str
     added_at: str
+
+
+@dataclass
+class PersonModel:
+    member_id: str
+    subject: str
+    email: str
+    role: str
+    removed: bool = False
+
+
+@dataclass
+class AppModel:
+    scope: str
+    access_token: str
+    token_version: int  # grows across disconnects and connects of the name
+    connected: bool = True
 
 
 @dataclass
@@ -407,6 +441,10 @@ class HttpMachine(RuleBasedStateMachine):
         self.missing_bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self.reveals = 0  # pool reveals so far: orders the members' last reveals (least_recent)
         self.ssh_keys: dict[str, list[SshKeyModel]] = {org: [] for org in ORGS}  # in the order they were added
+        self.people: dict[str, list[PersonModel]] = {org: [] for org in ORGS}  # in the order they joined
+        self.apps: dict[str, dict[str, AppModel]] = {org: {} for org in ORGS}
+        self.tokens_made = 0
+        self.people_and_apps_asked = True  # a request of theirs was sent since the invariant last compared them
 
     def teardown(self) -> None:
         try:
@@ -434,6 +472,8 @@ class HttpMachine(RuleBasedStateMachine):
             assert MARK not in response.text, f"{method} {path} answered a value"
             # Generated values carry no MARK: their shape gives them away (known or not yet revealed).
             assert GENERATED.search(response.text) is None, f"{method} {path} answered a generated value"
+        if not (path.startswith("/v1/connected-apps/") and path.endswith("/token")) or response.status_code != 200:
+            assert APP_TOKEN.search(response.text) is None, f"{method} {path} answered an app's token"
         return response
 
     def expect_problem(self, response: httpx.Response, status: int) -> None:
@@ -691,6 +731,17 @@ class HttpMachine(RuleBasedStateMachine):
             if reference:
                 self.upsert_as(first, NAMES[3], reference_text(EXTERNAL_PATHS[0]), None, None, None, "none", 1,
                                reference=True)
+            # Single sign-on (its client secret is a starting secret), so that people can join.
+            sso = {"issuer": ISSUER, "client_id": f"{org}-dashboard", "client_secret_name": STARTING_SECRETS[2][0],
+                   "allowed_domains": ["example.com"]}
+            configured = self.send("PUT", "/v1/sso", first, json=sso)
+            assert configured.status_code == 200, configured.text
+            self.mark_used(first, "sso.configured")
+            # Two people (the first an admin) and a connected app, so that role changes, removals, tokens and
+            # disconnects meet them within a short run.
+            self.sign_in_person(ORGS.index(org), SUBJECTS[0], True)
+            self.sign_in_person(ORGS.index(org), SUBJECTS[1], True)
+            self.connect_app(ORGS.index(org), 0, APP_NAMES[0], "agents")
             # SSH keys from the start (one the admin added, one a member key), so that removals and
             # duplicates are met within a short run.
             self.add_ssh_key_as(first, SSH_KEYS[0], None)
@@ -793,9 +844,17 @@ class HttpMachine(RuleBasedStateMachine):
             ("GET", "/v1/ssh-keys", {}),
             ("POST", "/v1/ssh-keys", {"json": {"public_key": SSH_KEYS[0].line}}),
             ("DELETE", "/v1/ssh-keys/ssh_0123456789abcdef", {}),
+            ("GET", "/v1/members", {}),
+            ("PATCH", "/v1/members/mbr_0123456789abcdef", {"json": {"role": "admin"}}),
+            ("DELETE", "/v1/members/mbr_0123456789abcdef", {}),
+            ("GET", "/v1/connected-apps", {}),
+            ("POST", "/v1/connected-apps", {"json": self.app_body(APP_NAMES[0], "all", "apptok_" + "0" * 16)}),
+            ("POST", self.app_url(APP_NAMES[0], "/token"), {}),
+            ("DELETE", self.app_url(APP_NAMES[0]), {}),
         ]
         for method, path, kwargs in attempts:
             self.expect_problem(self.send(method, path, key, **kwargs), 401)
+        self.people_and_apps_asked = True
 
     # -- secrets -------------------------------------------------------------------------------
 
@@ -1538,6 +1597,166 @@ class HttpMachine(RuleBasedStateMachine):
         self.mark_used(caller, "ssh_key.removed")
         held.remove(target)
 
+    # -- people and connected apps --------------------------------------------------------------
+
+    @rule(o=org_index, who=st.sampled_from(SUBJECTS), allowed=st.sampled_from((True, True, True, False)))
+    def sign_in_person(self, o: int, who: str, allowed: bool) -> None:
+        """A person signs in (in-process, as the dashboard does once the provider vouched for them)."""
+        self.people_and_apps_asked = True
+        org = ORGS[o]
+        email = f"{who}@example.com" if allowed else f"{who}@example.net"
+        known = next((p for p in self.people[org] if p.subject == who), None)
+        if not allowed or (known is not None and known.removed):
+            with pytest.raises(PermissionDeniedError):
+                sign_in(self.client, org, who, email)
+            event("a person's sign-in refused")
+            return
+        signed = sign_in(self.client, org, who, email)
+        self.events["session.started"] += 1
+        if known is not None:
+            assert (signed.member_id, signed.role, signed.joined) == (known.member_id, known.role, False)
+            return
+        role = "member" if self.people[org] else "admin"
+        assert (signed.role, signed.joined) == (role, True)
+        assert all(signed.member_id != p.member_id for people in self.people.values() for p in people)
+        self.events["member.joined"] += 1
+        self.people[org].append(PersonModel(member_id=signed.member_id, subject=who, email=email, role=role))
+
+    def person_target(self, org: str, pick: int, whose: str) -> tuple[str, PersonModel | None]:
+        """A member id to act on: one of the org's people (removed ones too), another org's, or unknown."""
+        people = self.people[org] if whose == "own" else self.people[ORGS[1 - ORGS.index(org)]]
+        if whose == "unknown" or not people:
+            return f"mbr_{pick:016x}", None
+        target = people[pick % len(people)]
+        return target.member_id, target if whose == "own" else None
+
+    @rule(o=org_index, pick=picks, target_pick=picks, role=st.sampled_from(ROLES),
+          whose=st.sampled_from(("own", "own", "own", "foreign", "unknown")))
+    def change_person_role(self, o: int, pick: int, target_pick: int, role: str, whose: str) -> None:
+        self.people_and_apps_asked = True
+        org = ORGS[o]
+        caller = self.caller(org, pick)
+        member_id, target = self.person_target(org, target_pick, whose)
+        response = self.send("PATCH", f"/v1/members/{member_id}", caller, json={"role": role})
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if caller.role != "admin":
+            self.expect_problem(response, 403)
+            return
+        if target is None or target.removed:
+            self.expect_problem(response, 404)
+            return
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["member_id"], body["email"], body["subject"], body["role"]) == (
+            target.member_id, target.email, target.subject, role)
+        if target.role != role:
+            self.mark_used(caller, "member.role_changed")
+            target.role = role
+        else:
+            event("the same role again")
+
+    @rule(o=org_index, pick=picks, target_pick=picks, whose=st.sampled_from(("own", "own", "foreign", "unknown")))
+    def remove_person(self, o: int, pick: int, target_pick: int, whose: str) -> None:
+        self.people_and_apps_asked = True
+        org = ORGS[o]
+        caller = self.caller(org, pick)
+        member_id, target = self.person_target(org, target_pick, whose)
+        response = self.send("DELETE", f"/v1/members/{member_id}", caller)
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if caller.role != "admin":
+            self.expect_problem(response, 403)
+            return
+        if target is None or target.removed:
+            self.expect_problem(response, 404)
+            return
+        assert response.status_code == 204, response.text
+        self.mark_used(caller, "member.removed")
+        target.removed = True
+
+    @staticmethod
+    def app_url(name: str, suffix: str = "") -> str:
+        return f"/v1/connected-apps/{quote(name, safe='')}{suffix}"
+
+    @staticmethod
+    def app_body(name: str, scope: str, access_token: str) -> dict[str, Any]:
+        return {"name": name, "provider": "github", "client_id": "cid", "client_secret": access_token + "-secret",
+                "access_token": access_token, "scope": scope}
+
+    @rule(o=org_index, pick=picks, name=st.sampled_from(APP_NAMES), scope=st.sampled_from(SCOPES))
+    def connect_app(self, o: int, pick: int, name: str, scope: str) -> None:
+        """Static tokens that never expire: no refresh ever leaves the machine."""
+        self.people_and_apps_asked = True
+        org = ORGS[o]
+        caller = self.caller(org, pick)
+        self.tokens_made += 1
+        access_token = f"apptok_{self.tokens_made:016x}"
+        response = self.send("POST", "/v1/connected-apps", caller, json=self.app_body(name, scope, access_token))
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if caller.role != "admin":
+            self.expect_problem(response, 403)
+            return
+        held = self.apps[org].get(name)
+        if held is not None and held.connected:
+            self.expect_problem(response, 409)
+            return
+        assert response.status_code == 201, response.text
+        body = response.json()
+        version = (held.token_version if held is not None else 0) + 1
+        assert (body["name"], body["state"], body["scope"], body["token_version"], body["connected_by"]) == (
+            name, "connected", scope, version, caller.key_id)
+        assert body["expires_at"] is None and body["provider"] == "github"
+        self.mark_used(caller, "app.connected")
+        self.apps[org][name] = AppModel(scope=scope, access_token=access_token, token_version=version)
+
+    @rule(o=org_index, pick=picks, name=st.sampled_from(APP_NAMES), reason=st.none() | st.sampled_from(("deploy",)))
+    def app_token(self, o: int, pick: int, name: str, reason: str | None) -> None:
+        self.people_and_apps_asked = True
+        org = ORGS[o]
+        caller = self.caller(org, pick)
+        response = self.send("POST", self.app_url(name, "/token"), caller,
+                             json=None if reason is None else {"reason": reason})
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        held = self.apps[org].get(name)
+        if held is None or not held.connected:
+            self.expect_problem(response, 404)
+            return
+        if not covers(caller.scope, held.scope):
+            self.expect_problem(response, 403)
+            event("an app's token out of the key's scope")
+            return
+        assert response.status_code == 200, response.text
+        assert response.json() == {"name": name, "access_token": held.access_token, "token_type": "Bearer",
+                                   "expires_at": None, "token_version": held.token_version, "refreshed": False}
+        self.mark_used(caller, "app.token_revealed")
+
+    @rule(o=org_index, pick=picks, name=st.sampled_from(APP_NAMES))
+    def disconnect_app(self, o: int, pick: int, name: str) -> None:
+        self.people_and_apps_asked = True
+        org = ORGS[o]
+        caller = self.caller(org, pick)
+        response = self.send("DELETE", self.app_url(name), caller)
+        if caller.revoked:
+            self.expect_problem(response, 401)
+            return
+        if caller.role != "admin":
+            self.expect_problem(response, 403)
+            return
+        held = self.apps[org].get(name)
+        if held is None or not held.connected:
+            self.expect_problem(response, 404)
+            return
+        assert response.status_code == 204, response.text
+        self.mark_used(caller, "app.disconnected")
+        held.connected = False
+
     # -- invariants ----------------------------------------------------------------------------
 
     def list_all(self, org: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1625,6 +1844,25 @@ class HttpMachine(RuleBasedStateMachine):
                      r["public_key"]) for r in rows] == [
                 (k.ssh_key_id, k.label, k.added_by, k.added_at, k.made.fingerprint, k.made.bits, k.made.line)
                 for k in self.ssh_keys[org]]
+
+    @invariant()
+    def people_and_apps_match_model(self) -> None:
+        """Compared after every step that sent a request of theirs (no other request can change them)."""
+        if not self.observer or not self.people_and_apps_asked:
+            return
+        self.people_and_apps_asked = False
+        for org in ORGS:
+            response = self.send("GET", "/v1/members", self.observer[org])
+            assert response.status_code == 200, response.text
+            listed = sorted((p["member_id"], p["email"], p["subject"], p["role"], p["issuer"])
+                            for p in response.json()["members"])
+            assert listed == sorted((p.member_id, p.email, p.subject, p.role, ISSUER)
+                                    for p in self.people[org] if not p.removed)
+            response = self.send("GET", "/v1/connected-apps", self.observer[org])
+            assert response.status_code == 200, response.text
+            apps = [(a["name"], a["state"], a["scope"], a["token_version"]) for a in response.json()["apps"]]
+            assert apps == sorted((name, "connected", a.scope, a.token_version)
+                                  for name, a in self.apps[org].items() if a.connected)
 
     @invariant()
     def events_match_model(self) -> None:

@@ -52,16 +52,27 @@ Action = Literal[
     "ssh_key.removed",
     "session.started",
     "session.ended",
+    "member.joined",
+    "member.role_changed",
+    "member.removed",
+    "sso.configured",
+    "sso.removed",
+    "app.connected",
+    "app.token_refreshed",
+    "app.refresh_failed",
+    "app.disconnected",
+    "app.token_revealed",
 ]
 Outcome = Literal["ok", "granted", "denied", "failed"]
 MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv", "ocsf": "application/x-ndjson"}
 EXPORT_CHUNK = 2000
 
 
-class AuditActor(msgspec.Struct, kw_only=True):
+class AuditActor(msgspec.Struct, kw_only=True, omit_defaults=True):
     key_id: str
     label: str
     kind: str
+    subject: str | None = None  # a person's subject at the identity provider (kind "person")
 
 
 class AuditSource(msgspec.Struct, kw_only=True):
@@ -92,7 +103,8 @@ def audit_event(row: AuditRow) -> AuditEvent:
         seq=row.seq,
         time=rfc3339(row.at),
         action=row.action,
-        actor=AuditActor(key_id=row.actor_key_id, label=row.actor_label, kind=row.actor_kind),
+        actor=AuditActor(key_id=row.actor_key_id, label=row.actor_label, kind=row.actor_kind,
+                         subject=row.actor_subject or None),
         source=AuditSource(address=row.client_address, user_agent=row.user_agent),
         request_id=row.request_id,
         secret=row.secret,

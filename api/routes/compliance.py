@@ -14,10 +14,11 @@ from litestar.params import QueryParameter
 from api.auth import Principal, require_api_key
 from api.params import parse_as_of, parse_time
 from api.routes.audit import AuditEvent, TimeParam, audit_event
+from api.routes.connected_apps import app_info
 from api.routes.docs import COMMON, problems
 from api.routes.secret_access import PolicyInfo, policy_info
 from api.routes.secrets import metadata_of
-from api.schemas import SecretMetadata, rfc3339
+from api.schemas import AppList, SecretMetadata, rfc3339
 from ledger.errors import ValidationError
 from ledger.model import Policy
 from ledger.service import Ledger
@@ -298,3 +299,23 @@ class ComplianceController(Controller):
             policy=policy_info(policy),
             keys=[KeyAccessOut(key_id=k.key_id, label=k.label, role=k.role, scope=k.scope) for k in found.keys],
         )
+
+    @get(
+        "/connected-apps",
+        operation_id="ConnectedAppsNeedingAttention",
+        responses=problems(*COMMON, 403),
+        summary="Connected apps that are broken or whose last refresh failed (all=true: every connected app)",
+    )
+    async def connected_apps(
+        self,
+        principal: NamedDependency[Principal],
+        projections: NamedDependency[Projections],
+        everything: Annotated[bool, QueryParameter(
+            name="all", description="Every connected app, not only those needing attention")] = False,
+    ) -> AppList:
+        principal.require_admin()
+        rows = await projections.list_apps(principal.org)
+        return AppList(apps=[
+            app_info(r) for r in rows
+            if everything or r.state == "broken" or (r.last_error_at or 0) > (r.last_refresh_at or r.connected_at)
+        ])

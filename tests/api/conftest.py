@@ -215,9 +215,9 @@ def audit_after(db_file: Path | PgDsn, seq: int) -> list[dict[str, Any]]:
 # -- the same checks on either backend -------------------------------------------------------------
 
 TABLES = ("events", "data_keys", "checkpoints", "idempotency", "secrets", "api_keys", "audit", "secret_versions",
-          "ssh_keys", "dashboard_sessions", "projection_positions")
+          "ssh_keys", "dashboard_sessions", "members", "sso_settings", "connected_apps", "projection_positions")
 PROJECTION_TABLES = ("secrets", "api_keys", "audit", "secret_versions", "ssh_keys", "dashboard_sessions",
-                     "projection_positions")
+                     "members", "sso_settings", "connected_apps", "projection_positions")
 
 
 def order_of(table: str) -> str:

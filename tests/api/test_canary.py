@@ -20,6 +20,14 @@ SSH public keys hold nothing secret, so nothing is planted through them; but wha
 routes and refused (a DSA or short RSA key, a certificate, a private key sent by mistake, garbage, a
 label too long, a duplicate, another key's removal, an unknown id) carries a canary that must appear in
 no answer, log or file either.
+
+Issue 10's connected apps carry a client secret, an access token and a refresh token: planted as
+canaries (static tokens; a refresh at a token endpoint that refuses connections), and real ones from the
+authorization server of tests/oidc_server.py (refreshed once: new tokens replace the old, whose data key
+is destroyed). An access token may appear in a `POST .../token` answer only; a client secret or refresh
+token in none; a disconnected app's tokens, or replaced ones, never again. The org's single sign-on names
+its client secret (a secret, a canary like the others) and a person joins. The authorization server's own
+log records (Authlib logs the tokens it issues, in the server's threads) are the provider's, not ours.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.settings import Settings
+from ledger.apps import app_aad_name
 from ledger.crypto import Keyring, MasterKey
 from ledger.errors import ExternalSecretError
 from ledger.external import ExternalStores, Reference
@@ -63,7 +72,13 @@ from tests.api.conftest import (
     secret_path,
     stored_bytes,
 )
+from tests.api.test_connected_apps_api import from_the_provider, grant, issued_to
+from tests.api.test_people_api import CLIENT_SECRET_NAME, ISSUER, sign_in
+from tests.oidc_server import OidcServer, oidc_server
 from tests.pg import PgDsn
+from tests.webhook_server import refused_port
+
+__all__ = ["oidc_server"]  # the imported module-scoped fixture
 
 Client = TestClient[Litestar]
 MIB = 1024 * 1024
@@ -100,9 +115,11 @@ def openable_values(db: Path | PgDsn, keyring: Keyring) -> list[bytes]:
     for stream, body, sealed in query(db, "SELECT stream, body, sealed FROM events WHERE sealed IS NOT NULL"):
         event = json.loads(bytes(body))
         if event["data_key_id"] in keys:
-            org = stream.removeprefix("secret:").split("/", 1)[0]
+            org = stream.split(":", 1)[1].split("/", 1)[0]
             opener = keyring.opener(event["data_key_id"], *keys[event["data_key_id"]])
-            if "member" in event:  # a pool member's value, bound to name/member and the member's version
+            if stream.startswith("app:"):  # a connected app's client secret and tokens
+                opened.append(opener.open(sealed, org, app_aad_name(event["name"]), event["token_version"]))
+            elif "member" in event:  # a pool member's value, bound to name/member and the member's version
                 opened.append(opener.open(sealed, org, member_aad_name(event["name"], event["member"]),
                                           event["member_version"]))
             else:
@@ -183,7 +200,10 @@ class Recorded:
 
     @staticmethod
     def is_reveal_answer(response: httpx.Response) -> bool:
-        return response.request.url.path.endswith("/reveal") and response.status_code == 200
+        """A secret's reveal, or a connected app's token answer."""
+        path = response.request.url.path
+        app_token = path.startswith("/v1/connected-apps/") and path.endswith("/token")
+        return (path.endswith("/reveal") or app_token) and response.status_code == 200
 
     def text_of(self, response: httpx.Response) -> str:
         headers = "\n".join(f"{k}: {v}" for k, v in response.headers.items())
@@ -209,6 +229,8 @@ class Scenario:
         self.external: dict[str, str] = {}  # name -> the value its reference fetches now (stored nowhere)
         self.references: list[str] = []  # reference texts: sealed configuration, in no response at all
         self.rotating: set[str] = set()  # names with a rotation policy (others answer 404 on /rotation)
+        self.apps: dict[str, str] = {}  # connected app -> its current access token (answered by POST .../token)
+        self.oidc: OidcServer | None = None  # the authorization server, for a real refresh
 
     def upsert(
         self, key: Key, name: str, *, expect: int, headers: dict[str, str] | None = None, **fields: Any
@@ -419,6 +441,8 @@ class Scenario:
         self.run_lifecycle_writes(admin, member)
         # Pools, rotation and references.
         self.run_access_writes(admin, member)
+        # Single sign-on, a person, connected apps and their tokens.
+        self.run_people_and_app_writes(admin, member)
         # Every read path afterwards: every GET of the OpenAPI document (itself included), each
         # export format, point-in-time reads, the deleted list, the audit, compliance and ledger routes.
         client.get("/v1/secrets", params={"limit": 1}, headers=member.headers)
@@ -505,6 +529,71 @@ class Scenario:
         self.reference(admin, "referenced", expect=200)
         assert self.reveal(admin, "referenced").json()["value"] == self.external["referenced"]
 
+    def connect_app(self, key: Key, name: str, *, expect: int = 201, **fields: Any) -> dict[str, str]:
+        """A connection whose client secret and tokens are canaries (unless given): what was planted."""
+        planted = {"client_secret": canary(), "access_token": canary(), "refresh_token": canary()}
+        body = {"name": name, "provider": "github", "client_id": "canary-client", **planted, "scopes": ["repo"],
+                **fields}
+        response = self.client.post("/v1/connected-apps", json=body, headers=key.headers)
+        assert response.status_code == expect, response.text
+        values = [v for k, v in body.items() if k in planted and isinstance(v, str)]
+        if expect < 300:
+            self.stored += values
+            self.apps[name] = str(body["access_token"])
+        else:
+            self.refused += values
+        return {k: str(v) for k, v in body.items() if k in planted}
+
+    def app_token(self, key: Key, name: str, *, reason: str | None = None) -> httpx.Response:
+        return self.client.post(f"/v1/connected-apps/{quote(name, safe='')}/token",
+                                json=None if reason is None else {"reason": reason}, headers=key.headers)
+
+    def run_people_and_app_writes(self, admin: Key, member: Key) -> None:
+        client = self.client
+        # Single sign-on: its client secret is a secret (a canary), named by the settings; a person joins.
+        self.upsert(admin, CLIENT_SECRET_NAME, expect=201)
+        sso = {"issuer": ISSUER, "client_id": "canary-sso-client", "client_secret_name": CLIENT_SECRET_NAME,
+               "allowed_domains": ["example.com"]}
+        assert client.put("/v1/sso", json=sso, headers=admin.headers).status_code == 200
+        person = sign_in(client, admin.org, "canary-subject", "ada@example.com")
+        assert client.patch(f"/v1/members/{person.member_id}", json={"role": "member"},
+                            headers=admin.headers).status_code == 200
+        # A static connection: its token answered to the admin (with a reason) and to a member key.
+        static = self.connect_app(admin, "static")
+        for key in (admin, member):
+            assert self.app_token(key, "static", reason=self.reason).json()["access_token"] == static["access_token"]
+        # A connection whose token is due at once, at a token endpoint that refuses connections: a 502, and the
+        # tokens stay (stored, never answered: the refresh failed).
+        with refused_port() as port:
+            self.connect_app(admin, "unreachable", provider="custom", authorization_url="https://id.example.com/a",
+                             token_url=f"http://127.0.0.1:{port}/token", expires_in=30)
+            assert_problem(self.app_token(admin, "unreachable"), 502)
+        # Connected, disconnected (its tokens destroyed), connected again with new ones.
+        replaced = self.connect_app(admin, "replaced", scope="agents")
+        assert self.app_token(member, "replaced").json()["access_token"] == replaced["access_token"]
+        assert client.delete("/v1/connected-apps/replaced", headers=admin.headers).status_code == 204
+        self.apps.pop("replaced")
+        self.destroy(list(replaced.values()))
+        again = self.connect_app(admin, "replaced")
+        assert self.app_token(admin, "replaced").json()["access_token"] == again["access_token"]
+        # Real tokens from the authorization server, due at once: refreshed there (the old ones destroyed).
+        assert self.oidc is not None
+        found = grant(self.oidc, "canary-user")
+        assert found.tokens.refresh_token is not None
+        first = [found.client_secret, found.tokens.access_token, found.tokens.refresh_token]
+        self.connect_app(admin, "idp", provider="custom", authorization_url=self.oidc.authorization_endpoint,
+                         token_url=self.oidc.token_endpoint, client_id=found.client_id,
+                         client_secret=found.client_secret, access_token=found.tokens.access_token,
+                         refresh_token=found.tokens.refresh_token, scopes=["email"], expires_in=30)
+        issued = set(issued_to(self.oidc, found.client_id))
+        refreshed = self.app_token(admin, "idp").json()
+        assert refreshed["refreshed"] is True and refreshed["access_token"] not in first
+        new_tokens = set(issued_to(self.oidc, found.client_id)) - issued
+        assert refreshed["access_token"] in new_tokens and len(new_tokens) == 2  # an access and a refresh token
+        self.stored += sorted(new_tokens)
+        self.apps["idp"] = refreshed["access_token"]
+        self.destroy(first[1:])
+
     def read_everything(self, admin: Key, names: list[str]) -> None:
         document = self.client.get("/schema/openapi.json").json()
         now = "2200-01-01T00:00:00Z"
@@ -519,8 +608,11 @@ class Scenario:
                 queries.append({"as_of": now})
             if "deleted" in names_in_query:
                 queries.append({"deleted": "true"})
+            if "all" in names_in_query:
+                queries.append({"all": "true"})
             for asked in queries:
-                for name in names if "{name}" in path else [""]:
+                asked_names = list(self.apps) if path.startswith("/v1/connected-apps/") else names
+                for name in asked_names if "{name}" in path else [""]:
                     extra = {"secret": name or names[0], "version": 1, "days": 0} if "/compliance/" in path else {}
                     params = {k: v for k, v in {**asked, **extra}.items() if k in names_in_query}
                     url = path.replace("{name}", quote(name, safe="")).replace("{key_id}", admin.key_id)
@@ -699,6 +791,7 @@ class Scenario:
                     headers={"X-Note": value}, value=value)
         self.run_access_refusals(admin, member)
         self.run_ssh_key_refusals(admin, member)
+        self.run_people_and_app_refusals(admin, member)
         # 503: the append fails; the value was sealed but never committed.
         value = canary()
         client.app.state.ledger.recorder.fail_next_commits = 1
@@ -870,6 +963,56 @@ class Scenario:
         self.refuse(401, "POST", "/v1/ssh-keys", key=None, json={"public_key": f"{good} {value}"},
                     headers={"Authorization": "Bearer rt_live_" + "Q" * 40}, value=value)
 
+    def run_people_and_app_refusals(self, admin: Key, member: Key) -> None:
+        """Canaries as client secrets and tokens of refused connections, and in refused SSO settings."""
+        self.connect_app(admin, "existing")
+        for key, expect, fields in (
+            (member, 403, {}),  # a member key may not connect
+            (admin, 409, {"name": "existing"}),  # connected and healthy
+            (admin, 422, {"provider": "custom"}),  # no URLs
+            (admin, 422, {"token_url": "http://example.com/token"}),  # plain http, not loopback
+            (admin, 422, {"scopes": ["two words"]}),
+            (admin, 422, {"expires_in": 0}),
+            (admin, 422, {"note": "unknown field"}),
+        ):
+            self.connect_app(key, fields.pop("name", "refused"), expect=expect, **fields)
+        for make in (
+            lambda v: {"name": "n", "client_id": "c", "client_secret": v, "access_token": [v]},
+            lambda v: {"name": "n", "client_id": "c", "client_secret": v, "access_token": v, "token_url": f"ftp://{v}"},
+            lambda v: {"name": "n", "client_id": "c", "client_secret": v, "access_token": v,
+                       "token_url": f"https://user:{v}@example.com/t"},
+            lambda v: {"name": "n", "client_id": "c", "client_secret": v + "s" * 4096, "access_token": v},
+        ):
+            value = canary()
+            self.refuse(422, "POST", "/v1/connected-apps", key=admin, json=make(value), value=value)
+        value = canary()
+        body = b'{"name": "n", "client_id": "c", "client_secret": "' + value.encode() + b'",}'
+        self.refuse(422, "POST", "/v1/connected-apps", key=admin, content=body, value=value)
+        value = canary()
+        self.refuse(401, "POST", "/v1/connected-apps", key=None,
+                    json={"name": "n", "client_id": "c", "client_secret": value, "access_token": value},
+                    headers={"Authorization": "Bearer rt_live_" + "Q" * 40}, value=value)
+        for status, name, body in ((422, "existing", lambda v: {"reason": v + "r" * 1024}),
+                                   (422, "existing", lambda v: {"reason": "r", "access_token": v}),
+                                   (404, "absent", lambda v: {"reason": v})):
+            value = canary()
+            self.refuse(status, "POST", f"/v1/connected-apps/{name}/token", key=admin, json=body(value), value=value)
+        value = canary()
+        self.refuse(403, "DELETE", "/v1/connected-apps/existing", key=member, headers={"X-Note": value}, value=value)
+        # SSO settings: a client secret sent where only its name goes, an issuer carrying one, domains.
+        sso = {"issuer": ISSUER, "client_id": "c", "client_secret_name": "existing", "allowed_domains": ["example.com"]}
+        for make in (
+            lambda v: {**sso, "client_secret": v},
+            lambda v: {**sso, "issuer": f"https://user:{v}@id.example.com"},
+            lambda v: {**sso, "issuer": f"http://{v}.example.com"},
+            lambda v: {**sso, "allowed_domains": [v]},
+            lambda v: {**sso, "client_id": v + "c" * 300},
+        ):
+            value = canary()
+            self.refuse(422, "PUT", "/v1/sso", key=admin, json=make(value), value=value)
+        value = canary()
+        self.refuse(403, "PUT", "/v1/sso", key=member, json={**sso, "client_id": value}, value=value)
+
     def check_responses(self) -> None:
         every = self.stored + self.refused
         reveal_answers = 0
@@ -890,8 +1033,11 @@ class Scenario:
 
     def check_logs(self, caplog: pytest.LogCaptureFixture) -> None:
         assert caplog.records, "nothing was logged: the capture is broken"
-        logged = caplog.text + "\n".join(
-            f"{record.name} {record.getMessage()} {record.exc_text or ''} {record.args!r}" for record in caplog.records
+        # The authorization server's records (in its own threads) are the provider's logs, not keyledger's.
+        records = [record for record in caplog.records if not from_the_provider(record)]
+        logged = "\n".join(
+            f"{caplog.handler.format(record)} {record.name} {record.getMessage()} {record.exc_text or ''} "
+            f"{record.args!r}" for record in records
         )
         for value in self.stored + self.refused + self.api_keys + self.references:
             assert value not in logged
@@ -944,9 +1090,10 @@ def scenario(
 
 
 def test_canaries_from_every_write_path_appear_only_in_reveal_answers(
-    scenario: Scenario, caplog: pytest.LogCaptureFixture
+    scenario: Scenario, caplog: pytest.LogCaptureFixture, oidc_server: OidcServer
 ) -> None:
     admin = create_org(scenario.client, "canary-org")
+    scenario.oidc = oidc_server
     scenario.run_write_paths(admin)
     assert len(scenario.stored) >= 10 and len(scenario.destroyed) >= 4
     assert scenario.members and scenario.external and scenario.rotating and scenario.references
@@ -962,6 +1109,8 @@ def test_canaries_from_every_write_path_appear_only_in_reveal_answers(
     assert [value for value in scenario.destroyed if value.encode() in opened] == []
     assert all(value.encode() in opened for value in scenario.accepted.values())
     assert all(value.encode() in opened for value in scenario.members.values())
+    assert set(scenario.apps) == {"static", "unreachable", "replaced", "idp"}
+    assert all(value.encode() in opened for value in scenario.apps.values())  # each app's current token
     # The idempotent reveals' answers (the pool's went with its member's value, replaced or removed since).
     assert opened.count(b'"value":"CANARY-') >= 2
     # A reference's text is sealed like a value; what it fetched is not in the database at all.

@@ -13,6 +13,12 @@ the answers a missing name gets; acme's policies, rotation schedule and members 
 
 acme also holds an SSH public key: globex lists only its own, removes acme's as it would an unknown id
 (404, alike), and adds the same public key as its own (no conflict: nothing tells it acme has it).
+
+And people and connected apps (issue 10): acme has single sign-on (its client secret is `target`), a
+person who joined through it, and a connected app `target` whose token was handed out once. globex lists
+no people and no apps, reads no SSO settings, and its changes (a role, a removal, the SSO settings, a
+disconnect, a token) of acme's person and app are refused like those of a missing one, changing nothing.
+Its own SSO and app of the same names are its own: the same subject joins globex as another member.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from tests.api.conftest import (
     secret_path,
     upsert,
 )
+from tests.api.test_people_api import ISSUER, sign_in
 from tests.pg import PgDsn, pg_database
 
 Client = TestClient[Litestar]
@@ -59,6 +66,7 @@ class World:
         self.db = db
         self.acme = acme
         self.globex = globex
+        self.member_id = ""  # acme's person (in the worlds where acme holds things)
 
 
 # acme's `target` expires long after these tests (so /v1/compliance/expiring lists it for acme);
@@ -96,11 +104,31 @@ def give_acme_access_rules(client: Client, acme: Key) -> None:
     assert (revealed.status_code, revealed.json()["value"]) == (200, "acme-only-value-a"), revealed.text
 
 
+ACME_APP = {"name": "target", "provider": "github", "client_id": "acme-only-value-client",
+            "client_secret": "acme-only-value-client-secret", "access_token": "acme-only-value-access-token",
+            "refresh_token": "acme-only-value-refresh-token", "expires_in": 86_400, "scope": "all"}
+ACME_SSO = {"issuer": ISSUER, "client_id": "acme-only-value-sso", "client_secret_name": "target",
+            "allowed_domains": ["example.com"]}
+
+
+def give_acme_people_and_apps(client: Client, acme: Key) -> str:
+    """acme's single sign-on (its client secret is `target`), a person who joined, and a connected app
+    `target` whose token was handed out once; the person's member id."""
+    assert client.put("/v1/sso", json=ACME_SSO, headers=acme.headers).status_code == 200
+    person = sign_in(client, acme.org, "acme-subject", "ada@example.com")
+    connected = client.post("/v1/connected-apps", json=ACME_APP, headers=acme.headers)
+    assert connected.status_code == 201, connected.text
+    answer = client.post("/v1/connected-apps/target/token", headers=acme.headers)
+    assert answer.json()["access_token"] == ACME_APP["access_token"], answer.text
+    return person.member_id
+
+
 def open_world(db: Path | PgDsn, *, with_target: bool, deleted: bool = False) -> Generator[World, None, None]:
     app = create_app(Settings(db=db, master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN))
     with make_client(app) as client:
         acme = create_org(client, "acme")
         globex = create_org(client, "globex")
+        member_id = ""
         if with_target:
             upsert(client, acme, "target", "acme-only-value", scope="tools", category="provider",
                    expires_at=FAR_EXPIRY, expect=201)
@@ -111,9 +139,12 @@ def open_world(db: Path | PgDsn, *, with_target: bool, deleted: bool = False) ->
             added = client.post("/v1/ssh-keys", json={"public_key": ACME_SSH_KEY, "label": "acme laptop"},
                                 headers=acme.headers)
             assert added.status_code == 201, added.text
+            member_id = give_acme_people_and_apps(client, acme)
             if deleted:
                 assert client.delete(secret_path("target"), headers=acme.headers).status_code == 204
-        yield World(client, db, acme, globex)
+        world = World(client, db, acme, globex)
+        world.member_id = member_id
+        yield world
 
 
 @pytest.fixture
@@ -296,7 +327,8 @@ def test_acme_itself_sees_what_globex_asks_about(three_worlds: tuple[World, Worl
     rotations = client.get("/v1/compliance/rotations", params={"all": "true"}, headers=acme.headers).json()
     assert [(r["name"], r["status"]) for r in rotations["rotations"]] == [("target", "ok")]
     who = client.get("/v1/compliance/who-could-reveal", params={"secret": "target"}, headers=acme.headers).json()
-    assert (who["exists"], [k["key_id"] for k in who["keys"]]) == (True, [acme.key_id])
+    # acme's admin key, and its person (an admin: the policy admits admins).
+    assert (who["exists"], sorted(k["key_id"] for k in who["keys"])) == (True, [acme.key_id, foreign.member_id])
     who = foreign_deleted.client.get("/v1/compliance/who-could-reveal", params={"secret": "target"},
                                      headers=foreign_deleted.acme.headers).json()
     assert (who["exists"], who["policy"]["restricted"], who["keys"]) == (False, True, [])
@@ -383,6 +415,7 @@ def acme_holdings(world: World) -> tuple[Any, ...]:
          for name, suffix in (("target", "/policy"), ("target", "/rotation"), ("pool", "/members"))],
         comparable(client.get("/v1/compliance/rotations", params={"all": "true"}, headers=headers)),
         comparable(client.get("/v1/ssh-keys", headers=headers)),
+        [comparable(client.get(path, headers=headers)) for path in ("/v1/members", "/v1/sso", "/v1/connected-apps")],
     )
 
 
@@ -448,6 +481,87 @@ def test_a_change_to_the_access_rules_of_a_foreign_name_is_refused_exactly_like_
     client, acme = foreign.client, foreign.acme
     assert client.post(secret_path("pool", "/reveal"), headers=acme.headers).json()["value"] == "acme-only-value-a"
     assert client.post(secret_path("target", "/reveal"), headers=acme.headers).json()["version"] == 2
+
+
+def people_and_apps_questions(member_id: str) -> list[tuple[str, str, dict[str, Any] | None, dict[str, str]]]:
+    """globex's reads and changes of acme's person (by its id), SSO settings and app `target`."""
+    return [
+        ("GET", "/v1/members", None, {}),
+        ("PATCH", f"/v1/members/{member_id}", {"role": "member"}, {}),
+        ("PATCH", f"/v1/members/{member_id}", {"role": "admin"}, {}),
+        ("DELETE", f"/v1/members/{member_id}", None, {}),
+        ("GET", "/v1/sso", None, {}),
+        ("DELETE", "/v1/sso", None, {}),
+        ("PUT", "/v1/sso", ACME_SSO, {}),  # acme's client secret name: a secret globex does not have
+        ("GET", "/v1/connected-apps", None, {}),
+        ("GET", "/v1/connected-apps/target", None, {}),
+        ("POST", "/v1/connected-apps/target/token", None, {}),
+        ("POST", "/v1/connected-apps/target/token", {"reason": "curious"}, {}),
+        ("DELETE", "/v1/connected-apps/target", None, {}),
+        ("GET", "/v1/compliance/connected-apps", None, {}),
+        ("GET", "/v1/compliance/connected-apps", None, {"all": "true"}),
+    ]
+
+
+def test_another_orgs_key_sees_and_changes_nothing_of_its_people_sso_and_apps(
+    three_worlds: tuple[World, World, World],
+) -> None:
+    """globex asks the same of each world (acme's person's id in all three): same answers, nothing recorded,
+    acme's people, SSO settings and app as they were; a member key of globex too."""
+    questions = people_and_apps_questions(three_worlds[0].member_id)
+    answers: list[list[Any]] = []
+    for world in three_worlds:
+        held = acme_holdings(world)
+        before = max_seq(world.db)
+        member = create_key(world.client, world.globex, label="globex member")
+        seen = []
+        for key in (world.globex, member):
+            for method, path, body, extra in questions:
+                response = send(world, key, method, path, body, extra)
+                asked = (method, path, body, extra, response.status_code)
+                assert response.status_code in (200, 403, 404), (asked, response.text)
+                assert "acme" not in response.text and "ada@" not in response.text, asked
+                if response.status_code == 200:
+                    assert response.json() in ({"members": []}, {"apps": []}), asked
+                seen.append(comparable(response))
+        assert max_seq(world.db) == before + 1, "a refused change or a read appended an event"  # the member key
+        assert acme_holdings(world) == held, "acme's people, SSO settings or apps changed"
+        answers.append(seen)
+    assert answers[0] == answers[1] == answers[2]
+    # Positive control: acme sees its own, and its app still answers its token.
+    foreign = three_worlds[0]
+    client, acme = foreign.client, foreign.acme
+    (person,) = client.get("/v1/members", headers=acme.headers).json()["members"]
+    assert (person["member_id"], person["role"], person["subject"]) == (foreign.member_id, "admin", "acme-subject")
+    assert client.get("/v1/sso", headers=acme.headers).json()["client_id"] == ACME_SSO["client_id"]
+    (app,) = client.get("/v1/connected-apps", headers=acme.headers).json()["apps"]
+    assert (app["name"], app["state"], app["token_version"]) == ("target", "connected", 1)
+    answer = client.post("/v1/connected-apps/target/token", headers=acme.headers).json()
+    assert answer["access_token"] == ACME_APP["access_token"]
+
+
+def test_the_orgs_own_sso_people_and_apps_of_the_same_names_are_its_own(foreign: World) -> None:
+    client, acme, globex = foreign.client, foreign.acme, foreign.globex
+    held = acme_holdings(foreign)
+    upsert(client, globex, "target", "globex-value", expect=201)
+    assert client.put("/v1/sso", json=ACME_SSO, headers=globex.headers).status_code == 200
+    # The same subject at the same provider joins globex as a person of its own: globex's first, an admin.
+    person = sign_in(client, globex.org, "acme-subject", "ada@example.com")
+    assert (person.joined, person.role) == (True, "admin")
+    assert person.member_id != foreign.member_id
+    connected = client.post("/v1/connected-apps", json={**ACME_APP, "access_token": "globex-token"},
+                            headers=globex.headers)
+    assert (connected.status_code, connected.json()["token_version"]) == (201, 1), connected.text
+    answer = client.post("/v1/connected-apps/target/token", headers=globex.headers).json()
+    assert answer["access_token"] == "globex-token"
+    # globex removes its person and disconnects its app: acme's are untouched.
+    assert client.delete(f"/v1/members/{person.member_id}", headers=globex.headers).status_code == 204
+    assert client.delete("/v1/connected-apps/target", headers=globex.headers).status_code == 204
+    assert client.delete("/v1/sso", headers=globex.headers).status_code == 204
+    assert acme_holdings(foreign) == held
+    answer = client.post("/v1/connected-apps/target/token", headers=acme.headers).json()
+    assert answer["access_token"] == ACME_APP["access_token"]
+    assert sign_in(client, acme.org, "acme-subject", "ada@example.com").member_id == foreign.member_id
 
 
 def test_acme_restores_its_deleted_secret_after_another_orgs_changes(foreign_deleted: World) -> None:
@@ -552,7 +666,7 @@ def test_the_orgs_own_secrets_of_the_same_names_keep_their_own_policies_rotation
     assert [k["key_id"] for k in who["keys"]] == [globex_member.key_id]
     assert "acme" not in json.dumps(who)
     who = get(acme, "/v1/compliance/who-could-reveal", secret="target")
-    assert [k["key_id"] for k in who["keys"]] == [acme.key_id]
+    assert sorted(k["key_id"] for k in who["keys"]) == [acme.key_id, foreign.member_id]
     # acme's pool still answers its own member, and its target its own value.
     assert client.post(secret_path("pool", "/reveal"), headers=acme.headers).json()["value"] == "acme-only-value-a"
     assert client.post(secret_path("target", "/reveal"), headers=acme.headers).json()["value"] == "acme-only-value-2"
@@ -679,12 +793,19 @@ ACCESS_OPERATIONS = {
     ("GET", "/v1/compliance/rotations"), ("GET", "/v1/compliance/who-could-reveal"),
 }
 SSH_KEY_OPERATIONS = {("GET", "/v1/ssh-keys"), ("POST", "/v1/ssh-keys"), ("DELETE", "/v1/ssh-keys/{ssh_key_id}")}
+PEOPLE_AND_APPS_OPERATIONS = {
+    ("GET", "/v1/members"), ("PATCH", "/v1/members/{member_id}"), ("DELETE", "/v1/members/{member_id}"),
+    ("GET", "/v1/sso"), ("PUT", "/v1/sso"), ("DELETE", "/v1/sso"), ("GET", "/v1/connected-apps"),
+    ("POST", "/v1/connected-apps"), ("GET", "/v1/connected-apps/{name}"), ("DELETE", "/v1/connected-apps/{name}"),
+    ("POST", "/v1/connected-apps/{name}/token"), ("GET", "/v1/compliance/connected-apps"),
+}
 QUERY_VARIANTS = {
     ("DELETE", "/v1/secrets/{name}"): {"purge": "true"},
     ("GET", "/v1/secrets"): {"deleted": "true"},
     ("GET", "/v1/compliance/expiring"): {"days": "0"},
     ("GET", "/v1/compliance/rotations"): {"all": "true"},
     ("GET", "/v1/compliance/who-could-reveal"): {"secret": "target"},
+    ("GET", "/v1/compliance/connected-apps"): {"all": "true"},
 }
 
 
@@ -695,19 +816,19 @@ def test_revoked_and_malformed_credentials_are_401_on_every_route_and_method(for
     before = max_seq(foreign.db)
     operations = every_operation(client)
     assert len(operations) >= 20
-    assert set(operations) >= LIFECYCLE_OPERATIONS | ACCESS_OPERATIONS | SSH_KEY_OPERATIONS
+    assert set(operations) >= LIFECYCLE_OPERATIONS | ACCESS_OPERATIONS | SSH_KEY_OPERATIONS | PEOPLE_AND_APPS_OPERATIONS
     credentials = [*MALFORMED, f"Bearer {revoked.api_key}", f"Bearer {foreign.acme.api_key}x"]
     bodies: list[Any] = [None, {"name": "target", "value": "v"}, {"org": "x"}, "not json", {"name": 5},
                          {"version": 1}, {"recovery_window_days": 0}, {"value": "v"}, ROTATION,
                          {"roles": ["admin"]}, {"selection": "round_robin"},
                          {"name": "target", "value": "vault-kv://secret/x#k", "reference": True},
-                         {"public_key": ACME_SSH_KEY}]
+                         {"public_key": ACME_SSH_KEY}, {"role": "member"}, ACME_SSO, ACME_APP]
     for method, path in operations:
         url = (path.replace("{name}", "target").replace("{key_id}", foreign.acme.key_id).replace("{member}", "a")
-               .replace("{ssh_key_id}", "ssh_0123456789abcdef"))
+               .replace("{ssh_key_id}", "ssh_0123456789abcdef").replace("{member_id}", foreign.member_id))
         for i, credential in enumerate(credentials):
             headers = {} if credential is None else {"Authorization": credential.encode("utf-8")}
-            body = bodies[i % len(bodies)] if method in ("POST", "PUT") else None
+            body = bodies[i % len(bodies)] if method in ("POST", "PUT", "PATCH") else None
             params = QUERY_VARIANTS.get((method, path), {}) if i % 2 else {}
             response = client.request(method, url, headers=headers, params=params, **(
                 {"content": body} if isinstance(body, str) else {"json": body}))

@@ -7,8 +7,12 @@ conforms to the document (status code, content type, body schema).
 - Stateful: schemathesis' state machine follows the document's OpenAPI links (`api/openapi_links.py`):
   upsert -> get / reveal / update / delete (with the ETag as If-Match) -> get again (404), create a
   key -> revoke it -> revoke it again (404), create an org -> create it again (409), list -> next page,
-  add an SSH key -> remove it -> remove it again (404).
+  add an SSH key -> remove it -> remove it again (404), list apps -> connect one -> get it / a token /
+  disconnect it -> get it again (404), list people -> set the org's SSO settings -> get / remove them.
   It asserts that the links were followed and reached the answers they lead to.
+- No call leaves the machine: a connected app's token endpoint is always a loopback port that refuses
+  connections (a global hook, so the PostgreSQL module's fuzzing too), so a token that is due for its
+  refresh answers 502 at once instead of asking github.com or a generated host.
 
 Bigger runs: `KEYLEDGER_FUZZ_EXAMPLES=2000 .venv/bin/pytest tests/api/test_schemathesis.py` (the stateful
 budget grows with it). What a case costs, profiled on 2 cores: ~10 ms, of which ~2.5 ms in the app
@@ -34,8 +38,10 @@ media types it streams (`application/x-ndjson`, `text/csv`).
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import socket
 import tempfile
 import unicodedata
 from collections import Counter
@@ -88,6 +94,22 @@ CHEAP = settings(
     phases=[Phase.explicit, Phase.generate, Phase.shrink],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
+
+# A loopback port held bound but never listening: every connected app's token endpoint during the fuzzing.
+_NO_PROVIDER = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_NO_PROVIDER.bind(("127.0.0.1", 0))
+atexit.register(_NO_PROVIDER.close)
+NO_PROVIDER_TOKEN_URL = f"http://127.0.0.1:{_NO_PROVIDER.getsockname()[1]}/token"
+SSO_CLIENT_SECRET = "fuzz-sso-client-secret"  # a secret of the links org, named by its SSO settings
+
+
+@schemathesis.hook("map_body").apply_to(operation_id="ConnectApp")  # type: ignore[untyped-decorator]
+def no_outside_provider(context: Any, body: Any) -> Any:
+    """Every schema (both modules' too): a connected app's refresh never leaves the machine."""
+    if isinstance(body, dict):
+        return {**body, "token_url": NO_PROVIDER_TOKEN_URL}
+    return body
+
 
 _TMP = tempfile.TemporaryDirectory(prefix="keyledger-fuzz-")
 APP = create_app(
@@ -145,7 +167,10 @@ def create_fuzz_org(session: Any) -> dict[str, str]:
 def orgs() -> Iterator[Orgs]:
     try:
         with asgi.get_client(ASGI_APP) as session:
-            yield Orgs(fuzz=create_fuzz_org(session), links=create_org(session, "fuzz-links"))
+            links = create_org(session, "fuzz-links")
+            put = session.post("/v1/secrets", json={"name": SSO_CLIENT_SECRET, "value": "v"}, headers=links)
+            assert put.status_code == 201, put.text
+            yield Orgs(fuzz=create_fuzz_org(session), links=links)
     finally:
         asgi.shutdown_lifespans()
         _TMP.cleanup()
@@ -199,6 +224,10 @@ BODY_FIELDS = {
     "PutPolicy": ("key_ids", "labels", "roles"),
     "PutRotation": ("interval_seconds", "rotator"),
     "AddSshKey": ("public_key", "label"),
+    "ConnectApp": ("name", "client_id", "client_secret", "scope", "access_token", "refresh_token", "expires_in"),
+    "ConnectedAppToken": ("reason",),
+    "SetSso": ("client_id",),
+    "ChangeMemberRole": ("role",),
 }
 
 
@@ -226,6 +255,11 @@ def accepted_body(context: Any, body: Any) -> Any:
     }
     if operation == "AddSshKey":
         accepted["public_key"] = fresh_public_key()
+    if operation == "ConnectApp":  # a preset's authorization URL, the token endpoint that refuses connections
+        accepted.update(provider="github", token_url=NO_PROVIDER_TOKEN_URL)
+    if operation == "SetSso":  # a secret the org holds, a usable issuer and domain
+        accepted.update(issuer="https://id.example.com", client_secret_name=SSO_CLIENT_SECRET,
+                        allowed_domains=["example.com"])
     return accepted
 
 
@@ -294,12 +328,18 @@ def test_the_stateful_calls_follow_the_documents_links(orgs: Orgs) -> None:
         ("RevokeApiKey", "RevokeApiKey"),
         ("CreateAgain", "CreateOrg"),
         ("RemoveSshKey", "RemoveSshKey"),
+        ("ConnectApp", "ConnectApp"),  # from the list of connected apps
+        ("GetConnectedApp", "GetConnectedApp"),
+        ("SetSso", "SetSso"),  # from the list of people
     }
     assert reached >= expected, sorted(LINKED.items())
+    # Followed less often (a run of this size reaches some of them, not always each one).
+    assert reached & {("ConnectedAppToken", "ConnectedAppToken"), ("DisconnectApp", "DisconnectApp"),
+                      ("GetSso", "GetSso"), ("RemoveSso", "RemoveSso")}, sorted(LINKED.items())
     statuses = {(target, status) for (_, target, status) in LINKED}
     # The answers only a followed link reaches: a real name, key id or org id taken from an answer.
     assert {("GetSecret", 200), ("RevealSecret", 200), ("DeleteSecret", 204), ("RevokeApiKey", 204),
-            ("RemoveSshKey", 204)} <= statuses, (
+            ("RemoveSshKey", 204), ("ConnectApp", 201), ("GetConnectedApp", 200), ("SetSso", 200)} <= statuses, (
         sorted(LINKED.items())
     )
     assert ("CreateOrg", 409) in statuses, sorted(LINKED.items())
