@@ -127,7 +127,7 @@ def test_sso_show_set_and_remove(served: tuple[Server, Seeded]) -> None:
     set_ = ok(cli(server.url, "sso", "set", "--issuer", "https://login.example.com/", "--client-id", "dash-2",
                   "--client-secret-name", "sso-secret", "--domain", "Example.com", "--domain", "example.org",
                   "-o", "env", key=seeded.api_key)).stdout
-    assert "ISSUER=https://login.example.com\n" in set_ and "ALLOWED_DOMAINS='example.com example.org'" in set_
+    assert "ISSUER=https://login.example.com/\n" in set_ and "ALLOWED_DOMAINS='example.com example.org'" in set_
     ok(cli(server.url, "sso", "remove", key=seeded.api_key))
     gone = cli(server.url, "sso", "show", key=seeded.api_key)
     assert gone.returncode == 3 and "no single sign-on" in one_error_line(gone)

@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 ISSUER = "https://id.example.com"
 CLIENT_SECRET_NAME = "sso-client-secret"
-SSO_BODY = {"issuer": ISSUER + "/", "client_id": "keyledger-dashboard", "client_secret_name": CLIENT_SECRET_NAME,
+SSO_BODY = {"issuer": ISSUER, "client_id": "keyledger-dashboard", "client_secret_name": CLIENT_SECRET_NAME,
             "allowed_domains": ["Example.com", "example.org", "example.com"]}
 SSO_ANSWER = {"issuer": ISSUER, "client_id": "keyledger-dashboard", "client_secret_name": CLIENT_SECRET_NAME,
               "allowed_domains": ["example.com", "example.org"]}
@@ -119,6 +119,9 @@ def test_sso_settings_are_set_read_and_removed_by_admin_keys(client: Client, acm
     assert client.get("/v1/sso", headers=member.headers).json() == answer
     local = client.put("/v1/sso", json={**SSO_BODY, "issuer": "http://localhost:9999"}, headers=acme.headers)
     assert (local.status_code, local.json()["issuer"]) == (200, "http://localhost:9999"), local.text
+    # The issuer is kept exactly as given: ID tokens must name it so (some providers end it with '/').
+    slashed = client.put("/v1/sso", json={**SSO_BODY, "issuer": ISSUER + "/"}, headers=acme.headers)
+    assert (slashed.status_code, slashed.json()["issuer"]) == (200, ISSUER + "/"), slashed.text
 
     before = max_seq(db_file)
     assert_problem(client.delete("/v1/sso", headers=member.headers), 403, "only admins")
