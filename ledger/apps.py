@@ -17,12 +17,13 @@ import msgspec
 
 from ledger.commands import Context, caller_key, envelope, seal_new
 from ledger.crypto import sealed_sha256
-from ledger.errors import AlreadyExistsError, AppBrokenError, NotFoundError, PermissionDeniedError
+from ledger.errors import AlreadyExistsError, AppBrokenError, NotFoundError, PermissionDeniedError, RevealDeniedError
 from ledger.events import (
     AppConnected,
     AppDisconnected,
     AppProvider,
     AppRefreshFailed,
+    AppTokenDenied,
     AppTokenRefreshed,
     AppTokenRevealed,
     Scope,
@@ -170,8 +171,12 @@ class RevealAppToken(msgspec.Struct, frozen=True, kw_only=True):
         caller = await caller_key(view, self.org, self.ctx)
         state = connected(await view.app(self.org, self.name), self.name)
         if caller is not None and not scope_covers(caller.scope, state.scope):
-            raise PermissionDeniedError(f"a key of scope {caller.scope!r} cannot use app {self.name!r} "
-                                        f"(scope {state.scope!r})")
+            reason = f"key scope {caller.scope} does not cover app scope {state.scope}"
+            denied = AppTokenDenied(
+                **envelope(view, self.org, app_stream(self.org, self.name), None, self.ctx),  # type: ignore[arg-type]
+                name=self.name, reason=reason,
+            )
+            return Decision(events=[denied], error=RevealDeniedError(f"app {self.name!r}: {reason}"))
         if state.broken:
             raise AppBrokenError(f"connected app {self.name!r} is broken: an admin must connect it again")
         payload = await open_payload(view, state)

@@ -386,6 +386,13 @@ class AppTokenRevealed(Event, frozen=True, kw_only=True, tag="app.token_revealed
     reason: str = ""
 
 
+class AppTokenDenied(Event, frozen=True, kw_only=True, tag="app.token_denied"):
+    """A token refused by the key's scope (changes no state, like `secret.reveal_denied`)."""
+
+    name: str
+    reason: str
+
+
 AnyEvent = (
     OrgCreated
     | ApiKeyCreated
@@ -426,6 +433,7 @@ AnyEvent = (
     | AppRefreshFailed
     | AppDisconnected
     | AppTokenRevealed
+    | AppTokenDenied
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -468,6 +476,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     AppRefreshFailed,
     AppDisconnected,
     AppTokenRevealed,
+    AppTokenDenied,
 )
 
 # Events that make a new version with a value (each stores a sealed value beside its body).
@@ -546,4 +555,6 @@ def outcome_of(event: Event) -> tuple[str, str]:
         return "failed", event.error + ("; broken" if event.broken else "")
     if isinstance(event, AppTokenRevealed):
         return "granted", event.reason
+    if isinstance(event, AppTokenDenied):
+        return "denied", event.reason
     return "ok", ""

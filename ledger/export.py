@@ -125,7 +125,8 @@ _API_ACTIVITY = {"secret.created": (1, "CreateSecret"), "secret.updated": (3, "U
                  "member.removed": (4, "RemoveMember"), "sso.configured": (3, "ConfigureSso"),
                  "sso.removed": (4, "RemoveSso"), "app.connected": (1, "ConnectApp"),
                  "app.token_refreshed": (3, "RefreshAppToken"), "app.refresh_failed": (3, "RefreshAppToken"),
-                 "app.disconnected": (4, "DisconnectApp"), "app.token_revealed": (2, "RevealAppToken")}
+                 "app.disconnected": (4, "DisconnectApp"), "app.token_revealed": (2, "RevealAppToken"),
+                 "app.token_denied": (2, "RevealAppToken")}
 
 
 def ocsf_event(record: StoredRecord, event: Event, product_version: str = "0.1.0") -> dict[str, object]:

@@ -25,6 +25,7 @@ from ledger.events import (
     AppConnected,
     AppDisconnected,
     AppRefreshFailed,
+    AppTokenDenied,
     AppTokenRefreshed,
     AppTokenRevealed,
     Event,
@@ -184,6 +185,8 @@ EXPECTED: dict[str, tuple[type[Event], dict[str, Any]]] = {
                                               "reason": "nightly sync"}),
     "app.refresh_failed": (AppRefreshFailed, {"error": "invalid_grant", "broken": True}),
     "app.disconnected": (AppDisconnected, {"name": "github", "stream_version": 4}),
+    "app.token_denied": (AppTokenDenied, {"stream_version": None,
+                                          "reason": "key scope agents does not cover app scope tools"}),
 }
 
 

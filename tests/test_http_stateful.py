@@ -129,7 +129,7 @@ EVENT_TYPES = (
     "secret.rotation_started", "secret.rotated", "secret.member_added", "secret.member_updated",
     "secret.member_state_changed", "secret.member_removed", "secret.pool_configured", "ssh_key.added",
     "ssh_key.removed", "sso.configured", "member.joined", "session.started", "member.role_changed", "member.removed",
-    "app.connected", "app.token_revealed", "app.disconnected",
+    "app.connected", "app.token_revealed", "app.token_denied", "app.disconnected",
 )
 METADATA = {
     "name", "scope", "category", "description", "version", "created_at", "updated_at", "created_by", "updated_by",
@@ -1731,6 +1731,7 @@ class HttpMachine(RuleBasedStateMachine):
         if not covers(caller.scope, held.scope):
             self.expect_problem(response, 403)
             event("an app's token out of the key's scope")
+            self.mark_used(caller, "app.token_denied")  # recorded, like a denied reveal
             return
         assert response.status_code == 200, response.text
         assert response.json() == {"name": name, "access_token": held.access_token, "token_type": "Bearer",

@@ -129,6 +129,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.people: dict[tuple[str, str], str] = {}  # (org, subject) -> member id
         self.apps: dict[tuple[str, str], AppModel] = {}
         self.token_reveals = 0
+        self.token_denials = 0
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -675,7 +676,10 @@ class LedgerMachine(RuleBasedStateMachine):
         if expected is None and not app.connected:
             expected = NotFoundError
         if expected is None and not scope_covers(actor.scope, app.scope):
-            expected = PermissionDeniedError
+            assert outcome[0] == "err" and type(outcome[1]) is RevealDeniedError, outcome
+            self.token_denials += 1  # recorded, like a denied reveal
+            self._acted(actor.key_id)
+            return
         if expected is not None:
             assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
             return
@@ -758,6 +762,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.count_events("secret.revealed") == self.granted
         assert self.count_events("secret.reveal_denied") == self.denied
         assert self.count_events("app.token_revealed") == self.token_reveals
+        assert self.count_events("app.token_denied") == self.token_denials
 
     @invariant()
     def ledger_verifies(self) -> None:

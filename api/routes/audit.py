@@ -62,6 +62,7 @@ Action = Literal[
     "app.refresh_failed",
     "app.disconnected",
     "app.token_revealed",
+    "app.token_denied",
 ]
 Outcome = Literal["ok", "granted", "denied", "failed"]
 MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv", "ocsf": "application/x-ndjson"}

@@ -395,10 +395,13 @@ def test_member_keys_get_tokens_within_their_scope_but_only_admins_connect_and_d
         assert_problem(token(client, key, "tooling"), 403, "scope")
         assert token(client, key, "everyone").json()["access_token"] == "shared-access-token"
     revealed = events_after(db_file, seq)
+    # A refusal by scope is recorded, like a denied reveal.
     assert [(e["type"], e["name"], e["actor"]["key_id"]) for e in revealed] == [
         ("app.token_revealed", "tooling", member_all.key_id), ("app.token_revealed", "tooling", member_tools.key_id),
-        ("app.token_revealed", "everyone", member_agents.key_id),
+        ("app.token_denied", "tooling", member_agents.key_id), ("app.token_revealed", "everyone", member_agents.key_id),
+        ("app.token_denied", "tooling", admin_sandboxes.key_id),
         ("app.token_revealed", "everyone", admin_sandboxes.key_id)]
+    assert revealed[2]["reason"] == "key scope agents does not cover app scope tools"
     seq = max_seq(db_file)
     assert_problem(client.delete(f"{APPS}/tooling", headers=member_tools.headers), 403, "only admins")
     assert_problem(token(client, acme, "nothing-here"), 404, "not found")
