@@ -77,6 +77,7 @@ def jsonl(records: Iterable[tuple[StoredRecord, Event]]) -> Iterator[bytes]:
 CSV_COLUMNS = (
     "seq", "org", "org_seq", "time", "type", "actor_key_id", "actor_label", "actor_kind", "client_address",
     "user_agent", "request_id", "secret", "version", "outcome", "detail", "prev_hash", "hash",
+    "actor_subject",  # a person's subject at the identity provider (added last: earlier columns keep their place)
 )
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -102,6 +103,7 @@ def csv_rows(records: Iterable[tuple[StoredRecord, Event]]) -> Iterator[bytes]:
             line.seq, line.org, line.org_seq, line.time, line.type, line.actor.key_id, line.actor.label,
             line.actor.kind, line.source.address, line.source.user_agent, line.request_id, line.secret,
             line.version, line.outcome, line.detail, line.prev_hash, line.hash,
+            "" if isinstance(line.actor.subject, UnsetType) else line.actor.subject,
         )])
         yield buffer.getvalue().encode()
 

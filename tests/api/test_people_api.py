@@ -9,6 +9,9 @@ the ledger too, with the person's Context, as the dashboard's pages do.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -278,3 +281,12 @@ def test_the_audit_shows_a_persons_actions_with_email_and_subject(client: Client
     # The audit projection itself: the person's rows.
     rows = [r for r in audit_after(db_file, start) if r["action"] in ("member.role_changed", "member.removed")]
     assert [(r["actor_key_id"], r["actor_kind"]) for r in rows] == [(ada.member_id, "person")] * 2
+    # The exports: JSON Lines carries the actor whole; CSV has the subject in its last column.
+    lines = [json.loads(line) for line in client.get("/v1/audit/export", params={"format": "jsonl"},
+                                                      headers=acme.headers).text.splitlines()]
+    assert [line["actor"] for line in lines if line["type"] == "member.removed"] == [ada_actor]
+    table = list(csv.reader(io.StringIO(client.get("/v1/audit/export", params={"format": "csv"},
+                                                   headers=acme.headers).text)))
+    assert table[0][-1] == "actor_subject"
+    assert [(r[5], r[-1]) for r in table[1:] if r[4] == "member.removed"] == [(ada.member_id, "ada-sub")]
+    assert {r[-1] for r in table[1:] if r[7] == "api_key"} == {""}
