@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger.oauth import PRESETS
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
@@ -20,6 +19,7 @@ from api.routes.docs import COMMON, problems
 from api.schemas import AppInfo, AppList, AppTokenAnswer, AppTokenBody, ConnectAppBody, rfc3339
 from ledger.apps import AppTokens
 from ledger.errors import NotFoundError, ValidationError
+from ledger.oauth import PRESETS
 from ledger.service import Ledger
 from projections.reader import Projections
 from projections.views import AppRow
