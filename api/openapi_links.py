@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Litestar
-from litestar.openapi.spec import Link, OpenAPIResponse
+from litestar.openapi.spec import Link, OpenAPI, OpenAPIResponse
 
 NAME = "$response.body#/name"
 VERSION = "$response.body#/version"
@@ -277,11 +276,11 @@ LINKS: dict[str, dict[str, dict[str, Link]]] = {
 }
 
 
-def add_links(app: Litestar) -> None:
+def add_links(openapi: OpenAPI) -> None:
     """Add `LINKS` to the app's OpenAPI document; every operation they name must exist."""
     operations = {
         operation.operation_id: operation
-        for item in (app.openapi_schema.paths or {}).values()
+        for item in (openapi.paths or {}).values()
         for operation in (item.get, item.put, item.post, item.delete, item.patch)
         if operation is not None
     }

@@ -2,8 +2,8 @@
 conforms to the document (status code, content type, body schema).
 
 - Stateless: every operation, KEYLEDGER_FUZZ_EXAMPLES generated cases each (positive and negative,
-  default 400), after the cases of schemathesis' coverage phase: ~10,000 cases. With the stateful
-  steps, ~11,000: the module's last test counts the cases actually sent and asserts >= 10,000.
+  default 300), after the cases of schemathesis' coverage phase. With the stateful steps (2,000), the
+  module's last test counts the cases actually sent and asserts >= 10,000.
 - Stateful: schemathesis' state machine follows the document's OpenAPI links (`api/openapi_links.py`):
   upsert -> get / reveal / update / delete (with the ETag as If-Match) -> get again (404), create a
   key -> revoke it -> revoke it again (404), create an org -> create it again (409), list -> next page,
@@ -72,12 +72,14 @@ from api.settings import Settings
 from ledger.crypto import MasterKey
 from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, PROBLEM_JSON
 
-DEFAULT_FUZZ_EXAMPLES = 400
+DEFAULT_FUZZ_EXAMPLES = 300
 FUZZ_EXAMPLES = int(os.environ.get("KEYLEDGER_FUZZ_EXAMPLES", str(DEFAULT_FUZZ_EXAMPLES)))
 MIN_CASES = 10_000  # in the default (CI) run: stateless, coverage and stateful cases together
 STATEFUL_SCENARIOS = 25  # per run of the state machine: runs follow one another up to the step budget
 STATEFUL_STEPS = 12
-STATEFUL_STEP_BUDGET = 3 * max(FUZZ_EXAMPLES, DEFAULT_FUZZ_EXAMPLES)  # what the link assertions need
+# What the link assertions need: with people, SSO and connected apps the links share the steps among more
+# operations, and 1,200 steps missed one of the links' answers about once in 7 runs.
+STATEFUL_STEP_BUDGET = 2000 * max(FUZZ_EXAMPLES, DEFAULT_FUZZ_EXAMPLES) // DEFAULT_FUZZ_EXAMPLES
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Names the generators tend to produce, so that get, reveal and delete also reach their 2xx answers.
 SEEDED_NAMES = ("0", "00", "000", "a", "A", "aa", "fuzz secret")
