@@ -4,7 +4,7 @@ After every kill: every request answered 2xx is in the ledger exactly once, noth
 the chains verify, the projections equal a rebuild, and the successful reveal answers equal the recorded
 reveals; the restarted server reveals what was written before the crash. See `tests/crash_driver.py`.
 
-CI size: 12 kills. `KEYLEDGER_CRASH_SEED` replays a seed's choices (names, values, load lengths; the kill
+CI size: 8 kills. `KEYLEDGER_CRASH_SEED` replays a seed's choices (names, values, load lengths; the kill
 moments still depend on timing), `KEYLEDGER_CRASH_KILLS` changes the size; `scripts/soak/crash.py` runs 1,000.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tests.crash_driver import CrashRun, percentile
 
-KILLS = int(os.environ.get("KEYLEDGER_CRASH_KILLS", "12"))
+KILLS = int(os.environ.get("KEYLEDGER_CRASH_KILLS", "8"))
 
 
 def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:

@@ -1875,9 +1875,9 @@ class HttpMachine(RuleBasedStateMachine):
         assert counted == {t: n for t, n in self.events.items() if n}
 
 
-# Half the profile's runs (30 in CI): the slowest module of the suite; the soak profile runs 1,000.
+# A third of the profile's runs (20 in CI): the slowest module of the suite; the soak profile runs 1,000.
 HttpMachine.TestCase.settings = settings(
-    stateful_step_count=25, max_examples=max(10, (settings.default.max_examples or 60) // 2)
+    stateful_step_count=25, max_examples=max(10, (settings.default.max_examples or 60) // 3)
 )
 TestHttpStateful = HttpMachine.TestCase
 
@@ -1889,9 +1889,9 @@ class PostgresHttpMachine(HttpMachine):
         return self.cleanup.enter_context(pg_database())
 
 
-# A sixth of the runs (10 in CI): each starts a database, and the SQLite machine covers the API's rules.
+# An eighth of the runs (7 in CI): each starts a database, and the SQLite machine covers the API's rules.
 PostgresHttpMachine.TestCase.settings = settings(
-    stateful_step_count=25, max_examples=max(10, (settings.default.max_examples or 60) // 6)
+    stateful_step_count=25, max_examples=max(7, (settings.default.max_examples or 60) // 8)
 )
 TestPostgresHttpStateful = needs_postgres(PostgresHttpMachine.TestCase)
 

@@ -2,7 +2,7 @@
 conforms to the document (status code, content type, body schema).
 
 - Stateless: every operation, KEYLEDGER_FUZZ_EXAMPLES generated cases each (positive and negative,
-  default 300), after the cases of schemathesis' coverage phase. With the stateful steps (2,000), the
+  default 200), after the cases of schemathesis' coverage phase. With the stateful steps (2,000), the
   module's last test counts the cases actually sent and asserts >= 10,000.
 - Stateful: schemathesis' state machine follows the document's OpenAPI links (`api/openapi_links.py`):
   upsert -> get / reveal / update / delete (with the ETag as If-Match) -> get again (404), create a
@@ -72,7 +72,7 @@ from api.settings import Settings
 from ledger.crypto import MasterKey
 from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, PROBLEM_JSON
 
-DEFAULT_FUZZ_EXAMPLES = 300
+DEFAULT_FUZZ_EXAMPLES = 200
 FUZZ_EXAMPLES = int(os.environ.get("KEYLEDGER_FUZZ_EXAMPLES", str(DEFAULT_FUZZ_EXAMPLES)))
 MIN_CASES = 10_000  # in the default (CI) run: stateless, coverage and stateful cases together
 STATEFUL_SCENARIOS = 25  # per run of the state machine: runs follow one another up to the step budget
