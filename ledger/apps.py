@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import msgspec
 
-from ledger.commands import Context, caller_key, envelope, seal_new
+from ledger.commands import Context, caller_key, envelope, require_admin, seal_new
 from ledger.crypto import sealed_sha256
-from ledger.errors import AlreadyExistsError, AppBrokenError, NotFoundError, PermissionDeniedError, RevealDeniedError
+from ledger.errors import AlreadyExistsError, AppBrokenError, NotFoundError, RevealDeniedError
 from ledger.events import (
     AppConnected,
     AppDisconnected,
@@ -87,7 +87,6 @@ class RefreshNeeded(msgspec.Struct, frozen=True, kw_only=True):
     client_id: str
     client_secret: str
     refresh_token: str
-    scopes: tuple[str, ...]
     token_version: int
 
     def __repr__(self) -> str:
@@ -106,12 +105,6 @@ def connected(state: AppState | None, name: str) -> AppState:
     if state is None or not state.connected:
         raise NotFoundError(f"connected app {name!r} not found")
     return state
-
-
-async def require_admin(view: WriteView, org: str, ctx: Context) -> None:
-    caller = await caller_key(view, org, ctx)
-    if caller is not None and caller.role != "admin":
-        raise PermissionDeniedError("only admins connect and disconnect apps")
 
 
 class ConnectApp(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,7 +126,7 @@ class ConnectApp(msgspec.Struct, frozen=True, kw_only=True):
         return f"ConnectApp(org={self.org!r}, name={self.name!r})"
 
     async def decide(self, view: WriteView) -> Decision[AppConnected]:
-        await require_admin(view, self.org, self.ctx)
+        await require_admin(view, self.org, self.ctx, "connect and disconnect apps")
         state = await view.app(self.org, self.name)
         if state is not None and state.connected and not state.broken:
             raise AlreadyExistsError(f"app {self.name!r} is connected: disconnect it first")
@@ -170,7 +163,8 @@ class RevealAppToken(msgspec.Struct, frozen=True, kw_only=True):
     async def decide(self, view: WriteView) -> Decision[AppToken | RefreshNeeded]:
         caller = await caller_key(view, self.org, self.ctx)
         state = connected(await view.app(self.org, self.name), self.name)
-        if caller is not None and not scope_covers(caller.scope, state.scope):
+        assert caller is not None  # caller_key refuses the admin token here
+        if not scope_covers(caller.scope, state.scope):
             reason = f"key scope {caller.scope} does not cover app scope {state.scope}"
             denied = AppTokenDenied(
                 **envelope(view, self.org, app_stream(self.org, self.name), None, self.ctx),  # type: ignore[arg-type]
@@ -184,7 +178,7 @@ class RevealAppToken(msgspec.Struct, frozen=True, kw_only=True):
             if payload.refresh_token is not None:
                 return Decision(events=[], result=RefreshNeeded(
                     name=self.name, provider=state.provider, token_url=state.token_url, client_id=state.client_id,
-                    client_secret=payload.client_secret, refresh_token=payload.refresh_token, scopes=state.scopes,
+                    client_secret=payload.client_secret, refresh_token=payload.refresh_token,
                     token_version=state.token_version,
                 ))
             if state.expires_at <= view.at:
@@ -280,7 +274,7 @@ class DisconnectApp(msgspec.Struct, frozen=True, kw_only=True):
     name: str
 
     async def decide(self, view: WriteView) -> Decision[None]:
-        await require_admin(view, self.org, self.ctx)
+        await require_admin(view, self.org, self.ctx, "connect and disconnect apps")
         state = connected(await view.app(self.org, self.name), self.name)
         event = AppDisconnected(
             **envelope(  # type: ignore[arg-type]

@@ -128,6 +128,15 @@ async def caller_key(view: WriteView, org: str, ctx: Context, *, admin_token: bo
     return key
 
 
+async def require_admin(view: WriteView, org: str, ctx: Context, what: str) -> KeyState:
+    """The caller, an active admin key (or admin person) of the org; `what` completes "only admins ..."."""
+    caller = await caller_key(view, org, ctx)
+    assert caller is not None  # caller_key refuses the admin token unless told otherwise
+    if caller.role != "admin":
+        raise PermissionDeniedError(f"only admins {what}")
+    return caller
+
+
 async def person_as_key(view: WriteView, org: str, member_id: str) -> KeyState:
     """A person signed in through single sign-on, as the key they act like (`PersonEntry.as_key`)."""
     members = await view.org_members(org)

@@ -16,7 +16,7 @@ import secrets
 
 import msgspec
 
-from ledger.commands import SYSTEM, Context, caller_key, envelope, open_version
+from ledger.commands import SYSTEM, Context, envelope, open_version, require_admin
 from ledger.errors import NotFoundError, PermissionDeniedError, UnauthenticatedError, ValidationError
 from ledger.events import (
     Actor,
@@ -70,12 +70,6 @@ def not_found(member_id: str) -> NotFoundError:
 
 def person_actor(member_id: str, email: str, subject: str) -> Actor:
     return Actor(key_id=member_id, label=email, kind="person", subject=subject)
-
-
-async def require_admin(view: WriteView, org: str, ctx: Context, what: str) -> None:
-    caller = await caller_key(view, org, ctx)
-    if caller is not None and caller.role != "admin":
-        raise PermissionDeniedError(f"only admins {what}")
 
 
 class ConfigureSso(msgspec.Struct, frozen=True, kw_only=True):
@@ -161,7 +155,7 @@ class SignInPerson(msgspec.Struct, frozen=True, kw_only=True):
             ))
             result = SignedInPerson(member_id=self.new_member_id, email=self.email, role=role, joined=True)
         elif person.removed:
-            raise PermissionDeniedError("this person was removed from the org: an admin must let them back")
+            raise PermissionDeniedError("this person was removed from the org and cannot sign in again")
         else:
             actor = person_actor(person.member_id, self.email, self.subject)
             ctx = msgspec.structs.replace(self.ctx, actor=actor)
