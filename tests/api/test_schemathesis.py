@@ -77,8 +77,7 @@ FUZZ_EXAMPLES = int(os.environ.get("KEYLEDGER_FUZZ_EXAMPLES", str(DEFAULT_FUZZ_E
 MIN_CASES = 10_000  # in the default (CI) run: stateless, coverage and stateful cases together
 STATEFUL_SCENARIOS = 25  # per run of the state machine: runs follow one another up to the step budget
 STATEFUL_STEPS = 12
-# What the link assertions need: with people, SSO and connected apps the links share the steps among more
-# operations, and 1,200 steps missed one of the links' answers about once in 7 runs.
+# What the link assertions usually need (run_the_state_machine goes on while one of the answers is missing).
 STATEFUL_STEP_BUDGET = 2000 * max(FUZZ_EXAMPLES, DEFAULT_FUZZ_EXAMPLES) // DEFAULT_FUZZ_EXAMPLES
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Names the generators tend to produce, so that get, reveal and delete also reach their 2xx answers.
@@ -290,8 +289,49 @@ class LinkedCalls(links_schema.as_state_machine()):  # type: ignore[misc]
             raise
 
 
+# Each link of api/openapi_links.py that a run can follow (the source answers often enough).
+EXPECTED_LINKS = {
+    ("GetSecret", "GetSecret"),
+    ("RevealSecret", "RevealSecret"),
+    ("DeleteSecret", "DeleteSecret"),
+    ("UpdateSecret", "UpsertSecret"),
+    ("RevokeApiKey", "RevokeApiKey"),
+    ("CreateAgain", "CreateOrg"),
+    ("RemoveSshKey", "RemoveSshKey"),
+    ("ConnectApp", "ConnectApp"),  # from the list of connected apps
+    ("GetConnectedApp", "GetConnectedApp"),
+    ("SetSso", "SetSso"),  # from the list of people
+}
+# Followed less often: a run reaches at least one of them.
+RARER_LINKS = {("ConnectedAppToken", "ConnectedAppToken"), ("DisconnectApp", "DisconnectApp"),
+               ("GetSso", "GetSso"), ("RemoveSso", "RemoveSso")}
+# The answers only a followed link reaches: a real name, key id or org id taken from an answer.
+EXPECTED_STATUSES = {("GetSecret", 200), ("RevealSecret", 200), ("DeleteSecret", 204), ("RevokeApiKey", 204),
+                     ("RemoveSshKey", 204), ("ConnectApp", 201), ("GetConnectedApp", 200), ("SetSso", 200),
+                     ("CreateOrg", 409)}
+
+
+def links_reached() -> set[tuple[str, str]]:
+    return {(link, target) for (link, target, status), _ in LINKED.items() if status < 500}
+
+
+def coverage_missing() -> list[object]:
+    """What the links have not reached yet: empty once the link assertions hold."""
+    reached = links_reached()
+    statuses = {(target, status) for (_, target, status) in LINKED}
+    missing: list[object] = [*sorted(EXPECTED_LINKS - reached), *sorted(EXPECTED_STATUSES - statuses)]
+    if not reached & RARER_LINKS:
+        missing.append(("one of", sorted(RARER_LINKS)))
+    return missing
+
+
 def run_the_state_machine(budget: int) -> int:
-    """Run scenarios until `budget` steps were sent; the number of runs it took.
+    """Run scenarios until `budget` steps were sent and the links reached what they should; the runs it took.
+
+    The budget is what a run normally needs. Which links a run follows is random, and with people, SSO and
+    connected apps sharing the steps, 2,000 steps now and then miss one of the expected answers (CI failed on
+    RevealSecret once): so runs go on past the budget while something is missing, up to three times the
+    budget, instead of making the assertion a coin toss or the budget three times what it usually needs.
 
     Replaying a choice sequence against a service whose state moved on can draw differently (a link
     finds another value, or none): Hypothesis then stops the run with FlakyStrategyDefinition (or an
@@ -299,7 +339,7 @@ def run_the_state_machine(budget: int) -> int:
     another; so does this. A check that failed is never lost that way: FAILED keeps it.
     """
     runs = 0
-    while SENT["stateful"] < budget and runs < 50:
+    while (SENT["stateful"] < budget or coverage_missing()) and SENT["stateful"] < 3 * budget and runs < 150:
         runs += 1
         try:
             LinkedCalls.run(
@@ -320,31 +360,10 @@ def run_the_state_machine(budget: int) -> int:
 def test_the_stateful_calls_follow_the_documents_links(orgs: Orgs) -> None:
     LinkedCalls.headers = orgs.links
     run_the_state_machine(STATEFUL_STEP_BUDGET)
-    reached = {(link, target) for (link, target, status), _ in LINKED.items() if status < 500}
-    # Each link of api/openapi_links.py that a run can follow (the source answers often enough).
-    expected = {
-        ("GetSecret", "GetSecret"),
-        ("RevealSecret", "RevealSecret"),
-        ("DeleteSecret", "DeleteSecret"),
-        ("UpdateSecret", "UpsertSecret"),
-        ("RevokeApiKey", "RevokeApiKey"),
-        ("CreateAgain", "CreateOrg"),
-        ("RemoveSshKey", "RemoveSshKey"),
-        ("ConnectApp", "ConnectApp"),  # from the list of connected apps
-        ("GetConnectedApp", "GetConnectedApp"),
-        ("SetSso", "SetSso"),  # from the list of people
-    }
-    assert reached >= expected, sorted(LINKED.items())
-    # Followed less often (a run of this size reaches some of them, not always each one).
-    assert reached & {("ConnectedAppToken", "ConnectedAppToken"), ("DisconnectApp", "DisconnectApp"),
-                      ("GetSso", "GetSso"), ("RemoveSso", "RemoveSso")}, sorted(LINKED.items())
+    assert links_reached() >= EXPECTED_LINKS, sorted(LINKED.items())
+    assert links_reached() & RARER_LINKS, sorted(LINKED.items())
     statuses = {(target, status) for (_, target, status) in LINKED}
-    # The answers only a followed link reaches: a real name, key id or org id taken from an answer.
-    assert {("GetSecret", 200), ("RevealSecret", 200), ("DeleteSecret", 204), ("RevokeApiKey", 204),
-            ("RemoveSshKey", 204), ("ConnectApp", 201), ("GetConnectedApp", 200), ("SetSso", 200)} <= statuses, (
-        sorted(LINKED.items())
-    )
-    assert ("CreateOrg", 409) in statuses, sorted(LINKED.items())
+    assert statuses >= EXPECTED_STATUSES, sorted(LINKED.items())
 
 
 def test_every_link_of_the_document_names_real_operations_and_parameters() -> None:
