@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import msgspec
 
+from ledger import oauth
 from ledger.commands import Context, caller_key, envelope, require_admin, seal_new
 from ledger.crypto import sealed_sha256
 from ledger.errors import AlreadyExistsError, AppBrokenError, NotFoundError, RevealDeniedError
@@ -50,6 +51,12 @@ class AppTokens(msgspec.Struct, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:
         return f"AppTokens(expires_at={self.expires_at!r})"
+
+    @classmethod
+    def from_provider(cls, tokens: oauth.TokenSet) -> AppTokens:
+        """What a code exchange or a refresh answered, without its scope and ID token."""
+        return cls(access_token=tokens.access_token, token_type=tokens.token_type,
+                   refresh_token=tokens.refresh_token, expires_at=tokens.expires_at)
 
 
 class AppPayload(msgspec.Struct, frozen=True, kw_only=True):

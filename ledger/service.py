@@ -417,10 +417,9 @@ class Ledger:
                                      f"an admin must connect it again") from None
             raise AppRefreshFailedError(f"connected app {needed.name!r}: the provider could not be reached "
                                         f"({code}); try again") from None
-        tokens = AppTokens(access_token=fresh.access_token, token_type=fresh.token_type or "Bearer",
-                           refresh_token=fresh.refresh_token, expires_at=fresh.expires_at)
-        return await self.submit(RecordAppRefresh(org=org, ctx=ctx, name=needed.name,
-                                                  token_version=needed.token_version, tokens=tokens, reason=reason))
+        return await self.submit(RecordAppRefresh(
+            org=org, ctx=ctx, name=needed.name, token_version=needed.token_version,
+            tokens=AppTokens.from_provider(fresh), reason=reason))
 
     async def org_settings(self, ctx: Context, org: str) -> OrgSettings:
         return await self.submit(ReadOrgSettings(org=org, ctx=ctx))

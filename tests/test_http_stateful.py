@@ -485,17 +485,17 @@ class HttpMachine(RuleBasedStateMachine):
         if status == 401:
             assert response.headers["www-authenticate"].lower().startswith("bearer")
 
-    def refused(self, response: httpx.Response, caller: KeyModel, model: SecretModel, *,
+    def refused(self, response: httpx.Response, caller: KeyModel, model: SecretModel | None = None, *,
                 admin_only: bool = False) -> bool:
         """Checks the refusal that the caller (revoked; not an admin, where only admins may) or the
-        secret (not live) calls for, in the server's order; True when the request was refused."""
+        secret, when there is one (not live), calls for, in the server's order; True when refused."""
         if caller.revoked:
             self.expect_problem(response, 401)
             return True
         if admin_only and caller.role != "admin":
             self.expect_problem(response, 403)
             return True
-        if not model.exists:
+        if model is not None and not model.exists:
             self.expect_problem(response, 404)
             return True
         return False
@@ -768,11 +768,7 @@ class HttpMachine(RuleBasedStateMachine):
         if not (omit_defaults and scope == "all"):
             body["scope"] = scope
         response = self.send("POST", "/v1/keys", caller, json=body)
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if caller.role != "admin":
-            self.expect_problem(response, 403)
+        if self.refused(response, caller, admin_only=True):
             return
         assert response.status_code == 201, response.text
         created = response.json()
@@ -793,11 +789,7 @@ class HttpMachine(RuleBasedStateMachine):
         targets = [k for k in self.keys[target_org] if k is not self.observer[target_org]]
         target = targets[target_pick % len(targets)]
         response = self.send("DELETE", f"/v1/keys/{target.key_id}", caller)
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if caller.role != "admin":
-            self.expect_problem(response, 403)
+        if self.refused(response, caller, admin_only=True):
             return
         if foreign or target.revoked:
             self.expect_problem(response, 404)
@@ -881,8 +873,7 @@ class HttpMachine(RuleBasedStateMachine):
             body["expires_at"] = EXPIRY_SENT.get(expiry)
         response = self.send("POST", "/v1/secrets", caller, json=body,
                              headers=if_match_header(mode, model.version, offset))
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if mode == "star" and not model.exists:  # the route finds nothing to match before it reads the body
             self.expect_problem(response, 412)
@@ -948,8 +939,7 @@ class HttpMachine(RuleBasedStateMachine):
         elif mode == "star":
             headers["If-Match"] = "*"
         response = self.send("DELETE", secret_url(name), caller, headers=headers)
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if not model.exists:
             if mode == "none":
@@ -982,8 +972,7 @@ class HttpMachine(RuleBasedStateMachine):
         model = self.secrets[org][name]
         response = self.send("DELETE", secret_url(name), caller, params={"purge": "true"},
                              headers=if_match_header(mode, model.version, offset))
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if caller.role != "admin":
             # Whatever the If-Match: a precondition is evaluated only where the request would succeed
@@ -1017,8 +1006,7 @@ class HttpMachine(RuleBasedStateMachine):
         caller = self.caller(org, pick)
         model = self.secrets[org][name]
         response = self.send("POST", secret_url(name, "/restore"), caller)
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if model.exists:
             self.expect_problem(response, 409)
@@ -1048,8 +1036,7 @@ class HttpMachine(RuleBasedStateMachine):
         version = 0 if back == -1 else max(1, model.version + 1 - back)
         response = self.send("POST", secret_url(name, "/rollback"), caller, json={"version": version},
                              headers=if_match_header(mode, model.version, offset))
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if version < 1:
             self.expect_problem(response, 422)
@@ -1103,8 +1090,7 @@ class HttpMachine(RuleBasedStateMachine):
     def set_window_as(self, caller: KeyModel, days: int) -> None:
         org = caller.org
         response = self.send("PUT", "/v1/org/settings", caller, json={"recovery_window_days": days})
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if not 0 <= days <= 365:
             self.expect_problem(response, 422)
@@ -1130,8 +1116,7 @@ class HttpMachine(RuleBasedStateMachine):
         name = self.secret_name(org, name_pick, existing)
         model = self.secrets[org][name]
         response = self.send("GET", secret_url(name), caller)
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if not model.exists:
             self.expect_problem(response, 404)
@@ -1162,8 +1147,7 @@ class HttpMachine(RuleBasedStateMachine):
         model = self.secrets[caller.org][name]
         kwargs: dict[str, Any] = {} if reason is None else {"json": {"reason": reason}}
         response = self.send("POST", secret_url(name, "/reveal"), caller, **kwargs)
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if not model.exists:
             self.expect_problem(response, 404)
@@ -1337,8 +1321,7 @@ class HttpMachine(RuleBasedStateMachine):
         model = self.secrets[caller.org][name]
         response = self.send("PUT", secret_url(name, "/rotation"), caller,
                              json={"interval_seconds": interval, "rotator": GENERATOR})
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if interval < 60:  # checked before the caller's role
             self.expect_problem(response, 422)
@@ -1421,8 +1404,7 @@ class HttpMachine(RuleBasedStateMachine):
         model = self.secrets[caller.org][name]
         body = {"value": value} if label is None else {"value": value, "label": label}
         response = self.send("PUT", member_url(name, member_name), caller, json=body)
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if not model.exists:
             self.expect_problem(response, 404)
@@ -1469,8 +1451,7 @@ class HttpMachine(RuleBasedStateMachine):
         kwargs: dict[str, Any] = {} if reason is None else {"json": {"reason": reason}}
         response = self.send("POST", member_url(name, member_name, "/disable" if disable else "/enable"), caller,
                              **kwargs)
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         member = model.member(member_name) if model.exists else None
         if member is None:
@@ -1490,8 +1471,7 @@ class HttpMachine(RuleBasedStateMachine):
         model = self.secrets[org][name]
         member_name = self.member_name(model, member_pick)
         response = self.send("DELETE", member_url(name, member_name), caller)
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         member = model.member(member_name) if model.exists else None
         if member is None:
@@ -1548,8 +1528,7 @@ class HttpMachine(RuleBasedStateMachine):
     def add_ssh_key_as(self, caller: KeyModel, made: SshKeyMade, label: str | None) -> None:
         body = {"public_key": made.line} if label is None else {"public_key": made.line, "label": label}
         response = self.send("POST", "/v1/ssh-keys", caller, json=body)
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         held = self.ssh_keys[caller.org]
         same = next((k for k in held if k.made == made), None)
@@ -1581,8 +1560,7 @@ class HttpMachine(RuleBasedStateMachine):
         target = held[target_pick % len(held)] if held and whose != "unknown" else None
         ssh_key_id = target.ssh_key_id if target is not None else f"ssh_{target_pick:016x}"
         response = self.send("DELETE", f"/v1/ssh-keys/{ssh_key_id}", caller)
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         if target is None or whose == "foreign":
             self.expect_problem(response, 404)
@@ -1638,11 +1616,7 @@ class HttpMachine(RuleBasedStateMachine):
         caller = self.caller(org, pick)
         member_id, target = self.person_target(org, target_pick, whose)
         response = self.send("PATCH", f"/v1/members/{member_id}", caller, json={"role": role})
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if caller.role != "admin":
-            self.expect_problem(response, 403)
+        if self.refused(response, caller, admin_only=True):
             return
         if target is None or target.removed:
             self.expect_problem(response, 404)
@@ -1664,11 +1638,7 @@ class HttpMachine(RuleBasedStateMachine):
         caller = self.caller(org, pick)
         member_id, target = self.person_target(org, target_pick, whose)
         response = self.send("DELETE", f"/v1/members/{member_id}", caller)
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if caller.role != "admin":
-            self.expect_problem(response, 403)
+        if self.refused(response, caller, admin_only=True):
             return
         if target is None or target.removed:
             self.expect_problem(response, 404)
@@ -1695,11 +1665,7 @@ class HttpMachine(RuleBasedStateMachine):
         self.tokens_made += 1
         access_token = f"apptok_{self.tokens_made:016x}"
         response = self.send("POST", "/v1/connected-apps", caller, json=self.app_body(name, scope, access_token))
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if caller.role != "admin":
-            self.expect_problem(response, 403)
+        if self.refused(response, caller, admin_only=True):
             return
         held = self.apps[org].get(name)
         if held is not None and held.connected:
@@ -1721,8 +1687,7 @@ class HttpMachine(RuleBasedStateMachine):
         caller = self.caller(org, pick)
         response = self.send("POST", self.app_url(name, "/token"), caller,
                              json=None if reason is None else {"reason": reason})
-        if caller.revoked:
-            self.expect_problem(response, 401)
+        if self.refused(response, caller):
             return
         held = self.apps[org].get(name)
         if held is None or not held.connected:
@@ -1744,11 +1709,7 @@ class HttpMachine(RuleBasedStateMachine):
         org = ORGS[o]
         caller = self.caller(org, pick)
         response = self.send("DELETE", self.app_url(name), caller)
-        if caller.revoked:
-            self.expect_problem(response, 401)
-            return
-        if caller.role != "admin":
-            self.expect_problem(response, 403)
+        if self.refused(response, caller, admin_only=True):
             return
         held = self.apps[org].get(name)
         if held is None or not held.connected:

@@ -203,6 +203,17 @@ class LedgerMachine(RuleBasedStateMachine):
             return UnauthenticatedError
         return None
 
+    def _admin_error(self, key: KeyModel, org: str) -> type[LedgerError] | None:
+        return self._caller_error(key, org) or (PermissionDeniedError if key.role != "admin" else None)
+
+    @staticmethod
+    def _refused(outcome: Expected, expected: type[LedgerError] | None) -> bool:
+        """Whether the command had to be refused; if so, asserts that it was, with `expected`."""
+        if expected is None:
+            return False
+        assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+        return True
+
     # -- the model: what each command must answer -----------------------------------------
 
     def model_upsert(self, op: Op) -> Expected:
@@ -405,7 +416,7 @@ class LedgerMachine(RuleBasedStateMachine):
             actor = self.draw_actor(data)
             key = self.model_keys[actor]
             org, ctx = key.org, key.ctx
-            expected_error = self._caller_error(key, org) or (PermissionDeniedError if key.role != "admin" else None)
+            expected_error = self._admin_error(key, org)
         outcome = self.run(self._outcome(self.ledger.create_api_key(ctx, org, label, role=role, scope=scope)))
         if expected_error is not None:
             assert outcome[0] == "err" and type(outcome[1]) is expected_error, outcome
@@ -586,8 +597,7 @@ class LedgerMachine(RuleBasedStateMachine):
             expected = PermissionDeniedError
         else:
             expected = None
-        if expected is not None:
-            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+        if self._refused(outcome, expected):
             return
         assert outcome[0] == "ok", outcome
         signed_in = outcome[1]
@@ -617,11 +627,10 @@ class LedgerMachine(RuleBasedStateMachine):
         actor = self.model_keys[self.draw_actor(data)]
         target = self.model_keys[target_id]
         outcome = self.run(self._outcome(self.ledger.change_person_role(actor.ctx, actor.org, target_id, role)))
-        expected = self._caller_error(actor, actor.org) or (PermissionDeniedError if actor.role != "admin" else None)
+        expected = self._admin_error(actor, actor.org)
         if expected is None and (target.org != actor.org or target.revoked):
             expected = NotFoundError
-        if expected is not None:
-            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+        if self._refused(outcome, expected):
             return
         assert outcome == ("ok", target.role != role), outcome
         if target.role != role:
@@ -636,11 +645,10 @@ class LedgerMachine(RuleBasedStateMachine):
         actor = self.model_keys[self.draw_actor(data)]
         target = self.model_keys[target_id]
         outcome = self.run(self._outcome(self.ledger.remove_person(actor.ctx, actor.org, target_id)))
-        expected = self._caller_error(actor, actor.org) or (PermissionDeniedError if actor.role != "admin" else None)
+        expected = self._admin_error(actor, actor.org)
         if expected is None and (target.org != actor.org or target.revoked):
             expected = NotFoundError
-        if expected is not None:
-            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+        if self._refused(outcome, expected):
             return
         assert outcome == ("ok", None), outcome
         target.revoked = True
@@ -655,11 +663,10 @@ class LedgerMachine(RuleBasedStateMachine):
             token_url="https://auth.example.com/token", client_id="client", client_secret="client-secret",
             scopes=["read"], scope=scope, tokens=AppTokens(access_token=token, refresh_token=None, expires_at=None))))
         app = self.apps.setdefault((actor.org, name), AppModel())
-        expected = self._caller_error(actor, actor.org) or (PermissionDeniedError if actor.role != "admin" else None)
+        expected = self._admin_error(actor, actor.org)
         if expected is None and app.connected:
             expected = AlreadyExistsError
-        if expected is not None:
-            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+        if self._refused(outcome, expected):
             return
         assert outcome[0] == "ok", outcome
         app.connected, app.scope, app.access_token = True, scope, token
@@ -680,8 +687,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.token_denials += 1  # recorded, like a denied reveal
             self._acted(actor.key_id)
             return
-        if expected is not None:
-            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+        if self._refused(outcome, expected):
             return
         assert outcome[0] == "ok", outcome
         assert (outcome[1].access_token, outcome[1].token_version) == (app.access_token, app.token_version)
@@ -693,11 +699,10 @@ class LedgerMachine(RuleBasedStateMachine):
         actor = self.model_keys[self.draw_actor(data)]
         outcome = self.run(self._outcome(self.ledger.disconnect_app(actor.ctx, actor.org, name)))
         app = self.apps.get((actor.org, name), AppModel())
-        expected = self._caller_error(actor, actor.org) or (PermissionDeniedError if actor.role != "admin" else None)
+        expected = self._admin_error(actor, actor.org)
         if expected is None and not app.connected:
             expected = NotFoundError
-        if expected is not None:
-            assert outcome[0] == "err" and type(outcome[1]) is expected, outcome
+        if self._refused(outcome, expected):
             return
         assert outcome == ("ok", None), outcome
         app.connected = False

@@ -232,8 +232,7 @@ class AppsController(Controller):
                 user.principal.ctx, user.principal.org, flow.name, provider=flow.provider,
                 authorization_url=flow.authorization_url, token_url=flow.token_url, client_id=flow.client_id,
                 client_secret=flow.client_secret, scopes=flow.scopes, scope=flow.scope,
-                tokens=AppTokens(access_token=tokens.access_token, token_type=tokens.token_type or "Bearer",
-                                 refresh_token=tokens.refresh_token, expires_at=tokens.expires_at))
+                tokens=AppTokens.from_provider(tokens))
         except LedgerError as exc:
             status, message = oauth_failure(exc, "The app's provider", refused_status=400)
             return await _connect_page(request, user, form=flow.form(), status=status, cookies=[clear],

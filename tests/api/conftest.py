@@ -106,8 +106,14 @@ def settings(db_file: Path | PgDsn) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings) -> Litestar:
-    return create_app(settings)
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def app(settings: Settings, clock: Clock) -> Litestar:
+    """The app on the test's clock: real time until the test moves it forward (expiry, refresh, rotation)."""
+    return create_app(settings, clock=clock)
 
 
 @pytest.fixture

@@ -509,11 +509,6 @@ def test_who_could_reveal_at_a_time(client: Client, acme: Key) -> None:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def clocked(settings: Settings, clock: Clock) -> Iterator[Client]:
     with make_client(create_app(settings, clock)) as test_client:
         yield test_client

@@ -1060,11 +1060,6 @@ def test_the_file_scan_finds_every_encoding_at_every_offset(offset: int) -> None
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def vault() -> MemoryVault:
     return MemoryVault()
 

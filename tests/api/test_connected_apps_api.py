@@ -28,7 +28,6 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from api.app import create_app
 from api.settings import Settings
 from ledger import oauth
 from ledger.apps import AppPayload, app_aad_name
@@ -54,17 +53,6 @@ Client = TestClient[Litestar]
 REDIRECT = "http://localhost:8765/oauth/callback"
 SECOND_NS = 1_000_000_000
 APPS = "/v1/connected-apps"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app(settings: Settings, clock: Clock) -> Litestar:
-    """The app on the test's clock: moving it makes a token due for its refresh."""
-    return create_app(settings, clock=clock)
 
 
 @pytest.fixture

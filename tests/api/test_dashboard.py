@@ -14,11 +14,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.settings import Settings
-from ledger.crypto import MasterKey
 from tests.api.conftest import (
-    ADMIN_TOKEN,
     Clock,
     Key,
     create_key,
@@ -32,18 +28,6 @@ from tests.pg import PgDsn
 CANARY = "canary-dashboard-value-7f3a9c"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 MINUTE = 60 * 1_000_000_000
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app(db_file: Path | PgDsn, clock: Clock) -> Litestar:
-    settings = Settings(db=db_file, master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN,
-                        session_idle_minutes=30)
-    return create_app(settings, clock=clock)
 
 
 @pytest.fixture

@@ -21,13 +21,8 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.settings import Database, Settings
-from ledger.crypto import MasterKey
 from tests.api.conftest import (
-    ADMIN_TOKEN,
     TABLES,
-    Clock,
     Key,
     create_key,
     create_org,
@@ -50,17 +45,6 @@ def oidc() -> Iterator[OidcServer]:
     with OidcServer() as server:
         server.set_user("ada", email="ada@example.com", email_verified=True)
         yield server
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app(db_file: Path | PgDsn, clock: Clock) -> Litestar:
-    settings = Settings(db=Database.parse(str(db_file)), master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN)
-    return create_app(settings, clock=clock)
 
 
 @pytest.fixture

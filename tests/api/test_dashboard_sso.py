@@ -22,10 +22,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.settings import Database, Settings
-from ledger.crypto import MasterKey
-from tests.api.conftest import ADMIN_TOKEN, Clock, Key, create_key, create_org, events_after, max_seq, upsert
+from tests.api.conftest import Clock, Key, create_key, create_org, events_after, max_seq, upsert
 from tests.api.test_dashboard import csrf_of, set_cookie_headers, sign_in
 from tests.oidc_server import OidcServer
 from tests.pg import PgDsn
@@ -42,17 +39,6 @@ _CONTINUE = re.compile(r'id="continue" href="([^"]+)"')
 def oidc() -> Iterator[OidcServer]:
     with OidcServer() as server:
         yield server
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app(db_file: Path | PgDsn, clock: Clock) -> Litestar:
-    settings = Settings(db=Database.parse(str(db_file)), master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN)
-    return create_app(settings, clock=clock)
 
 
 @pytest.fixture

@@ -40,16 +40,6 @@ from tests.pg import PgDsn
 DAY = 86_400 * 1_000_000_000
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app(settings: Settings, clock: Clock) -> Litestar:
-    return create_app(settings, clock=clock)
-
-
 def restarted(settings: Settings, clock: Clock) -> TestClient[Litestar]:
     """A new server on the same database (enter it with `with`)."""
     return make_client(create_app(settings, clock=clock))

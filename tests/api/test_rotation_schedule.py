@@ -40,19 +40,9 @@ GENERATOR = {"kind": "generator", "length": 32, "alphabet": "hex", "prefix": "to
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def settings(db_file: Path | PgDsn) -> Settings:
     return Settings(db=db_file, master_key=MasterKey.generate()[0], admin_token=ADMIN_TOKEN,
                     rotation_sweep_seconds=SWEEP, webhook_timeout_seconds=1.0, destroy_sweep_seconds=3600)
-
-
-@pytest.fixture
-def app(settings: Settings, clock: Clock) -> Litestar:
-    return create_app(settings, clock=clock)
 
 
 @pytest.fixture
