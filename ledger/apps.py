@@ -208,7 +208,8 @@ class RevealAppToken(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RecordAppRefresh(msgspec.Struct, frozen=True, kw_only=True):
-    """Commit refreshed tokens and the reveal they serve; None when another caller refreshed first."""
+    """Commit refreshed tokens and the reveal they serve (mending the app if a refresh at the same version was
+    recorded as failed meanwhile); None when another caller refreshed first."""
 
     org: str
     ctx: Context
@@ -223,7 +224,10 @@ class RecordAppRefresh(msgspec.Struct, frozen=True, kw_only=True):
     async def decide(self, view: WriteView) -> Decision[AppToken | None]:
         await caller_key(view, self.org, self.ctx)
         state = connected(await view.app(self.org, self.name), self.name)
-        if state.token_version != self.token_version or state.broken:
+        # A failure recorded at this same version does not stop it: with a provider that rotates refresh
+        # tokens, another process's refresh, refused because this one spent the token first, may commit first.
+        # These tokens are the provider's newest; dropping them would leave the app broken for nothing.
+        if state.token_version != self.token_version:
             return Decision(events=[], result=None)
         old = await open_payload(view, state)
         refresh_token = self.tokens.refresh_token or old.refresh_token  # a provider may keep the old one

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from ledger import oauth
-from ledger.apps import AppTokens, RefreshNeeded, RevealAppToken
+from ledger.apps import AppTokens, RecordAppRefresh, RefreshNeeded, RevealAppToken
 from ledger.commands import Context, CreatedKey
 from ledger.crypto import Keyring, MasterKey
 from ledger.errors import AppBrokenError
@@ -139,6 +139,37 @@ async def test_two_processes_both_finding_the_token_due_answer_the_winners_token
         answer = await b.app_token(ctx, "acme", "crm")
         assert (answer.access_token, answer.token_version, answer.refreshed) == (won.access_token, 2, False)
     assert await count(a, "app.refresh_failed") == 0
+
+
+async def test_a_refresh_that_lands_after_a_racing_refusal_mends_the_app(
+    make_ledger: Callable[[Clock], Ledger],
+) -> None:
+    """The other order of the race above: A has the provider's new tokens but has not committed them; B's
+    refresh, refused because A spent the rotating refresh token, records the app broken first. A's commit
+    must still land and mend the app, else the only valid refresh token is thrown away."""
+    clock = Clock()
+    ledger = make_ledger(clock)
+    await ledger.start()
+    admin = await ledger.create_org(ADMIN, "acme")
+    ctx: Context = ctx_for(admin)
+    with OidcServer() as server:
+        await connect(server, ledger, admin, ttl_s=3600)
+        clock.now += 3600 * NS
+        needed = await ledger.submit(RevealAppToken(org="acme", ctx=ctx, name="crm"))
+        assert isinstance(needed, RefreshNeeded)
+        fresh = await oauth.refresh_tokens(  # A at the provider: the refresh token rotates
+            needed.token_url, client_id=needed.client_id, client_secret=needed.client_secret,
+            refresh_token=needed.refresh_token, scope="", now_ns=clock())
+        with pytest.raises(AppBrokenError, match="invalid_grant"):  # B: refused, and recorded first
+            await ledger._refresh(ctx, "acme", needed, "")
+        won = await ledger.submit(RecordAppRefresh(org="acme", ctx=ctx, name="crm", token_version=needed.token_version,
+                                                   tokens=AppTokens.from_provider(fresh)))
+        assert won is not None and won.access_token == fresh.access_token and won.token_version == 2
+        answer = await ledger.app_token(ctx, "acme", "crm")
+        assert (answer.access_token, answer.refreshed) == (fresh.access_token, False)
+        clock.now += 3600 * NS  # and A's new refresh token works
+        assert (await ledger.app_token(ctx, "acme", "crm")).token_version == 3
+    assert (await count(ledger, "app.refresh_failed"), await count(ledger, "app.token_refreshed")) == (1, 2)
 
 
 async def test_a_revoked_grant_breaks_the_connection_once(make_ledger: Callable[[Clock], Ledger]) -> None:
