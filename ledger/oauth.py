@@ -58,13 +58,16 @@ __all__ = [
     "ProviderRefusedError",
     "ProviderUnavailableError",
     "TokenSet",
+    "auth_method_for",
     "authorization_request",
     "clear_caches",
     "code_from_callback",
     "discover",
     "exchange_code",
     "refresh_tokens",
+    "validate_client",
     "validate_endpoint_url",
+    "validate_refresh_token",
     "verify_id_token",
 ]
 
@@ -278,6 +281,12 @@ PRESETS: Final[dict[str, Preset]] = {
 }
 
 
+def auth_method_for(provider: str) -> AuthMethod:
+    """How a token request to this provider authenticates (a preset's way; else HTTP Basic)."""
+    preset = PRESETS.get(provider)
+    return preset.auth_method if preset is not None else "client_secret_basic"
+
+
 # -- validation -----------------------------------------------------------------------------------------
 
 
@@ -315,7 +324,8 @@ def _without_query(url: str) -> str:
     return url.split("?", 1)[0].split("#", 1)[0]
 
 
-def _check_client(client_id: str, client_secret: str | None = None, auth_method: str | None = None) -> None:
+def validate_client(client_id: str, client_secret: str | None = None, auth_method: str | None = None) -> None:
+    """What a token request will accept: check it where the credentials are stored, not at the first refresh."""
     if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
         raise ValidationError("client_id", "must be 1-512 printable ASCII characters without spaces")
     if client_secret is not None and (
@@ -353,7 +363,7 @@ def authorization_request(
     the scopes), and a PKCE verifier whose S256 challenge goes in the URL."""
     endpoint = validate_endpoint_url(authorization_endpoint, "authorization_endpoint")
     redirect_uri = validate_endpoint_url(redirect_uri, "redirect_uri")
-    _check_client(client_id)
+    validate_client(client_id)
     if scope_separator not in (" ", ","):
         raise ValidationError("scope_separator", "must be ' ' or ','")
     if isinstance(scopes, str):
@@ -622,6 +632,12 @@ async def _token_request(
     return answers[-1]
 
 
+def validate_refresh_token(refresh_token: str) -> str:
+    if not isinstance(refresh_token, str) or not _CODE.fullmatch(refresh_token):
+        raise ValidationError("refresh_token", "must be 1-4096 printable ASCII characters")
+    return refresh_token
+
+
 def _expires_at(expires_in: object, now_ns: int) -> int | None:
     if isinstance(expires_in, bool):
         return None
@@ -640,6 +656,9 @@ def _token_set(answer: Mapping[str, Any], *, now_ns: int, scope: str, refresh_to
         raise ProviderUnavailableError("the answer has no access_token")
     token_type = answer.get("token_type")
     new_refresh = answer.get("refresh_token")
+    if isinstance(new_refresh, str) and new_refresh and not _CODE.fullmatch(new_refresh):
+        # Kept, it could never be sent back: refuse it now rather than break the connection at its refresh.
+        raise ProviderUnavailableError("the answer's refresh_token is not 1-4096 printable ASCII characters")
     granted = answer.get("scope")
     id_token = answer.get("id_token")
     return TokenSet(
@@ -677,7 +696,7 @@ async def exchange_code(
     it cannot be asked."""
     token_endpoint = validate_endpoint_url(token_endpoint, "token_endpoint")
     redirect_uri = validate_endpoint_url(redirect_uri, "redirect_uri")
-    _check_client(client_id, client_secret, auth_method)
+    validate_client(client_id, client_secret, auth_method)
     if not isinstance(code, str) or not _CODE.fullmatch(code):
         raise ValidationError("code", "must be 1-4096 printable ASCII characters")
     if not isinstance(code_verifier, str) or not _CODE_VERIFIER.fullmatch(code_verifier):
@@ -717,9 +736,8 @@ async def refresh_tokens(
     answer keeps the old refresh token when it brings no new one. A revoked or expired refresh token is a
     `ProviderRefusedError` (invalid_grant): the user must authorize again."""
     token_endpoint = validate_endpoint_url(token_endpoint, "token_endpoint")
-    _check_client(client_id, client_secret, auth_method)
-    if not isinstance(refresh_token, str) or not _CODE.fullmatch(refresh_token):
-        raise ValidationError("refresh_token", "must be 1-4096 printable ASCII characters")
+    validate_client(client_id, client_secret, auth_method)
+    validate_refresh_token(refresh_token)
     if not isinstance(scope, str) or len(scope) > 4096 or not scope.isprintable():
         raise ValidationError("scope", "must be at most 4096 printable characters")
     _check_now_ns(now_ns)
@@ -830,7 +848,7 @@ async def verify_id_token(
     `IdTokenError` with a `reason` when it is not; `ProviderUnavailableError` when the JWKS cannot be had."""
     if not isinstance(nonce, str) or not nonce:
         raise IdTokenError("nonce", "no expected nonce was given")
-    _check_client(client_id)
+    validate_client(client_id)
     if isinstance(leeway_s, bool) or not isinstance(leeway_s, int) or not 0 <= leeway_s <= 600:
         raise ValidationError("leeway_s", "must be 0-600 seconds")
     timeout = _check_timeout(timeout)

@@ -324,7 +324,7 @@ class Ledger:
                             allowed_domains: list[str]) -> None:
         await self.submit(ConfigureSso(
             org=org, ctx=ctx, issuer=oauth.validate_endpoint_url(issuer, "issuer"),  # exactly as the provider says it
-            client_id=validate_claim(client_id, "client_id"),
+            client_id=_sso_client_id(client_id),
             client_secret_name=validate_name(client_secret_name), allowed_domains=validate_domains(allowed_domains),
         ))
 
@@ -357,18 +357,18 @@ class Ledger:
                           tokens: AppTokens) -> AppConnected:
         if provider not in APP_PROVIDERS:
             raise ValidationError("provider", f"must be one of {', '.join(APP_PROVIDERS)}")
-        if not isinstance(client_secret, str) or not 1 <= len(client_secret) <= 4096:
-            raise ValidationError("client_secret", "must be 1-4096 characters")
+        # What every refresh will send, checked now: else the first refresh would fail for good.
+        oauth.validate_client(validate_claim(client_id, "client_id"), client_secret, oauth.auth_method_for(provider))
         if not isinstance(tokens.access_token, str) or not 1 <= len(tokens.access_token) <= 16_384:
             raise ValidationError("access_token", "must be 1-16384 characters")
-        if tokens.refresh_token is not None and not 1 <= len(tokens.refresh_token) <= 16_384:
-            raise ValidationError("refresh_token", "must be 1-16384 characters")
+        if tokens.refresh_token is not None:
+            oauth.validate_refresh_token(tokens.refresh_token)
         provider_name: AppProvider = provider  # type: ignore[assignment]
         return await self.submit(ConnectApp(
             org=org, ctx=ctx, name=validate_name(name), provider=provider_name,
             authorization_url=oauth.validate_endpoint_url(authorization_url, "authorization_url"),
             token_url=oauth.validate_endpoint_url(token_url, "token_url"),
-            client_id=validate_claim(client_id, "client_id"), client_secret=client_secret,
+            client_id=client_id, client_secret=client_secret,
             scopes=validate_scopes(scopes), scope=validate_scope(scope), tokens=tokens,
         ))
 
@@ -395,13 +395,12 @@ class Ledger:
         raise AppRefreshFailedError(f"connected app {name!r}: the token kept changing while refreshing; try again")
 
     async def _refresh(self, ctx: Context, org: str, needed: RefreshNeeded, reason: str) -> AppToken | None:
-        preset = oauth.PRESETS.get(needed.provider)  # GitHub and Slack take the client secret in the body
         try:
             # No scope: a refresh asks for what was granted (RFC 6749 6), which a provider may have narrowed.
             fresh = await oauth.refresh_tokens(
                 needed.token_url, client_id=needed.client_id, client_secret=needed.client_secret,
                 refresh_token=needed.refresh_token, now_ns=self.clock(), scope="",
-                auth_method=preset.auth_method if preset else "client_secret_basic",
+                auth_method=oauth.auth_method_for(needed.provider),
             )
         except oauth.OAuthError as exc:
             broken = isinstance(exc, oauth.ProviderRefusedError)
@@ -489,3 +488,9 @@ def validate_scopes(scopes: list[str]) -> tuple[str, ...]:
 
 
 __all__ = ("Context", "CreatedKey", "Ledger", "Revealed", "UpsertOutcome")
+
+
+def _sso_client_id(client_id: str) -> str:
+    """A client id the code exchange can send (HTTP Basic: no ':')."""
+    oauth.validate_client(validate_claim(client_id, "client_id"), auth_method="client_secret_basic")
+    return client_id

@@ -413,6 +413,10 @@ async def test_a_stalled_token_endpoint_times_out(oidc_server: OidcServer) -> No
         (200, b"[1, 2]", {"Content-Type": "application/json"}, "not a JSON object"),
         (400, {"error": "temporarily_unavailable"}, None, "temporarily_unavailable"),
         (200, {"token_type": "Bearer"}, None, "no access_token"),
+        # A refresh token no token request could send back (too long, not ASCII): kept, it would break the
+        # connection at its first refresh.
+        (200, {"access_token": "a", "refresh_token": "r" * 4097}, None, "refresh_token"),
+        (200, {"access_token": "a", "refresh_token": "r\u00e9fresh"}, None, "refresh_token"),
         (302, b"", {"Location": "https://elsewhere.example/"}, "redirect"),
         (200, b"\x1f\x8b compressed", {"Content-Type": "application/json", "Content-Encoding": "gzip"}, "compressed"),
     ],

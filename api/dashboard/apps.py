@@ -109,11 +109,6 @@ def _scopes(text: str, provider: str) -> list[str]:
     return list(validate_scopes(scopes))
 
 
-def _auth_method(provider: str) -> oauth.AuthMethod:
-    preset = oauth.PRESETS.get(provider)
-    return preset.auth_method if preset is not None else "client_secret_basic"
-
-
 def _preset_data() -> dict[str, dict[str, str]]:
     """For the form: each preset's URLs and default scopes (the page's script fills them in)."""
     return {name: {"authorization_url": p.authorization_url, "token_url": p.token_url, "scopes": " ".join(p.scopes)}
@@ -180,6 +175,7 @@ class AppsController(Controller):
             client_id = validate_claim(text_field(form, "client_id", max_chars=512, required=True,
                                                   label="client id"), "client id")
             client_secret = _client_secret(form)
+            oauth.validate_client(client_id, client_secret, oauth.auth_method_for(provider))  # before the provider
             scopes = _scopes(kept["scopes"], provider)
             scope = validate_scope(kept["scope"] or "all")
             projections: Projections = request.app.state.projections
@@ -197,7 +193,7 @@ class AppsController(Controller):
             flow = AppFlow(org=user.principal.org, session_id=user.session_id, name=name, provider=provider,
                            authorization_url=authorization_url, token_url=token_url, client_id=client_id,
                            client_secret=client_secret, scopes=scopes, scope=scope,
-                           auth_method=_auth_method(provider), redirect_uri=callback, state=auth.state,
+                           auth_method=oauth.auth_method_for(provider), redirect_uri=callback, state=auth.state,
                            code_verifier=auth.code_verifier, started_at=request.app.state.clock())
             sealed = seal_flow_cookie(request, _APP_PURPOSE, flow)
         except LedgerError as exc:

@@ -351,7 +351,18 @@ def test_connecting_refuses_what_it_cannot_use_and_records_nothing(client: Clien
     for bad in ({"provider": "myspace"}, {"scopes": ["has space"]}, {"scope": "everyone"}, {"name": "a/b"},
                 {"expires_in": 0}, {"access_token": ""}, {"token": "x"}):
         assert_problem(client.post(APPS, json={**good, **bad}, headers=acme.headers), 422)
+    # What a refresh could never send is refused now, not at the first refresh: a ':' in the client id under
+    # HTTP Basic (a custom provider's way), a client secret or refresh token that is not printable ASCII, a
+    # refresh token longer than a token request takes.
+    for bad in ({"client_id": "urn:acme:app"}, {"client_secret": "s\u00e9cret"}, {"client_secret": "tab\tsecret"},
+                {"refresh_token": "r\u00e9fresh"}, {"refresh_token": "r" * 4097}):
+        field = next(iter(bad))
+        assert_problem(client.post(APPS, json={**good, **bad}, headers=acme.headers), 422, field)
     assert max_seq(db_file) == before
+    # GitHub takes the client id and secret in the body: a ':' is fine there.
+    assert client.post(APPS, json={**good, "name": "gh", "provider": "github", "client_id": "urn:acme:app"},
+                       headers=acme.headers).status_code == 201
+    before = max_seq(db_file)
     connect(client, acme, good)
     # Connected and healthy: a second connect of the name is a conflict.
     assert_problem(client.post(APPS, json=good, headers=acme.headers), 409, "disconnect it first")

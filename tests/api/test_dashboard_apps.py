@@ -233,7 +233,10 @@ def test_connecting_is_refused_without_admin_a_matching_flow_or_consent(
                            ({"authorization_url": "http://example.com/authorize"}, "must use https"),
                            ({"name": "a/b"}, "must not contain '/'"),
                            ({"client_secret": ""}, "client secret: is required"),
-                           ({"scope": "everything"}, "scope: must be one of")):
+                           ({"scope": "everything"}, "scope: must be one of"),
+                           # HTTP Basic (a custom provider's way) cannot carry a ':' in the client id.
+                           ({"provider": "custom", "client_id": "urn:acme:app"}, "client_id: must not contain ':'"),
+                           ({"client_secret": "s\u00e9cret"}, "client secret: must be at most")):
         answer = browser.post("/apps/connect", data={**form, **changes, "csrf_token": csrf}, follow_redirects=False)
         assert answer.status_code == 422, (changes, answer.text)
         assert words in html.unescape(answer.text), (changes, answer.text)

@@ -106,6 +106,10 @@ def test_sso_settings_are_set_read_and_removed_by_admin_keys(client: Client, acm
         assert_problem(client.put("/v1/sso", json={**SSO_BODY, "allowed_domains": domains}, headers=acme.headers),
                        422, "allowed_domains")
     assert_problem(client.put("/v1/sso", json={**SSO_BODY, "client_secret": "x"}, headers=acme.headers), 422)
+    # The code exchange sends the client id with HTTP Basic: a ':' or a space could never sign anyone in.
+    for client_id in ("urn:acme:app", "has space"):
+        assert_problem(client.put("/v1/sso", json={**SSO_BODY, "client_id": client_id}, headers=acme.headers), 422,
+                       "client_id")
     assert max_seq(db_file) == before, "a refused change of the SSO settings was recorded"
     assert_problem(client.get("/v1/sso", headers=acme.headers), 404)
 
