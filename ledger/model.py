@@ -262,7 +262,10 @@ class MembersState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return next((p for p in self.people if p.member_id == member_id), None)
 
     def by_subject(self, issuer: str, subject: str) -> PersonEntry | None:
-        return next((p for p in self.people if p.issuer == issuer and p.subject == subject), None)
+        """The person of this identity. Issuers compare as discovery does, a final '/' aside: SSO settings
+        saved again with or without it must not make a removed person a new member."""
+        issuer = issuer.rstrip("/")
+        return next((p for p in self.people if p.issuer.rstrip("/") == issuer and p.subject == subject), None)
 
 
 class SsoState(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -17,7 +17,7 @@ import secrets
 import msgspec
 
 from ledger.commands import SYSTEM, Context, envelope, open_version, require_admin
-from ledger.errors import NotFoundError, PermissionDeniedError, UnauthenticatedError, ValidationError
+from ledger.errors import GoneError, NotFoundError, PermissionDeniedError, UnauthenticatedError, ValidationError
 from ledger.events import (
     Actor,
     MemberJoined,
@@ -133,7 +133,7 @@ class SignInPerson(msgspec.Struct, frozen=True, kw_only=True):
 
     async def decide(self, view: WriteView) -> Decision[SignedInPerson]:
         sso = await view.org_sso(self.org)
-        if sso is None or not sso.configured or sso.issuer != self.issuer:
+        if sso is None or not sso.configured or sso.issuer.rstrip("/") != self.issuer.rstrip("/"):
             raise UnauthenticatedError("the org does not sign in with this identity provider")
         if not email_domain_allowed(self.email, sso.allowed_domains):
             raise PermissionDeniedError("this email's domain may not sign in to the org")
@@ -236,6 +236,8 @@ class RevealSsoClient(msgspec.Struct, frozen=True, kw_only=True):
         secret = await view.secret(self.org, sso.client_secret_name)
         if secret is None or not secret.exists or secret.members or secret.external is not None:
             raise NotFoundError(f"the client secret {sso.client_secret_name!r} is gone: store it again")
+        if secret.expires_at is not None and view.at >= secret.expires_at:  # as any reveal of it would be
+            raise GoneError(f"the client secret {sso.client_secret_name!r} expired: store a new value")
         value = await open_version(view, secret)
         ctx = msgspec.structs.replace(SYSTEM, request_id=self.request_id)
         event = SecretRevealed(

@@ -386,7 +386,9 @@ _MEMBER_JOINED = """INSERT INTO members (member_id, org, issuer, subject, email,
     VALUES (?,?,?,?,?,?,?,NULL)"""
 _MEMBER_ROLE = "UPDATE members SET role=? WHERE member_id=?"
 _MEMBER_REMOVED = "UPDATE members SET removed_at=? WHERE member_id=?"
-_MEMBER_SEEN = "UPDATE members SET last_sign_in_at=?, email=? WHERE member_id=?"
+# The email stays the one recorded at joining, as the ledger's own view of the person keeps it (reveal policies
+# and who-could-reveal match it); each sign-in's event records the email the provider presented then.
+_MEMBER_SEEN = "UPDATE members SET last_sign_in_at=? WHERE member_id=?"
 _SSO_SET = """INSERT INTO sso_settings (org, issuer, client_id, client_secret_name, allowed_domains, changed_at)
     VALUES (?,?,?,?,?,?) ON CONFLICT(org) DO UPDATE SET issuer=excluded.issuer, client_id=excluded.client_id,
     client_secret_name=excluded.client_secret_name, allowed_domains=excluded.allowed_domains,
@@ -429,7 +431,7 @@ class PeopleProjector:
             elif isinstance(event, MemberRemoved):
                 rows.append((_MEMBER_REMOVED, (event.at, event.member_id)))
             elif isinstance(event, SessionStarted) and event.actor.kind == "person":
-                rows.append((_MEMBER_SEEN, (event.at, event.actor.label, event.actor.key_id)))
+                rows.append((_MEMBER_SEEN, (event.at, event.actor.key_id)))
             elif isinstance(event, SsoConfigured):
                 rows.append((_SSO_SET, (event.org, event.issuer, event.client_id, event.client_secret_name,
                                         " ".join(event.allowed_domains), event.at)))

@@ -22,17 +22,28 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from ledger.commands import Context
-from ledger.errors import NotFoundError, PermissionDeniedError, UnauthenticatedError
+from ledger.errors import GoneError, NotFoundError, PermissionDeniedError, UnauthenticatedError
 from ledger.events import Actor, Source
 from ledger.people import SignedInPerson
 from ledger.service import Ledger
-from tests.api.conftest import Key, assert_problem, audit_after, create_key, events_after, max_seq, upsert
+from ledger.timefmt import rfc3339
+from tests.api.conftest import (
+    Clock,
+    Key,
+    assert_problem,
+    audit_after,
+    create_key,
+    events_after,
+    max_seq,
+    upsert,
+)
 from tests.pg import PgDsn
 
 Client = TestClient[Litestar]
 T = TypeVar("T")
 
 ISSUER = "https://id.example.com"
+SECOND_NS = 1_000_000_000
 CLIENT_SECRET_NAME = "sso-client-secret"
 SSO_BODY = {"issuer": ISSUER, "client_id": "keyledger-dashboard", "client_secret_name": CLIENT_SECRET_NAME,
             "allowed_domains": ["Example.com", "example.org", "example.com"]}
@@ -224,6 +235,46 @@ def test_roles_change_by_an_admin_key_and_by_an_admin_person(client: Client, acm
     with pytest.raises(PermissionDeniedError):
         in_app(client, lambda ledger: ledger.change_person_role(as_bob, acme.org, ada.member_id, "member"))
     assert max_seq(db_file) == before + 2
+
+
+def test_a_person_is_one_member_across_an_issuers_final_slash_and_keeps_the_email_they_joined_with(
+        client: Client, acme: Key, db_file: Path | PgDsn) -> None:
+    configure_sso(client, acme)
+    ada = sign_in(client, acme.org, "ada-sub", "ada@example.com")
+    bob = sign_in(client, acme.org, "bob-sub", "bob@example.com")
+    # The provider now presents another email: the sign-in records it, the member keeps the one they joined
+    # with (reveal policies and who-could-reveal match that one, in the ledger and in the projection alike).
+    before = max_seq(db_file)
+    renamed = sign_in(client, acme.org, "ada-sub", "ada.lovelace@example.com")
+    assert (renamed.member_id, renamed.joined) == (ada.member_id, False)
+    (started,) = events_after(db_file, before)
+    assert (started["type"], actor_of(started)["label"]) == ("session.started", "ada.lovelace@example.com")
+    assert {p["member_id"]: p["email"] for p in members_of(client, acme)} == {
+        ada.member_id: "ada@example.com", bob.member_id: "bob@example.com"}
+    # SSO settings saved again with a final '/' (discovery treats both alike): the same people, and a removed
+    # one stays out.
+    assert client.delete(f"/v1/members/{bob.member_id}", headers=acme.headers).status_code == 204
+    assert client.put("/v1/sso", json={**SSO_BODY, "issuer": ISSUER + "/"}, headers=acme.headers).status_code == 200
+    before = max_seq(db_file)
+    with pytest.raises(PermissionDeniedError, match="removed"):
+        sign_in(client, acme.org, "bob-sub", "bob@example.com", issuer=ISSUER + "/")
+    again = sign_in(client, acme.org, "ada-sub", "ada@example.com", issuer=ISSUER + "/")
+    assert (again.member_id, again.role, again.joined) == (ada.member_id, "admin", False)
+    assert [e["type"] for e in events_after(db_file, before)] == ["session.started"]
+
+
+def test_an_expired_sso_client_secret_is_not_opened(client: Client, acme: Key, clock: Clock,
+                                                     db_file: Path | PgDsn) -> None:
+    """The code exchange's reveal of the client secret honours its expiry, like any reveal."""
+    configure_sso(client, acme)
+    upsert(client, acme, CLIENT_SECRET_NAME, "sso-client-secret-value", expect=200,
+           expires_at=rfc3339(clock() + 3600 * SECOND_NS))
+    assert in_app(client, lambda ledger: ledger.sso_client(acme.org)).client_id == SSO_BODY["client_id"]
+    clock.advance(2 * 3600 * SECOND_NS)
+    before = max_seq(db_file)
+    with pytest.raises(GoneError, match="expired"):
+        in_app(client, lambda ledger: ledger.sso_client(acme.org))
+    assert max_seq(db_file) == before
 
 
 def test_a_removed_person_is_gone_and_cannot_sign_in_again(client: Client, acme: Key, globex: Key,
