@@ -209,10 +209,18 @@ class ChangeRoleBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     role: Role
 
 
+# What a token request can carry (ledger/oauth.py checks the same before anything is stored).
+PRINTABLE_ASCII = "^[ -~]+$"
+CLIENT_ID = "^[!-~]+$"
+SSO_CLIENT_ID = "^[!-9;-~]+$"
+
+
 class SsoBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     issuer: Annotated[str, msgspec.Meta(min_length=1, max_length=2048,
                                         description="The OpenID Connect issuer URL (https)")]
-    client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    client_id: Annotated[str, msgspec.Meta(
+        min_length=1, max_length=255, pattern=SSO_CLIENT_ID,
+        description="Printable ASCII without spaces or ':' (the code exchange sends it with HTTP Basic)")]
     client_secret_name: Annotated[str, msgspec.Meta(
         min_length=1, max_length=256, description="The name of the keyledger secret that holds the client secret")]
     allowed_domains: Annotated[list[str], msgspec.Meta(
@@ -235,12 +243,14 @@ class ConnectAppBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Omitted for a preset provider: the preset's.
     authorization_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
     token_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
-    client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-    client_secret: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    client_id: Annotated[str, msgspec.Meta(
+        min_length=1, max_length=255, pattern=CLIENT_ID,
+        description="Printable ASCII without spaces; no ':' for a custom provider (sent with HTTP Basic)")]
+    client_secret: Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=PRINTABLE_ASCII)]
     scopes: Annotated[list[str], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=list)
     scope: Scope = "all"
     access_token: Annotated[str, msgspec.Meta(min_length=1, max_length=16_384)]
-    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=16_384)] | None = None
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=PRINTABLE_ASCII)] | None = None
     expires_in: Annotated[int, msgspec.Meta(ge=1, le=10 * 365 * 86_400,
                                             description="Seconds until the access token expires")] | None = None
 
